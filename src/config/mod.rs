@@ -1,0 +1,348 @@
+//! The YAML config file, exactly as the operator writes it.
+//!
+//! These serde structs mirror the file field for field (`deny_unknown_fields` everywhere) and
+//! do no work of their own: turning them into ready-to-serve routes and pools is
+//! [`crate::runtime`]'s job. Parsing reports every error it can find at once, each with the
+//! field path and the line, so that `portcullis check` is useful on a broken file.
+
+mod lines;
+pub mod types;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use lines::LineIndex;
+pub use types::*;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the proxy accepts client traffic.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// The admin endpoint: metrics, health, reload.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Process-wide settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where the access log goes: `stdout` (default), `stderr`, `off`, or a file path.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Upstream pools.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes, matched by host, longest path prefix and method.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Field path, such as `routes[2].match.host`; empty for the whole document.
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong, in lowercase.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.path.is_empty()) {
+            (Some(line), false) => write!(f, "line {line}: {}: {}", self.path, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config; every issue found is listed.
+    #[error("{}", list_issues(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+impl ConfigError {
+    /// The issues found, empty for a read error.
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid(issues) => issues,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn list_issues(issues: &[ConfigIssue]) -> String {
+    let mut out = format!(
+        "invalid config ({} error{})",
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for issue in issues {
+        out.push_str("\n  ");
+        out.push_str(&issue.to_string());
+    }
+    out
+}
+
+/// Collects issues with their lines while a config is parsed and compiled.
+pub struct Issues<'a> {
+    index: &'a LineIndex,
+    found: Vec<ConfigIssue>,
+}
+
+impl<'a> Issues<'a> {
+    /// Start an empty list over `index`.
+    pub fn new(index: &'a LineIndex) -> Self {
+        Self {
+            index,
+            found: Vec::new(),
+        }
+    }
+
+    /// Record that `path` is wrong.
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self.index.line_of(&path);
+        self.found.push(ConfigIssue {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// How many were found.
+    pub fn len(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// `Ok(value)` when nothing was found, else every issue.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with the issues in file order.
+    pub fn finish<T>(mut self, value: T) -> Result<T, ConfigError> {
+        if self.found.is_empty() {
+            Ok(value)
+        } else {
+            self.found.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+            Err(ConfigError::Invalid(self.found))
+        }
+    }
+}
+
+/// A parsed config with the line index kept for errors found while compiling it.
+pub struct Parsed {
+    /// The config.
+    pub config: Config,
+    /// Where each field stands in the text.
+    pub index: LineIndex,
+}
+
+impl Config {
+    /// Parse a config from YAML text. Tests call this; [`Config::load`] only reads a file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing every field that is malformed, each with path and line.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Ok(Self::parse(text)?.config)
+    }
+
+    /// Read and parse the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read, else as [`Config::from_yaml`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Ok(Self::parse(&read(path)?)?.config)
+    }
+
+    /// Parse, keeping the line index for later errors.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml`].
+    pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
+        let index = LineIndex::new(text);
+        let value: serde_yaml::Value = match serde_yaml::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(ConfigError::Invalid(vec![ConfigIssue {
+                    path: String::new(),
+                    line: e.location().map(|l| l.line()),
+                    message: strip_location(&e.to_string()),
+                }]))
+            }
+        };
+        let value = match value {
+            serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
+            v => v,
+        };
+        match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
+            Ok(config) => Ok(Parsed { config, index }),
+            Err(_) => {
+                // Report every error, not just the first: deserialize each section and list
+                // item on its own.
+                let mut issues = Issues::new(&index);
+                collect_all(&value, &mut issues);
+                if issues.is_empty() {
+                    issues.push("", "invalid config");
+                }
+                Err(issues
+                    .finish(())
+                    .err()
+                    .unwrap_or(ConfigError::Invalid(Vec::new())))
+            }
+        }
+    }
+}
+
+/// Read a config file to a string.
+///
+/// # Errors
+/// [`ConfigError::Read`].
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(cut) => message[..cut].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn deserialize_at<T: DeserializeOwned>(
+    value: &serde_yaml::Value,
+    path: &str,
+    issues: &mut Issues<'_>,
+) {
+    if let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        let inner = e.path().to_string();
+        let full = match (path.is_empty(), inner == "." || inner.is_empty()) {
+            (_, true) => path.to_string(),
+            (true, false) => inner,
+            (false, false) if inner.starts_with('[') => format!("{path}{inner}"),
+            (false, false) => format!("{path}.{inner}"),
+        };
+        issues.push(full, strip_location(&e.into_inner().to_string()));
+    }
+}
+
+fn each_item<T: DeserializeOwned>(value: &serde_yaml::Value, path: &str, issues: &mut Issues<'_>) {
+    match value.as_sequence() {
+        Some(items) => {
+            for (i, item) in items.iter().enumerate() {
+                deserialize_at::<T>(item, &format!("{path}[{i}]"), issues);
+            }
+        }
+        None => deserialize_at::<Vec<T>>(value, path, issues),
+    }
+}
+
+/// The sections of [`Config`], each deserialized alone so that one error does not hide another.
+fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
+    let Some(map) = value.as_mapping() else {
+        issues.push("", "the config must be a mapping of sections");
+        return;
+    };
+    for (key, section) in map {
+        let Some(key) = key.as_str() else {
+            issues.push("", "section names must be strings");
+            continue;
+        };
+        match key {
+            "listeners" => each_item::<ListenerConfig>(section, key, issues),
+            "admin" => deserialize_at::<Option<AdminConfig>>(section, key, issues),
+            "server" => deserialize_at::<ServerConfig>(section, key, issues),
+            "access_log" => deserialize_at::<AccessLogConfig>(section, key, issues),
+            "upstreams" => each_item::<UpstreamConfig>(section, key, issues),
+            "routes" => each_item::<RouteConfig>(section, key, issues),
+            other => issues.push(
+                other,
+                format!(
+                    "unknown section `{other}`, expected one of `listeners`, `admin`, `server`, \
+                     `access_log`, `upstreams`, `routes`"
+                ),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_error_with_path_and_line() {
+        let text = "\
+upstreams:
+  - name: a
+    targets: [\"127.0.0.1:1\"]
+    balance: fastest
+routes:
+  - name: r
+    match: { hots: x }
+    upstream: a
+  - name: s
+    upstream: a
+    retries: 3
+";
+        let err = Config::from_yaml(text).unwrap_err();
+        let issues = err.issues();
+        assert_eq!(issues.len(), 3, "{err}");
+        assert_eq!(issues[0].path, "upstreams[0].balance");
+        assert_eq!(issues[0].line, Some(4));
+        assert!(issues[0].message.contains("unknown variant `fastest`"));
+        assert_eq!(issues[1].path, "routes[0].match.hots");
+        assert_eq!(issues[1].line, Some(7));
+        assert_eq!(issues[2].path, "routes[1].retries");
+        assert_eq!(issues[2].line, Some(11));
+        assert!(err
+            .to_string()
+            .contains("line 11: routes[1].retries: unknown field `retries`"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let err = Config::from_yaml("routes:\n  - name: [unclosed\n").unwrap_err();
+        assert_eq!(err.issues().len(), 1);
+        assert!(err.issues()[0].line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_config() {
+        let config = Config::from_yaml("").unwrap();
+        assert!(config.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let err = Config::from_yaml("route: []\n").unwrap_err();
+        assert_eq!(err.issues()[0].path, "route");
+        assert_eq!(err.issues()[0].line, Some(1));
+    }
+}

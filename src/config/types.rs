@@ -1,0 +1,319 @@
+//! The serde structs of each config section. Defaults are named functions so that the
+//! documented default and the real one cannot drift apart.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// A duration written like `500ms`, `5s`, `10m` or `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as `500ms`, `5s` or `10m`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s.trim())
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration `{s}`: {e}")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Dur, E> {
+                Err(E::custom(format!(
+                    "a duration needs a unit: write `{n}s` or `{n}ms`"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
+                self.visit_u64(n.unsigned_abs())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A listener for client traffic.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to bind.
+    pub address: String,
+    /// Serve TLS (with HTTP/2 by ALPN) when set.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind; keep it on loopback or a private network.
+    pub address: String,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads; default: the number of cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Dur,
+    /// Request line plus headers larger than this are refused with 431.
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            grace_period: default_grace_period(),
+            max_request_header_bytes: default_max_request_header_bytes(),
+        }
+    }
+}
+
+fn default_grace_period() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// 32 KiB: above what browsers send with large cookies, far below Pingora's own 1 MiB cap.
+pub fn default_max_request_header_bytes() -> usize {
+    32 * 1024
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogConfig {
+    /// One JSON line per request on standard output.
+    #[default]
+    Stdout,
+    /// On standard error.
+    Stderr,
+    /// Appended to a file.
+    File(PathBuf),
+    /// No access log.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for AccessLogConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "stdout" => Self::Stdout,
+            "stderr" => Self::Stderr,
+            "off" => Self::Off,
+            "" => {
+                return Err(de::Error::custom(
+                    "expected `stdout`, `stderr`, `off` or a path",
+                ))
+            }
+            path => Self::File(PathBuf::from(path)),
+        })
+    }
+}
+
+/// How a pool picks a target.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each target in turn.
+    #[default]
+    RoundRobin,
+    /// A random target.
+    Random,
+    /// Ketama hashing on `hash_on`, so a client sticks to a target.
+    ConsistentHash,
+}
+
+/// An upstream pool.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name that routes refer to.
+    pub name: String,
+    /// `ip:port` of each target.
+    pub targets: Vec<String>,
+    /// Selection: `round_robin` (default), `random`, `consistent_hash`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// For `consistent_hash`: `client_ip` (default) or `header:<name>`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    /// Active health checking; without it every target counts as healthy.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Time to establish a connection to a target.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Longest wait for each read from the target.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
+    /// Further tries on another target when connecting fails.
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_retries() -> usize {
+    1
+}
+
+/// Active health checking of a pool's targets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Probe with an HTTP request.
+    #[serde(default)]
+    pub http: Option<HttpCheckConfig>,
+    /// Probe by opening a TCP connection.
+    #[serde(default)]
+    pub tcp: Option<TcpCheckConfig>,
+    /// Time between probes of one target.
+    #[serde(default = "default_check_interval")]
+    pub interval: Dur,
+    /// Time a probe may take.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    /// Consecutive successes that make an unhealthy target healthy.
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: usize,
+    /// Consecutive failures that make a healthy target unhealthy.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: usize,
+}
+
+fn default_check_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_check_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_healthy_after() -> usize {
+    2
+}
+fn default_unhealthy_after() -> usize {
+    3
+}
+
+/// An HTTP probe.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheckConfig {
+    /// Path requested with GET.
+    pub path: String,
+    /// The status that counts as healthy.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// Host header of the probe; default: the target address.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+/// A TCP connect probe; it has no settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheckConfig {}
+
+/// A route.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match", default)]
+    pub matcher: MatchConfig,
+    /// The pool that serves it.
+    pub upstream: String,
+    /// Authentication; `none` lets every request through.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// What requests a route takes.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Exact host or `*.example.com`; absent: any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix; the longest matching one wins. Default `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Methods; absent: any method.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+/// A route's authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// No authentication.
+    None,
+}
+
+impl<'de> Deserialize<'de> for AuthConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AuthConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`none`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<AuthConfig, E> {
+                match s {
+                    "none" => Ok(AuthConfig::None),
+                    other => Err(E::custom(format!(
+                        "unknown auth `{other}`, expected `none`"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_units() {
+        let d: Dur = serde_yaml::from_str("500ms").unwrap();
+        assert_eq!(d.0, Duration::from_millis(500));
+        let d: Dur = serde_yaml::from_str("10m").unwrap();
+        assert_eq!(d.0, Duration::from_secs(600));
+        let err = serde_yaml::from_str::<Dur>("5").unwrap_err().to_string();
+        assert!(err.contains("needs a unit"), "{err}");
+        assert!(serde_yaml::from_str::<Dur>("soon").is_err());
+    }
+}

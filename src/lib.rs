@@ -1,0 +1,18 @@
+//! Portcullis: an authenticating edge proxy on Pingora.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything lives here:
+//! [`config`] (the YAML file), [`runtime`] (its compiled form), [`routing`], [`upstream`]
+//! (pools, balancing, health), [`proxy`] (the request path), [`reload`], [`admin`],
+//! [`metrics`], [`access_log`], [`server`] (wiring) and [`demo`].
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

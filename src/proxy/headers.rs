@@ -1,0 +1,212 @@
+//! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*` set, and the request id. Pure functions over header maps; they never decide
+//! whether a request is allowed.
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, UPGRADE};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+const PROXY_AUTHORIZATION: &str = "proxy-authorization";
+const PROXY_AUTHENTICATE: &str = "proxy-authenticate";
+/// The request id header, read from the client when well formed and always sent both ways.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Header names listed in `Connection`, lowercase, without `close`/`keep-alive`/`upgrade`.
+fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
+    let mut names = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            let token = token.trim().to_ascii_lowercase();
+            if !token.is_empty() && token != "close" && token != "upgrade" {
+                names.push(token);
+            }
+        }
+    }
+    names
+}
+
+/// Remove hop-by-hop headers from a request going upstream. `upgrade` keeps `Upgrade` and
+/// `Connection: upgrade` so WebSocket handshakes pass through.
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
+    if req.headers.contains_key(CONNECTION) {
+        for name in connection_listed(&req.headers) {
+            req.remove_header(name.as_str());
+        }
+        req.remove_header(&CONNECTION);
+        if upgrade {
+            let _ = req.insert_header(CONNECTION, "upgrade");
+        }
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, PROXY_AUTHORIZATION] {
+        req.remove_header(name);
+    }
+    req.remove_header(&TE);
+    req.remove_header(&TRAILER);
+    if !upgrade {
+        req.remove_header(&UPGRADE);
+    }
+}
+
+/// Remove hop-by-hop headers from a response going to the client.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if resp.headers.contains_key(CONNECTION) {
+        for name in connection_listed(&resp.headers) {
+            resp.remove_header(name.as_str());
+        }
+        if !switching {
+            resp.remove_header(&CONNECTION);
+        }
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, PROXY_AUTHENTICATE] {
+        resp.remove_header(name);
+    }
+    resp.remove_header(&TRAILER);
+    if !switching {
+        resp.remove_header(&UPGRADE);
+    }
+}
+
+/// The host the client asked for: `Host`, or the `:authority` of an HTTP/2 request.
+pub fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// Set `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`,
+/// and make sure `Host` is the one the client sent.
+pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, tls: bool) {
+    let host = request_host(req).to_string();
+    if !host.is_empty() && !req.headers.contains_key(HOST) {
+        let _ = req.insert_header(HOST, host.as_str());
+    }
+    if let Some(ip) = client_ip {
+        let previous: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let value = if previous.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", previous.join(", "))
+        };
+        let _ = req.insert_header("x-forwarded-for", value);
+    }
+    let _ = req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" });
+    if host.is_empty() {
+        req.remove_header("x-forwarded-host");
+    } else {
+        let _ = req.insert_header("x-forwarded-host", host);
+    }
+}
+
+/// The client's request id if it is one we can pass on safely, else a new one.
+pub fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req.headers.get(REQUEST_ID) {
+        let b = v.as_bytes();
+        let safe = !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
+        if safe {
+            // Checked to be ASCII just above.
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    new_request_id()
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// Bytes of the request line and headers, as the client sent them (close enough to compare
+/// against a limit: HTTP/2 adds no framing to it).
+pub fn header_bytes(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+/// Make a header value from a string we built, or none if it has bytes a header cannot carry.
+pub fn value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(s).ok()
+}
+
+/// A header name from config, checked when the config loads.
+pub fn name(s: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(s.as_bytes()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x?a=1", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed() {
+        let mut r = req(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic abc"),
+            ("x-kept", "yes"),
+        ]);
+        strip_request_hop_by_hop(&mut r, false);
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            assert!(!r.headers.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(r.headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn keeps_websocket_upgrade() {
+        let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_request_hop_by_hop(&mut r, true);
+        assert_eq!(r.headers["connection"], "upgrade");
+        assert_eq!(r.headers["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let mut r = req(&[("host", "api.example.com"), ("x-forwarded-for", "10.0.0.1")]);
+        set_forwarded(&mut r, Some("192.0.2.7".parse().unwrap()), true);
+        assert_eq!(r.headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(r.headers["x-forwarded-proto"], "https");
+        assert_eq!(r.headers["x-forwarded-host"], "api.example.com");
+        assert_eq!(r.headers["host"], "api.example.com");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(&req(&[("x-request-id", "abc-123")])), "abc-123");
+        let made = request_id(&req(&[("x-request-id", "bad id\"")]));
+        assert_eq!(made.len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,320 @@
+//! The Pingora `ProxyHttp` implementation: it runs the request through each stage in order and
+//! decides nothing itself.
+//!
+//! Stages: snapshot the config, guard (header size, path), route, forward with clean headers,
+//! pick a target (retrying another on connect failure), log. Refusals go through
+//! [`rescue`], the only code that writes an error response.
+
+pub mod headers;
+pub mod rescue;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType};
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::metrics::METRICS;
+use crate::reload::Reloader;
+use crate::routing;
+use crate::runtime::{Route, Runtime};
+use crate::upstream::HashOn;
+pub use rescue::Refusal;
+
+/// The proxy.
+pub struct Portcullis {
+    reloader: Arc<Reloader>,
+    access_log: AccessLog,
+}
+
+impl Portcullis {
+    /// A proxy serving whatever config `reloader` holds.
+    pub fn new(reloader: Arc<Reloader>, access_log: AccessLog) -> Self {
+        Self {
+            reloader,
+            access_log,
+        }
+    }
+}
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Requests between their first byte and their log line, across all listeners.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    _in_flight: InFlight,
+    /// The config snapshot this request uses from start to end.
+    runtime: Arc<Runtime>,
+    route: Option<usize>,
+    started: Instant,
+    request_id: String,
+    /// The target now in use, as an index into the route's pool.
+    target: Option<usize>,
+    /// Targets that failed to connect for this request.
+    tried: Vec<usize>,
+    refusal: Option<Refusal>,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&Route> {
+        self.route.and_then(|i| self.runtime.routes.get(i))
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+impl Portcullis {
+    /// Guard and route a request; `Err` is the refusal to send.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let req = session.req_header();
+        if headers::header_bytes(req) > ctx.runtime.max_request_header_bytes {
+            return Err(Refusal::HeadersTooLarge);
+        }
+        let path = routing::match_path(req.uri.path()).map_err(|_| Refusal::BadPath)?;
+        let host = routing::host_key(headers::request_host(req));
+        let route = ctx
+            .runtime
+            .table
+            .lookup(&host, &path, &req.method)
+            .ok_or(Refusal::NoRoute)?;
+        ctx.route = Some(route);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Portcullis {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            _in_flight: InFlight::start(),
+            runtime: self.reloader.current(),
+            route: None,
+            started: Instant::now(),
+            request_id: String::new(),
+            target: None,
+            tried: Vec::new(),
+            refusal: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.request_id = headers::request_id(session.req_header());
+        match self.admit(session, ctx) {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                ctx.refusal = Some(refusal);
+                rescue::send(session, refusal, &ctx.request_id).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route() else {
+            ctx.refusal = Some(Refusal::Internal);
+            return Err(Error::explain(ErrorType::HTTPStatus(500), "no route"));
+        };
+        let pool = Arc::clone(&route.pool);
+        let mut ip_key = [0u8; 16];
+        let key: &[u8] = match &pool.settings.hash_on {
+            _ if pool.settings.balance != crate::config::Balance::ConsistentHash => b"",
+            HashOn::ClientIp => match client_ip(session) {
+                Some(IpAddr::V4(ip)) => {
+                    ip_key[..4].copy_from_slice(&ip.octets());
+                    &ip_key[..4]
+                }
+                Some(IpAddr::V6(ip)) => {
+                    ip_key = ip.octets();
+                    &ip_key
+                }
+                None => b"",
+            },
+            HashOn::Header(name) => session
+                .req_header()
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .unwrap_or(b""),
+        };
+        let Some(i) = pool.select(key, &ctx.tried) else {
+            let refusal = if ctx.tried.is_empty() {
+                Refusal::NoHealthyTarget
+            } else {
+                Refusal::UpstreamUnreachable
+            };
+            ctx.refusal = Some(refusal);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(refusal.status()),
+                refusal.code(),
+            ));
+        };
+        ctx.target = Some(i);
+        let target = &pool.targets[i];
+        let mut peer = HttpPeer::new(target.addr, false, String::new());
+        peer.options.connection_timeout = Some(pool.settings.connect_timeout);
+        peer.options.read_timeout = Some(pool.settings.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(i) = ctx.target.take() {
+            ctx.tried.push(i);
+        }
+        if let Some(route) = ctx.route() {
+            if ctx.tried.len() <= route.pool.settings.retries {
+                METRICS
+                    .upstream_retries
+                    .with_label_values(&[&route.pool.name])
+                    .inc();
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
+        headers::set_forwarded(upstream, client_ip(session), is_tls(session));
+        upstream.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        headers::strip_response_hop_by_hop(response);
+        response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let refusal = ctx.refusal.unwrap_or_else(|| rescue::from_error(e));
+        ctx.refusal = Some(refusal);
+        let client_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
+        let code = if let Some(sent) = session.response_written() {
+            // Headers already went out: the status stands; the connection is cut.
+            sent.status.as_u16()
+        } else if client_gone {
+            0
+        } else {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = headers::new_request_id();
+            }
+            rescue::send(session, refusal, &ctx.request_id).await;
+            refusal.status()
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route();
+        match route {
+            Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
+            None => ctx.runtime.unmatched.observe(status, elapsed.as_secs_f64()),
+        }
+        if self.access_log.enabled() {
+            let req = session.req_header();
+            let upstream = route.and_then(|r| {
+                ctx.target
+                    .or(ctx.tried.last().copied())
+                    .and_then(|i| r.pool.targets.get(i))
+            });
+            self.access_log.write(&AccessRecord {
+                request_id: &ctx.request_id,
+                client: client_ip(session),
+                route: route.map(|r| r.name.as_str()).unwrap_or(""),
+                method: req.method.as_str(),
+                // The path only: a query string may carry tokens.
+                path: req.uri.path(),
+                status,
+                upstream: upstream.map(|t| t.label.as_str()),
+                duration: elapsed,
+                bytes_sent: session.body_bytes_sent(),
+                bytes_received: session.body_bytes_read(),
+                reason: ctx.refusal.map(|r| r.code()),
+            });
+        }
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        // Pingora's default includes the query string, which may carry a token.
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+}

@@ -1,0 +1,140 @@
+//! The one place that turns a refusal into an HTTP response.
+//!
+//! Every module that refuses a request names a [`Refusal`]; only this module chooses the
+//! status, the headers and the JSON body. Bodies say what happened in general terms and never
+//! echo what the client sent (beyond the request id we validated or made).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+/// Why Portcullis answered a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request line or headers are malformed.
+    BadRequest,
+    /// The path has dot segments or is not in origin form.
+    BadPath,
+    /// Request line and headers exceed `server.max_request_header_bytes`.
+    HeadersTooLarge,
+    /// No route takes the request.
+    NoRoute,
+    /// The route's pool has no healthy target.
+    NoHealthyTarget,
+    /// Connecting to the upstream failed (after retries).
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream broke the exchange.
+    UpstreamError,
+    /// Something inside the proxy failed.
+    Internal,
+}
+
+impl Refusal {
+    /// The status code sent.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::BadRequest | Refusal::BadPath => 400,
+            Refusal::HeadersTooLarge => 431,
+            Refusal::NoRoute => 404,
+            Refusal::NoHealthyTarget | Refusal::UpstreamUnreachable | Refusal::UpstreamError => 502,
+            Refusal::UpstreamTimeout => 504,
+            Refusal::Internal => 500,
+        }
+    }
+
+    /// A stable machine-readable code, also used as the log `reason`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::BadPath => "bad_path",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::NoRoute => "no_route",
+            Refusal::NoHealthyTarget => "no_healthy_upstream",
+            Refusal::UpstreamUnreachable => "upstream_unreachable",
+            Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::UpstreamError => "upstream_error",
+            Refusal::Internal => "internal_error",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "the request is malformed",
+            Refusal::BadPath => "the request path is not allowed",
+            Refusal::HeadersTooLarge => "the request headers are too large",
+            Refusal::NoRoute => "no route matches this request",
+            Refusal::NoHealthyTarget => "the upstream has no healthy target",
+            Refusal::UpstreamUnreachable => "the upstream could not be reached",
+            Refusal::UpstreamTimeout => "the upstream did not answer in time",
+            Refusal::UpstreamError => "the upstream failed to answer",
+            Refusal::Internal => "internal error",
+        }
+    }
+
+    /// The response header and body for this refusal.
+    pub fn response(self, request_id: &str) -> (ResponseHeader, Bytes) {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.message(),
+            "request_id": request_id,
+        });
+        let body = Bytes::from(body.to_string());
+        let mut header = ResponseHeader::build_no_case(self.status(), Some(4))
+            .unwrap_or_else(|_| bare_header(self.status()));
+        // Header names and values here are constants or validated ids: these inserts cannot
+        // fail, and a failure would only drop a header.
+        let _ = header.insert_header("content-type", "application/json");
+        let _ = header.insert_header("content-length", body.len());
+        let _ = header.insert_header("cache-control", "no-store");
+        if !request_id.is_empty() {
+            let _ = header.insert_header("x-request-id", request_id);
+        }
+        (header, body)
+    }
+}
+
+/// A header built without validation, for a status we know is valid.
+fn bare_header(status: u16) -> ResponseHeader {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    ResponseHeader::from(parts)
+}
+
+/// Send `refusal` as the whole response.
+pub async fn send(session: &mut Session, refusal: Refusal, request_id: &str) {
+    let (header, body) = refusal.response(request_id);
+    if let Err(e) = session.write_error_response(header, body).await {
+        tracing::debug!(error = %e, "could not send refusal to client");
+    }
+}
+
+/// Map a Pingora error at the end of a failed request to a refusal.
+pub fn from_error(e: &pingora::Error) -> Refusal {
+    use pingora::{ErrorSource, ErrorType};
+    match e.etype() {
+        ErrorType::HTTPStatus(502) => Refusal::UpstreamUnreachable,
+        ErrorType::HTTPStatus(504) => Refusal::UpstreamTimeout,
+        ErrorType::HTTPStatus(400) => Refusal::BadRequest,
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::BindError
+        | ErrorType::SocketError
+        | ErrorType::TLSHandshakeFailure => Refusal::UpstreamUnreachable,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => match e.esource() {
+            ErrorSource::Upstream => Refusal::UpstreamTimeout,
+            _ => Refusal::BadRequest,
+        },
+        ErrorType::InvalidHTTPHeader => Refusal::BadRequest,
+        _ => match e.esource() {
+            ErrorSource::Upstream => Refusal::UpstreamError,
+            ErrorSource::Downstream => Refusal::BadRequest,
+            _ => Refusal::Internal,
+        },
+    }
+}

@@ -1,0 +1,241 @@
+//! Live reload: the `ArcSwap` that holds the serving [`Runtime`], and the triggers that
+//! replace it (SIGHUP, a change of the file, `POST /reload`).
+//!
+//! A new config is read, parsed, validated and fully built before the swap; a broken one is
+//! refused and changes nothing. Requests hold their own snapshot, so nothing in flight sees
+//! a half-applied config and no connection is touched. Listeners, the admin address, the
+//! thread count and the access log destination are bound at start: a reload that changes
+//! them applies everything else and logs that those need a restart.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{self, Config, ConfigError};
+use crate::metrics::METRICS;
+use crate::runtime::Runtime;
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new config is invalid; the old one keeps serving.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The config did not come from a file, so there is nothing to reload from.
+    #[error("this config was not loaded from a file")]
+    NoFile,
+}
+
+struct State {
+    generation: u64,
+    /// Hash of the text last loaded or tried, so the file watcher retries only on a change.
+    seen: u64,
+}
+
+/// Holds the config now serving and replaces it on reload.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    current: ArcSwap<Runtime>,
+    state: Mutex<State>,
+}
+
+fn hash_of(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+impl Reloader {
+    /// Load the config at `path` as generation 1.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid config.
+    pub fn from_file(path: &Path) -> Result<Reloader, ConfigError> {
+        let text = config::read(path)?;
+        let mut r = Self::from_text(&text)?;
+        r.path = Some(path.to_path_buf());
+        Ok(r)
+    }
+
+    /// Serve a config given as text (it cannot be reloaded).
+    ///
+    /// # Errors
+    /// When the text is not a valid config.
+    pub fn from_text(text: &str) -> Result<Reloader, ConfigError> {
+        let runtime = Runtime::build(&Config::parse(text)?, None, 1)?;
+        METRICS.generation.set(1);
+        Ok(Reloader {
+            path: None,
+            current: ArcSwap::from_pointee(runtime),
+            state: Mutex::new(State {
+                generation: 1,
+                seen: hash_of(text),
+            }),
+        })
+    }
+
+    /// The config now serving. A request keeps the `Arc` for its whole life.
+    pub fn current(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// The file the config comes from.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Reload from the file now; `trigger` names the cause in the log.
+    ///
+    /// # Errors
+    /// [`ReloadError`]; the config serving before keeps serving.
+    pub fn reload(&self, trigger: &str) -> Result<u64, ReloadError> {
+        let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
+        let result = config::read(path).and_then(|text| self.apply(&text));
+        self.record(trigger, result)
+    }
+
+    /// Reload only if the file's content changed since the last load or attempt.
+    pub fn reload_if_changed(&self) -> Option<Result<u64, ReloadError>> {
+        let path = self.path.as_deref()?;
+        // A file that cannot be read right now (being replaced) is tried again next time.
+        let text = std::fs::read_to_string(path).ok()?;
+        if self.lock().seen == hash_of(&text) {
+            return None;
+        }
+        let result = self.apply(&text);
+        Some(self.record("file change", result))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(&self, text: &str) -> Result<u64, ConfigError> {
+        let mut state = self.lock();
+        state.seen = hash_of(text);
+        let parsed = Config::parse(text)?;
+        let old = self.current.load_full();
+        let next = Runtime::build(&parsed, Some(&old), state.generation + 1)?;
+        warn_restart_needed(&old.config, &next.config);
+        let generation = next.generation;
+        let next = Arc::new(next);
+        self.current.store(Arc::clone(&next));
+        state.generation = generation;
+        forget_removed_targets(&old, &next);
+        Ok(generation)
+    }
+
+    fn record(&self, trigger: &str, result: Result<u64, ConfigError>) -> Result<u64, ReloadError> {
+        match result {
+            Ok(generation) => {
+                METRICS.reloads.with_label_values(&["success"]).inc();
+                METRICS
+                    .generation
+                    .set(i64::try_from(generation).unwrap_or(i64::MAX));
+                tracing::info!(trigger, generation, "config reloaded");
+                Ok(generation)
+            }
+            Err(e) => {
+                METRICS.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(trigger, error = %e, "config reload refused; the previous config keeps serving");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn warn_restart_needed(old: &Config, new: &Config) {
+    let mut fixed = Vec::new();
+    if old.listeners != new.listeners {
+        fixed.push("listeners");
+    }
+    if old.admin != new.admin {
+        fixed.push("admin");
+    }
+    if old.server.threads != new.server.threads
+        || old.server.grace_period != new.server.grace_period
+    {
+        fixed.push("server.threads/grace_period");
+    }
+    if old.access_log != new.access_log {
+        fixed.push("access_log");
+    }
+    if !fixed.is_empty() {
+        tracing::warn!(
+            fields = ?fixed,
+            "these settings changed but take effect only after a restart"
+        );
+    }
+}
+
+fn forget_removed_targets(old: &Runtime, new: &Runtime) {
+    for pool in &old.pools {
+        for target in &pool.targets {
+            let stays = new
+                .pool(&pool.name)
+                .is_some_and(|p| p.targets.iter().any(|t| Arc::ptr_eq(t, target)));
+            if !stays {
+                let _ = METRICS
+                    .target_healthy
+                    .remove_label_values(&[&pool.name, &target.label]);
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP and when the config file changes (polled every second, by content, so
+/// that atomic renames and symlink swaps such as Kubernetes ConfigMaps are seen).
+pub struct ConfigWatcher {
+    reloader: Arc<Reloader>,
+    poll: Duration,
+}
+
+impl ConfigWatcher {
+    /// Watch for `reloader`'s file.
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        Self {
+            reloader,
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload by file or admin only");
+                None
+            }
+        };
+        let mut ticker = tokio::time::interval(self.poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sighup = async {
+                match hangup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup => {
+                    let _ = self.reloader.reload("SIGHUP");
+                }
+                _ = ticker.tick() => {
+                    let _ = self.reloader.reload_if_changed();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! The compiled, ready-to-serve form of a config.
+//!
+//! A [`Runtime`] is built from a parsed [`Config`] in one go (addresses parsed, route table
+//! compiled, pools and probes made) and is then immutable: it lives behind the reloader's
+//! `ArcSwap`, and each request takes one snapshot of it for its whole life. Building never
+//! touches the runtime that is serving; it only borrows state to carry over (target health).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use crate::config::{
+    AuthConfig, Balance, Config, ConfigError, HealthCheckConfig, Issues, Parsed, UpstreamConfig,
+};
+use crate::metrics::RouteMetrics;
+use crate::routing::{Methods, RouteMatch, RouteTable};
+use crate::upstream::health::ProbeKind;
+use crate::upstream::{HashOn, HealthProbe, Pool, PoolSettings};
+
+/// A route, compiled.
+pub struct Route {
+    /// Its name.
+    pub name: String,
+    /// The pool that serves it.
+    pub pool: Arc<Pool>,
+    /// Its request counters.
+    pub metrics: RouteMetrics,
+}
+
+/// Everything a request needs, for one generation of the config.
+pub struct Runtime {
+    /// 1 for the config loaded at start, one more for each successful reload.
+    pub generation: u64,
+    /// The config it was built from.
+    pub config: Config,
+    /// Routes, in config order.
+    pub routes: Vec<Route>,
+    /// The lookup table over `routes`.
+    pub table: RouteTable,
+    /// Pools, in config order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Counters for requests no route took.
+    pub unmatched: RouteMetrics,
+    /// Requests whose request line and headers exceed this are refused with 431.
+    pub max_request_header_bytes: usize,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("generation", &self.generation)
+            .field("routes", &self.routes.len())
+            .field("pools", &self.pools.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Compile `parsed`. State of pools in `previous` carries over where targets stay.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found, each with its path and line.
+    pub fn build(
+        parsed: &Parsed,
+        previous: Option<&Runtime>,
+        generation: u64,
+    ) -> Result<Runtime, ConfigError> {
+        let config = &parsed.config;
+        let mut issues = Issues::new(&parsed.index);
+        check_process_settings(config, &mut issues);
+
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        let mut pool_index: HashMap<&str, usize> = HashMap::new();
+        for (i, up) in config.upstreams.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            if pool_index.insert(up.name.as_str(), i).is_some() {
+                issues.push(
+                    format!("{path}.name"),
+                    format!("duplicate upstream `{}`", up.name),
+                );
+                continue;
+            }
+            let old = previous.and_then(|p| p.pools.iter().find(|old| old.name == up.name));
+            if let Some(pool) = build_pool(up, &path, old.map(|p| &**p), &mut issues) {
+                pools.push(Arc::new(pool));
+            }
+        }
+        let pools_by_name: HashMap<&str, &Arc<Pool>> =
+            pools.iter().map(|p| (p.name.as_str(), p)).collect();
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut matches = Vec::with_capacity(config.routes.len());
+        let mut names = HashSet::new();
+        for (i, rc) in config.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if rc.name.is_empty() {
+                issues.push(format!("{path}.name"), "a route needs a name");
+            } else if !names.insert(rc.name.as_str()) {
+                issues.push(
+                    format!("{path}.name"),
+                    format!("duplicate route `{}`", rc.name),
+                );
+            }
+            let Some(m) = compile_match(rc, &path, &mut issues) else {
+                continue;
+            };
+            match rc.auth {
+                None | Some(AuthConfig::None) => {}
+            }
+            let Some(pool) = pools_by_name.get(rc.upstream.as_str()) else {
+                if !pool_index.contains_key(rc.upstream.as_str()) {
+                    issues.push(
+                        format!("{path}.upstream"),
+                        format!("no upstream named `{}`", rc.upstream),
+                    );
+                }
+                continue;
+            };
+            matches.push(m);
+            routes.push(Route {
+                name: rc.name.clone(),
+                pool: Arc::clone(pool),
+                metrics: RouteMetrics::new(&rc.name),
+            });
+        }
+        let table = match RouteTable::build(&matches) {
+            Ok(t) => t,
+            Err(clashes) => {
+                for (a, b) in clashes {
+                    let route = |k: usize| {
+                        config
+                            .routes
+                            .iter()
+                            .position(|r| r.name == routes[k].name)
+                            .unwrap_or(k)
+                    };
+                    issues.push(
+                        format!("routes[{}].match", route(a)),
+                        format!(
+                            "route `{}` takes the same requests as route `{}`",
+                            routes[a].name, routes[b].name
+                        ),
+                    );
+                }
+                RouteTable::default()
+            }
+        };
+        let max_request_header_bytes = config.server.max_request_header_bytes;
+        issues.finish(Runtime {
+            generation,
+            config: config.clone(),
+            routes,
+            table,
+            pools,
+            unmatched: RouteMetrics::new(""),
+            max_request_header_bytes,
+        })
+    }
+
+    /// Compile config text; for tests and `check`.
+    ///
+    /// # Errors
+    /// As [`Config::parse`] and [`Runtime::build`].
+    pub fn from_yaml(text: &str) -> Result<Runtime, ConfigError> {
+        Runtime::build(&Config::parse(text)?, None, 1)
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// Settings read once at start (listeners, admin, threads): checked here so that `check`
+/// reports them; a reload that changes them keeps the old values and says so.
+fn check_process_settings(config: &Config, issues: &mut Issues<'_>) {
+    let mut seen = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}].address");
+        match l.address.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !seen.insert(addr) {
+                    issues.push(path, format!("address `{}` is listed twice", l.address));
+                }
+            }
+            Err(_) => issues.push(path, format!("`{}` is not an `ip:port` address", l.address)),
+        }
+        if let Some(tls) = &l.tls {
+            for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(file) {
+                    issues.push(
+                        format!("listeners[{i}].tls.{field}"),
+                        format!("cannot read `{}`: {e}", file.display()),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(admin) = &config.admin {
+        match admin.address.parse::<SocketAddr>() {
+            Ok(addr) if seen.contains(&addr) => issues.push(
+                "admin.address",
+                format!("`{}` is also a proxy listener", admin.address),
+            ),
+            Ok(_) => {}
+            Err(_) => issues.push(
+                "admin.address",
+                format!("`{}` is not an `ip:port` address", admin.address),
+            ),
+        }
+    }
+    if config.server.threads == Some(0) {
+        issues.push("server.threads", "must be at least 1");
+    }
+    if config.server.max_request_header_bytes < 1024 {
+        issues.push("server.max_request_header_bytes", "must be at least 1024");
+    }
+}
+
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !target.contains(':') {
+        return Err(format!("`{target}` needs a port (`host:port`)"));
+    }
+    // Host names are resolved when the config loads (and on each reload).
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{target}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{target}` resolves to no address"))
+}
+
+fn build_pool(
+    up: &UpstreamConfig,
+    path: &str,
+    previous: Option<&Pool>,
+    issues: &mut Issues<'_>,
+) -> Option<Pool> {
+    let before = issues.len();
+    if up.name.is_empty() {
+        issues.push(format!("{path}.name"), "an upstream needs a name");
+    }
+    if up.targets.is_empty() {
+        issues.push(
+            format!("{path}.targets"),
+            "an upstream needs at least one target",
+        );
+    }
+    let mut targets = Vec::with_capacity(up.targets.len());
+    let mut seen = HashSet::new();
+    for (j, t) in up.targets.iter().enumerate() {
+        match resolve(t) {
+            Ok(addr) if !seen.insert(addr) => {
+                issues.push(
+                    format!("{path}.targets[{j}]"),
+                    format!("`{t}` is listed twice"),
+                );
+            }
+            Ok(addr) => targets.push((addr, t.clone())),
+            Err(e) => issues.push(format!("{path}.targets[{j}]"), e),
+        }
+    }
+    let hash_on = match (up.balance, up.hash_on.as_deref()) {
+        (Balance::ConsistentHash, None | Some("client_ip")) => HashOn::ClientIp,
+        (Balance::ConsistentHash, Some(other)) => match other.strip_prefix("header:") {
+            Some(name) => match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(h) => HashOn::Header(h),
+                Err(_) => {
+                    issues.push(
+                        format!("{path}.hash_on"),
+                        format!("invalid header name `{name}`"),
+                    );
+                    HashOn::ClientIp
+                }
+            },
+            None => {
+                issues.push(
+                    format!("{path}.hash_on"),
+                    format!("unknown `{other}`, expected `client_ip` or `header:<name>`"),
+                );
+                HashOn::ClientIp
+            }
+        },
+        (_, Some(_)) => {
+            issues.push(
+                format!("{path}.hash_on"),
+                "only used with `balance: consistent_hash`",
+            );
+            HashOn::ClientIp
+        }
+        (_, None) => HashOn::ClientIp,
+    };
+    for (field, d) in [
+        ("connect_timeout", up.connect_timeout),
+        ("read_timeout", up.read_timeout),
+    ] {
+        if d.0.is_zero() {
+            issues.push(format!("{path}.{field}"), "must be more than zero");
+        }
+    }
+    let probe = up
+        .health_check
+        .as_ref()
+        .and_then(|hc| build_probe(hc, &format!("{path}.health_check"), issues));
+    if issues.len() != before {
+        return None;
+    }
+    let settings = PoolSettings {
+        balance: up.balance,
+        hash_on,
+        connect_timeout: up.connect_timeout.0,
+        read_timeout: up.read_timeout.0,
+        retries: up.retries,
+    };
+    match Pool::new(&up.name, targets, settings, probe, previous) {
+        Ok(pool) => Some(pool),
+        Err(e) => {
+            issues.push(path, e);
+            None
+        }
+    }
+}
+
+fn build_probe(hc: &HealthCheckConfig, path: &str, issues: &mut Issues<'_>) -> Option<HealthProbe> {
+    let kind = match (&hc.http, &hc.tcp) {
+        (Some(http), None) => {
+            if !http.path.starts_with('/') {
+                issues.push(format!("{path}.http.path"), "must start with `/`");
+                return None;
+            }
+            if !(100..=599).contains(&http.expect_status) {
+                issues.push(
+                    format!("{path}.http.expect_status"),
+                    "must be an HTTP status",
+                );
+                return None;
+            }
+            ProbeKind::Http {
+                path: http.path.clone(),
+                status: http.expect_status,
+                host: http.host.clone(),
+            }
+        }
+        (None, Some(_)) => ProbeKind::Tcp,
+        (Some(_), Some(_)) => {
+            issues.push(path, "give either `http` or `tcp`, not both");
+            return None;
+        }
+        (None, None) => {
+            issues.push(path, "give `http: { path: ... }` or `tcp: {}`");
+            return None;
+        }
+    };
+    let mut ok = true;
+    for (field, n) in [
+        ("healthy_after", hc.healthy_after),
+        ("unhealthy_after", hc.unhealthy_after),
+    ] {
+        if n == 0 {
+            issues.push(format!("{path}.{field}"), "must be at least 1");
+            ok = false;
+        }
+    }
+    for (field, d) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+        if d.0.is_zero() {
+            issues.push(format!("{path}.{field}"), "must be more than zero");
+            ok = false;
+        }
+    }
+    if !ok {
+        return None;
+    }
+    match HealthProbe::new(
+        kind,
+        hc.interval.0,
+        hc.timeout.0,
+        hc.healthy_after,
+        hc.unhealthy_after,
+    ) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            issues.push(path, e);
+            None
+        }
+    }
+}
+
+fn compile_match(
+    rc: &crate::config::RouteConfig,
+    path: &str,
+    issues: &mut Issues<'_>,
+) -> Option<RouteMatch> {
+    let mut ok = true;
+    let host = match rc.matcher.host.as_deref() {
+        None => None,
+        Some(h) => {
+            let lower = h.trim().to_ascii_lowercase();
+            let bare = lower.strip_prefix("*.").unwrap_or(&lower);
+            let valid = !bare.is_empty()
+                && !bare.contains('*')
+                && !bare.contains(':')
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !valid {
+                issues.push(
+                    format!("{path}.match.host"),
+                    format!("`{h}` is not a host name or `*.domain` pattern"),
+                );
+                ok = false;
+            }
+            Some(lower)
+        }
+    };
+    let prefix = rc.matcher.path_prefix.clone().unwrap_or_else(|| "/".into());
+    if !prefix.starts_with('/') {
+        issues.push(format!("{path}.match.path_prefix"), "must start with `/`");
+        ok = false;
+    }
+    let methods = match rc.matcher.methods.as_deref() {
+        None => Methods::ANY,
+        Some([]) => {
+            issues.push(
+                format!("{path}.match.methods"),
+                "leave it out to allow every method",
+            );
+            ok = false;
+            Methods::ANY
+        }
+        Some(list) => Methods::parse(list).unwrap_or_else(|e| {
+            issues.push(format!("{path}.match.methods"), e);
+            ok = false;
+            Methods::ANY
+        }),
+    };
+    ok.then_some(RouteMatch {
+        host,
+        path_prefix: prefix,
+        methods,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+upstreams:
+  - name: orders
+    targets: [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]
+    health_check: { http: { path: /healthz }, interval: 1s }
+routes:
+  - name: orders
+    match: { path_prefix: /v1/orders, methods: [GET] }
+    upstream: orders
+";
+
+    #[test]
+    fn builds_a_valid_config() {
+        let rt = Runtime::from_yaml(BASE).unwrap();
+        assert_eq!(rt.routes.len(), 1);
+        assert_eq!(rt.pools[0].targets.len(), 2);
+        assert!(rt.pools[0].probe.is_some());
+        let i = rt
+            .table
+            .lookup("x", "/v1/orders/1", &http::Method::GET)
+            .unwrap();
+        assert_eq!(rt.routes[i].name, "orders");
+    }
+
+    #[test]
+    fn semantic_errors_name_path_and_line() {
+        let text = "
+listeners:
+  - address: \"nowhere\"
+upstreams:
+  - name: a
+    targets: [\"127.0.0.1\"]
+    hash_on: client_ip
+routes:
+  - name: r
+    match: { host: \"bad host\", path_prefix: x, methods: [FETCH] }
+    upstream: missing
+";
+        let err = Runtime::from_yaml(text).unwrap_err();
+        let got: Vec<(String, Option<usize>)> = err
+            .issues()
+            .iter()
+            .map(|i| (i.path.clone(), i.line))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("listeners[0].address".into(), Some(3)),
+                ("upstreams[0].targets[0]".into(), Some(6)),
+                ("upstreams[0].hash_on".into(), Some(7)),
+                ("routes[0].match.host".into(), Some(10)),
+                ("routes[0].match.path_prefix".into(), Some(10)),
+                ("routes[0].match.methods".into(), Some(10)),
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_upstream_and_duplicates() {
+        let text = format!(
+            "{BASE}  - name: orders\n    match: {{ path_prefix: /v1/orders, methods: [GET] }}\n    upstream: nope\n"
+        );
+        let err = Runtime::from_yaml(&text).unwrap_err();
+        let msgs: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("routes[1].name: duplicate route `orders`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("routes[1].upstream: no upstream named `nope`")),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn overlapping_routes_are_refused() {
+        let text = format!(
+            "{BASE}  - name: again\n    match: {{ path_prefix: /v1/orders }}\n    upstream: orders\n"
+        );
+        let err = Runtime::from_yaml(&text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("route `again` takes the same requests as route `orders`"),
+            "{err}"
+        );
+    }
+}

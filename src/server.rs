@@ -1,0 +1,197 @@
+//! Assembles and runs the Pingora server: the proxy on its listeners, the admin endpoint,
+//! health checks and the config watcher, with graceful shutdown.
+//!
+//! Nothing here handles a request; it wires the parts together once at start.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::proxy::{self, Portcullis};
+use crate::reload::{ConfigWatcher, Reloader};
+use crate::upstream::HealthSupervisor;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The access log file could not be opened.
+    #[error("cannot open the access log: {0}")]
+    AccessLog(#[source] std::io::Error),
+    /// A TLS listener's certificate or key could not be loaded.
+    #[error("listener {address}: cannot load TLS certificate or key: {message}")]
+    Tls {
+        /// The listener.
+        address: String,
+        /// Pingora's reason.
+        message: String,
+    },
+    /// The config has no listener.
+    #[error("the config has no listeners")]
+    NoListeners,
+}
+
+/// Build the server around `reloader`'s config and run it until a shutdown signal.
+/// `extra` may add services of its own (the demo adds its echo upstream).
+///
+/// # Errors
+/// [`ServeError`] when something needed at start is missing; once running it only returns
+/// after shutdown, by exiting the process.
+pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result<(), ServeError> {
+    let runtime = reloader.current();
+    let config = &runtime.config;
+    if config.listeners.is_empty() {
+        return Err(ServeError::NoListeners);
+    }
+    let access_log = AccessLog::start(&config.access_log).map_err(ServeError::AccessLog)?;
+    let grace = config.server.grace_period.0;
+
+    let conf = ServerConf {
+        threads: config
+            .server
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        // Pingora sleeps this long after SIGTERM whatever is in flight; our own watch exits
+        // as soon as requests drain, so this is only the backstop.
+        grace_period_seconds: Some(grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    let mut proxy_service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Portcullis::new(Arc::clone(&reloader), access_log.clone()),
+        "portcullis proxy",
+    );
+    for listener in &config.listeners {
+        match &listener.tls {
+            None => proxy_service.add_tcp(&listener.address),
+            Some(tls) => {
+                let cert = tls.cert.to_string_lossy();
+                let key = tls.key.to_string_lossy();
+                let mut settings =
+                    TlsSettings::intermediate(&cert, &key).map_err(|e| ServeError::Tls {
+                        address: listener.address.clone(),
+                        message: e.to_string(),
+                    })?;
+                settings.enable_h2();
+                proxy_service.add_tls_with_settings(&listener.address, None, settings);
+            }
+        }
+    }
+    server.add_service(proxy_service);
+
+    if let Some(admin) = &config.admin {
+        let mut admin_service =
+            Service::new("portcullis admin".into(), Admin::new(Arc::clone(&reloader)));
+        admin_service.add_tcp(&admin.address);
+        admin_service.threads = Some(1);
+        server.add_service(admin_service);
+    }
+    let mut health = background_service(
+        "health checks",
+        HealthSupervisor::new(Arc::clone(&reloader)),
+    );
+    health.threads = Some(1);
+    server.add_service(health);
+    if reloader.path().is_some() {
+        install_sighup_handler();
+        let mut watcher =
+            background_service("config watcher", ConfigWatcher::new(Arc::clone(&reloader)));
+        watcher.threads = Some(1);
+        server.add_service(watcher);
+    }
+    extra(&mut server);
+
+    tracing::info!(
+        listeners = ?config.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
+        admin = config.admin.as_ref().map(|a| a.address.as_str()),
+        generation = runtime.generation,
+        "portcullis starting"
+    );
+    drop(runtime);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingShutdown { grace, access_log }),
+    });
+    Ok(())
+}
+
+/// SIGHUP's default action ends the process. Register tokio's handler before any service
+/// starts, so a SIGHUP that arrives while the server boots is recorded, not fatal.
+fn install_sighup_handler() {
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        rt.block_on(async {
+            if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                tracing::error!(error = %e, "cannot install the SIGHUP handler");
+            }
+        });
+    }
+}
+
+/// Pingora's signals, plus an early exit once a graceful shutdown has drained.
+///
+/// Pingora's graceful shutdown sleeps the whole grace period even when nothing is in flight
+/// (a fixed `thread::sleep`); this watch exits as soon as in-flight requests reach zero.
+struct DrainingShutdown {
+    grace: Duration,
+    access_log: AccessLog,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainingShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot listen for shutdown signals");
+            return std::future::pending().await;
+        };
+        let kind = tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        };
+        if matches!(kind, ShutdownSignal::GracefulTerminate) {
+            tracing::info!(grace = ?self.grace, in_flight = proxy::in_flight(), "SIGTERM: draining");
+            let grace = self.grace;
+            let log = self.access_log.clone();
+            let _ = std::thread::Builder::new()
+                .name("drain".into())
+                .spawn(move || drain_then_exit(grace, log));
+        }
+        kind
+    }
+}
+
+fn drain_then_exit(grace: Duration, log: AccessLog) {
+    let start = Instant::now();
+    // Let the listeners close and requests already being read reach the proxy.
+    std::thread::sleep(Duration::from_millis(300));
+    while proxy::in_flight() > 0 && start.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = proxy::in_flight();
+    if left > 0 {
+        tracing::warn!(left, "grace period over with requests in flight");
+    } else {
+        tracing::info!("drained; exiting");
+    }
+    log.flush(Duration::from_secs(2));
+    std::process::exit(0);
+}

@@ -1,0 +1,326 @@
+//! Upstream pools: targets, their health, and picking one for a request.
+//!
+//! Selection uses pingora-load-balancing's algorithms; health is our own per-target state so
+//! that it can outlive a config reload (a target that stays keeps its `Arc<Target>`). This
+//! module never talks HTTP to a client and never decides routing.
+
+pub mod health;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::lb::selection::{consistent::KetamaHashing, BackendIter, BackendSelection};
+use pingora::lb::selection::{Random, RoundRobin};
+use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+
+use crate::config::Balance;
+use crate::metrics::METRICS;
+
+pub use health::{HealthProbe, HealthSupervisor};
+
+/// One target of a pool, with the health state its probes keep.
+pub struct Target {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The address as written, for logs and labels.
+    pub label: String,
+    healthy: AtomicBool,
+    successes: AtomicUsize,
+    failures: AtomicUsize,
+    /// Milliseconds since [`health::epoch`] when the next probe is due.
+    next_probe_ms: AtomicU64,
+    probing: AtomicBool,
+    gauge: prometheus::IntGauge,
+}
+
+impl Target {
+    fn new(pool: &str, addr: SocketAddr, label: String) -> Target {
+        let gauge = METRICS.target_healthy.with_label_values(&[pool, &label]);
+        gauge.set(1);
+        Target {
+            addr,
+            label,
+            // A new target serves until probes say otherwise, so a fresh start does not
+            // wait a full probe cycle before taking traffic.
+            healthy: AtomicBool::new(true),
+            successes: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+            next_probe_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            gauge,
+        }
+    }
+
+    /// Whether the target takes traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Record a probe result; returns `Some(new_state)` when the target flipped.
+    fn observe(&self, ok: bool, healthy_after: usize, unhealthy_after: usize) -> Option<bool> {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.is_healthy() && n >= healthy_after {
+                self.healthy.store(true, Ordering::Relaxed);
+                self.gauge.set(1);
+                return Some(true);
+            }
+        } else {
+            self.successes.store(0, Ordering::Relaxed);
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.is_healthy() && n >= unhealthy_after {
+                self.healthy.store(false, Ordering::Relaxed);
+                self.gauge.set(0);
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+/// What a consistent-hash pool hashes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header's value (lowercase name).
+    Header(http::HeaderName),
+}
+
+enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<KetamaHashing>),
+}
+
+/// Settings of a pool that every request through it uses.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// How a target is picked.
+    pub balance: Balance,
+    /// Consistent hashing input.
+    pub hash_on: HashOn,
+    /// Time to connect.
+    pub connect_timeout: Duration,
+    /// Time for each read.
+    pub read_timeout: Duration,
+    /// Further tries on another target after a connect failure.
+    pub retries: usize,
+}
+
+/// An upstream pool.
+pub struct Pool {
+    /// Its name in the config.
+    pub name: String,
+    /// Its targets, in config order.
+    pub targets: Vec<Arc<Target>>,
+    /// How requests use it.
+    pub settings: PoolSettings,
+    /// Active health checking, when configured.
+    pub probe: Option<HealthProbe>,
+    by_addr: HashMap<PeerAddr, usize, ahash::RandomState>,
+    selector: Selector,
+}
+
+/// Build a pingora load balancer over fixed backends without an async context.
+fn balancer<S>(backends: &[Backend]) -> Option<LoadBalancer<S>>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    let set = backends.iter().cloned().collect();
+    let lb = LoadBalancer::<S>::from_backends(Backends::new(discovery::Static::new(set)));
+    // Static discovery never waits, so one poll finishes the update.
+    let ready = {
+        let mut update = std::pin::pin!(lb.update());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            update.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Ok(()))
+        )
+    };
+    ready.then_some(lb)
+}
+
+use std::future::Future;
+
+impl Pool {
+    /// Build a pool. Targets listed in `previous` keep their health state.
+    ///
+    /// # Errors
+    /// A message when pingora could not build the balancer.
+    pub fn new(
+        name: &str,
+        targets: Vec<(SocketAddr, String)>,
+        settings: PoolSettings,
+        probe: Option<HealthProbe>,
+        previous: Option<&Pool>,
+    ) -> Result<Pool, String> {
+        let mut by_addr = HashMap::default();
+        let mut backends = Vec::with_capacity(targets.len());
+        let mut kept = Vec::with_capacity(targets.len());
+        for (i, (addr, label)) in targets.into_iter().enumerate() {
+            let carried = previous.and_then(|p| p.targets.iter().find(|t| t.addr == addr));
+            kept.push(match carried {
+                Some(t) => Arc::clone(t),
+                None => Arc::new(Target::new(name, addr, label)),
+            });
+            let backend = Backend {
+                addr: PeerAddr::Inet(addr),
+                weight: 1,
+                ext: Default::default(),
+            };
+            by_addr.insert(backend.addr.clone(), i);
+            backends.push(backend);
+        }
+        let failed = || format!("upstream `{name}`: cannot build the load balancer");
+        let selector = match settings.balance {
+            Balance::RoundRobin => Selector::RoundRobin(balancer(&backends).ok_or_else(failed)?),
+            Balance::Random => Selector::Random(balancer(&backends).ok_or_else(failed)?),
+            Balance::ConsistentHash => {
+                Selector::Consistent(balancer(&backends).ok_or_else(failed)?)
+            }
+        };
+        Ok(Pool {
+            name: name.to_string(),
+            targets: kept,
+            settings,
+            probe,
+            by_addr,
+            selector,
+        })
+    }
+
+    /// Pick a healthy target not in `tried`, by the pool's balance mode. `key` matters only
+    /// for consistent hashing.
+    pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+        let accept = |b: &Backend, _: bool| {
+            self.by_addr
+                .get(&b.addr)
+                .is_some_and(|&i| self.targets[i].is_healthy() && !tried.contains(&i))
+        };
+        let max = self.targets.len().saturating_mul(2).max(8);
+        let picked = match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(key, max, accept),
+            Selector::Random(lb) => lb.select_with(key, max, accept),
+            Selector::Consistent(lb) => lb.select_with(key, max, accept),
+        };
+        match picked {
+            Some(b) => self.by_addr.get(&b.addr).copied(),
+            // The algorithms bound their search; make sure a healthy target is never missed.
+            None => (0..self.targets.len())
+                .find(|i| self.targets[*i].is_healthy() && !tried.contains(i)),
+        }
+    }
+
+    /// How many targets are healthy.
+    pub fn healthy_count(&self) -> usize {
+        self.targets.iter().filter(|t| t.is_healthy()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: Balance, n: usize) -> Pool {
+        let targets = (0..n)
+            .map(|i| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
+                (addr, addr.to_string())
+            })
+            .collect();
+        let settings = PoolSettings {
+            balance,
+            hash_on: HashOn::ClientIp,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            retries: 1,
+        };
+        Pool::new(
+            &format!("test-{balance:?}-{n}"),
+            targets,
+            settings,
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_robin_spreads_and_skips_unhealthy() {
+        let p = pool(Balance::RoundRobin, 3);
+        let mut seen = [0; 3];
+        for _ in 0..30 {
+            seen[p.select(b"", &[]).unwrap()] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+        for _ in 0..3 {
+            p.targets[1].observe(false, 2, 3);
+        }
+        assert!(!p.targets[1].is_healthy());
+        for _ in 0..30 {
+            assert_ne!(p.select(b"", &[]), Some(1));
+        }
+        assert_eq!(p.healthy_count(), 2);
+    }
+
+    #[test]
+    fn every_mode_respects_tried_and_health() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::ConsistentHash,
+        ] {
+            let p = pool(balance, 4);
+            for t in &p.targets[..3] {
+                for _ in 0..3 {
+                    t.observe(false, 1, 3);
+                }
+            }
+            assert_eq!(p.select(b"k", &[]), Some(3), "{balance:?}");
+            assert_eq!(p.select(b"k", &[3]), None, "{balance:?}");
+        }
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky() {
+        let p = pool(Balance::ConsistentHash, 5);
+        let first = p.select(b"client-a", &[]);
+        for _ in 0..20 {
+            assert_eq!(p.select(b"client-a", &[]), first);
+        }
+    }
+
+    #[test]
+    fn thresholds() {
+        let p = pool(Balance::RoundRobin, 1);
+        let t = &p.targets[0];
+        assert_eq!(t.observe(false, 2, 3), None);
+        assert_eq!(t.observe(false, 2, 3), None);
+        assert_eq!(t.observe(false, 2, 3), Some(false));
+        assert_eq!(t.observe(true, 2, 3), None);
+        assert_eq!(t.observe(true, 2, 3), Some(true));
+    }
+
+    #[test]
+    fn health_carries_over_to_a_rebuilt_pool() {
+        let old = pool(Balance::RoundRobin, 2);
+        for _ in 0..3 {
+            old.targets[0].observe(false, 2, 3);
+        }
+        let targets = old
+            .targets
+            .iter()
+            .map(|t| (t.addr, t.label.clone()))
+            .collect();
+        let new = Pool::new(&old.name, targets, old.settings.clone(), None, Some(&old)).unwrap();
+        assert!(!new.targets[0].is_healthy());
+        assert!(new.targets[1].is_healthy());
+    }
+}
