@@ -59,9 +59,20 @@ impl Reloader {
     /// When the file cannot be read or is not a valid config.
     pub fn from_file(path: &Path) -> Result<Reloader, ConfigError> {
         let text = config::read(path)?;
-        let mut r = Self::from_text(&text)?;
-        r.path = Some(path.to_path_buf());
-        Ok(r)
+        let runtime = Runtime::build(&Config::parse_file(&text, path)?, None, 1)?;
+        Ok(Self::serving(runtime, Some(path.to_path_buf()), &text))
+    }
+
+    fn serving(runtime: Runtime, path: Option<PathBuf>, text: &str) -> Reloader {
+        METRICS.generation.set(1);
+        Reloader {
+            path,
+            current: ArcSwap::from_pointee(runtime),
+            state: Mutex::new(State {
+                generation: 1,
+                seen: hash_of(text),
+            }),
+        }
     }
 
     /// Serve a config given as text (it cannot be reloaded).
@@ -70,15 +81,7 @@ impl Reloader {
     /// When the text is not a valid config.
     pub fn from_text(text: &str) -> Result<Reloader, ConfigError> {
         let runtime = Runtime::build(&Config::parse(text)?, None, 1)?;
-        METRICS.generation.set(1);
-        Ok(Reloader {
-            path: None,
-            current: ArcSwap::from_pointee(runtime),
-            state: Mutex::new(State {
-                generation: 1,
-                seen: hash_of(text),
-            }),
-        })
+        Ok(Self::serving(runtime, None, text))
     }
 
     /// The config now serving. A request keeps the `Arc` for its whole life.
@@ -120,7 +123,10 @@ impl Reloader {
     fn apply(&self, text: &str) -> Result<u64, ConfigError> {
         let mut state = self.lock();
         state.seen = hash_of(text);
-        let parsed = Config::parse(text)?;
+        let parsed = match &self.path {
+            Some(path) => Config::parse_file(text, path)?,
+            None => Config::parse(text)?,
+        };
         let old = self.current.load_full();
         let next = Runtime::build(&parsed, Some(&old), state.generation + 1)?;
         warn_restart_needed(&old.config, &next.config);

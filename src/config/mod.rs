@@ -170,12 +170,43 @@ impl Config {
         Ok(Self::parse(text)?.config)
     }
 
-    /// Read and parse the file at `path`.
+    /// Read and parse the file at `path`; relative paths in it are taken from its folder.
     ///
     /// # Errors
     /// [`ConfigError::Read`] when the file cannot be read, else as [`Config::from_yaml`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Ok(Self::parse(&read(path)?)?.config)
+        Ok(Self::parse_file(&read(path)?, path)?.config)
+    }
+
+    /// Parse `text`, read from `path`: relative file paths in it (TLS files, the access log)
+    /// are resolved against the file's folder, so a config and its files can move together.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml`].
+    pub fn parse_file(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
+        let mut parsed = Self::parse(text)?;
+        if let Some(base) = path.parent() {
+            parsed.config.resolve_paths(base);
+        }
+        Ok(parsed)
+    }
+
+    /// Make relative file paths absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for listener in &mut self.listeners {
+            if let Some(tls) = &mut listener.tls {
+                fix(&mut tls.cert);
+                fix(&mut tls.key);
+            }
+        }
+        if let AccessLogConfig::File(p) = &mut self.access_log {
+            fix(p);
+        }
     }
 
     /// Parse, keeping the line index for later errors.
