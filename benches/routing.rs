@@ -1,0 +1,197 @@
+//! Request-path costs that do not need a network: route lookup at 1, 100 and 10,000 routes,
+//! and the header rewriting every proxied request goes through.
+//!
+//! Run: `cargo bench --bench routing` (add `-- --warm-up-time 1 --measurement-time 2` for a
+//! quick pass). The README's Performance section quotes these numbers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use portcullis::proxy::headers;
+use portcullis::routing::{self, Methods, RouteMatch, RouteTable};
+
+/// Sizes of the route tables compared.
+const SIZES: [usize; 3] = [1, 100, 10_000];
+
+/// A table of `n` routes shaped like a real API gateway's: mostly host-less
+/// `/api/v1/svcNNNNN/items` prefixes, with exact-host and wildcard-host routes mixed in (one
+/// in ten each) and a method list on some. With `n == 1` it is the single route
+/// `/api/v1/svc00000/items`.
+fn routes(n: usize) -> Vec<RouteMatch> {
+    (0..n)
+        .map(|i| {
+            let (host, prefix) = match i % 10 {
+                3 if n > 1 => (Some(format!("svc{i:05}.example.com")), "/".to_string()),
+                7 if n > 1 => (
+                    Some(format!("*.t{i:05}.example.com")),
+                    format!("/api/v1/svc{i:05}"),
+                ),
+                _ => (None, format!("/api/v1/svc{i:05}/items")),
+            };
+            let methods = if i % 50 == 9 {
+                Methods::parse(&["GET", "HEAD"]).unwrap()
+            } else {
+                Methods::ANY
+            };
+            RouteMatch {
+                host,
+                path_prefix: prefix,
+                methods,
+            }
+        })
+        .collect()
+}
+
+/// The host-less route with the highest number: the one inserted last.
+fn last_plain_route(n: usize) -> usize {
+    (0..n)
+        .rev()
+        .find(|&i| n == 1 || !matches!(i % 10, 3 | 7))
+        .unwrap()
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_lookup");
+    for n in SIZES {
+        let table = RouteTable::build(&routes(n)).unwrap();
+        let k = last_plain_route(n);
+        // The same shape of request at every size: an unknown host (every wildcard suffix
+        // is tried), then a 27-byte walk down the path trie to the deepest route.
+        let hit = format!("/api/v1/svc{k:05}/items/8812/details");
+        assert_eq!(
+            table.lookup("shop.example.com", &hit, &Method::GET),
+            Some(k)
+        );
+        group.bench_with_input(BenchmarkId::new("deep_match", n), &n, |b, _| {
+            b.iter(|| {
+                table.lookup(
+                    black_box("shop.example.com"),
+                    black_box(&hit),
+                    black_box(&Method::GET),
+                )
+            })
+        });
+        // Shares the long prefix but no route takes it: falls through exact host, wildcard
+        // suffixes and host-less routes, and ends as a 404.
+        let miss = format!("/api/v1/svc{k:05}/orders/8812");
+        assert_eq!(table.lookup("shop.example.com", &miss, &Method::GET), None);
+        group.bench_with_input(BenchmarkId::new("fallback_404", n), &n, |b, _| {
+            b.iter(|| {
+                table.lookup(
+                    black_box("shop.example.com"),
+                    black_box(&miss),
+                    black_box(&Method::GET),
+                )
+            })
+        });
+        // What the proxy does per request: normalise Host and path, then look up.
+        group.bench_with_input(BenchmarkId::new("admit", n), &n, |b, _| {
+            b.iter(|| {
+                let host = routing::host_key(black_box("Shop.Example.com:443"));
+                let path = routing::match_path(black_box(&hit)).unwrap();
+                table.lookup(&host, &path, black_box(&Method::GET))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A browser-like request as it reaches the proxy.
+fn client_request() -> RequestHeader {
+    let mut r = RequestHeader::build(
+        "GET",
+        b"/api/v1/svc00042/items/8812?page=2&sort=-created",
+        None,
+    )
+    .unwrap();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "application/json, text/plain, */*"),
+        ("accept-language", "en-GB,en;q=0.7,de;q=0.3"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ1c2VyLTEyMyJ9.c2ln",
+        ),
+        ("cookie", "session=4f1c2a9d8e7b; theme=dark; consent=1"),
+        ("referer", "https://app.example.com/orders"),
+        ("connection", "keep-alive, x-trace-hop"),
+        ("keep-alive", "timeout=5"),
+        ("x-trace-hop", "1"),
+        ("x-forwarded-for", "198.51.100.23"),
+        ("x-request-id", "7f3e9c2a-4b1d-4e8f-9a6c-2d5b8e1f0a3c"),
+    ] {
+        r.append_header(k, v).unwrap();
+    }
+    r
+}
+
+fn upstream_response() -> ResponseHeader {
+    let mut r = ResponseHeader::build(200, None).unwrap();
+    for (k, v) in [
+        ("content-type", "application/json"),
+        ("content-length", "1834"),
+        ("cache-control", "private, max-age=0"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=60"),
+        ("date", "Fri, 28 Nov 2025 17:00:00 GMT"),
+        ("server", "orders/1.4"),
+    ] {
+        r.append_header(k, v).unwrap();
+    }
+    r
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let mut group = c.benchmark_group("headers");
+    let client: IpAddr = "203.0.113.9".parse().unwrap();
+    let req = client_request();
+    let resp = upstream_response();
+    // The request side, as in `upstream_request_filter`: request id, hop-by-hop removal,
+    // X-Forwarded-*. Cloning the header is measured alone beside it.
+    group.bench_function("request_clone_only", |b| {
+        b.iter_batched(|| (), |()| black_box(req.clone()), BatchSize::SmallInput)
+    });
+    group.bench_function("request_rewrite", |b| {
+        b.iter_batched(
+            || req.clone(),
+            |mut r| {
+                let id = headers::request_id(&r);
+                headers::strip_request_hop_by_hop(&mut r, false);
+                headers::set_forwarded(&mut r, Some(client), true);
+                r.insert_header(headers::REQUEST_ID, id.as_str()).unwrap();
+                r
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The response side, as in `response_filter`.
+    group.bench_function("response_rewrite", |b| {
+        b.iter_batched(
+            || resp.clone(),
+            |mut r| {
+                headers::strip_response_hop_by_hop(&mut r);
+                r.insert_header(headers::REQUEST_ID, "7f3e9c2a-4b1d-4e8f-9a6c-2d5b8e1f0a3c")
+                    .unwrap();
+                r
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("header_bytes", |b| {
+        b.iter(|| headers::header_bytes(black_box(&req)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, route_lookup, header_rewrite);
+criterion_main!(benches);
