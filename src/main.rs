@@ -45,12 +45,22 @@ enum Command {
 }
 
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Pingora's debug and trace lines print whole request headers (Authorization, cookies)
+    // and URIs with their query: whatever RUST_LOG asks, its crates stop at info.
+    let no_pingora_debug = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO || !meta.target().starts_with("pingora")
+    });
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(no_pingora_debug)
         .try_init();
 }
 

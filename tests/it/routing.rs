@@ -1,0 +1,171 @@
+//! Routing: exact host over wildcard, longest prefix, methods, fall-through, 404.
+
+use crate::support::{client_builder, pool, Proxy, Upstream};
+
+/// One upstream per route, so the echo's name says which route took a request.
+async fn routed() -> (Proxy, Vec<Upstream>) {
+    let names = ["exact", "wild", "v1", "orders", "read", "write"];
+    let mut ups = Vec::new();
+    let mut body = String::from("upstreams:\n");
+    for n in names {
+        let u = Upstream::start(n).await;
+        body.push_str(&pool(n, &[u.addr().to_string()], &[]));
+        ups.push(u);
+    }
+    body.push_str(
+        r#"routes:
+  - name: exact-host
+    match: { host: "api.example.com", path_prefix: "/docs" }
+    upstream: exact
+  - name: wildcard-host
+    match: { host: "*.example.com", path_prefix: "/docs" }
+    upstream: wild
+  - name: v1
+    match: { path_prefix: "/v1" }
+    upstream: v1
+  - name: v1-orders
+    match: { path_prefix: "/v1/orders" }
+    upstream: orders
+  - name: reports-read
+    match: { path_prefix: "/reports", methods: [GET, HEAD] }
+    upstream: read
+  - name: reports-write
+    match: { path_prefix: "/reports", methods: [POST, PUT] }
+    upstream: write
+"#,
+    );
+    (Proxy::start(&body).await, ups)
+}
+
+/// A client that sends requests for these host names to the proxy.
+fn client_for(proxy: &Proxy, hosts: &[&str]) -> reqwest::Client {
+    let mut b = client_builder();
+    for h in hosts {
+        b = b.resolve(h, proxy.addr());
+    }
+    b.build().unwrap()
+}
+
+async fn upstream_of(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+) -> Result<crate::support::Echo, (u16, serde_json::Value)> {
+    let resp = http.request(method, url).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    if status == 200 {
+        Ok(serde_json::from_str(&text).unwrap())
+    } else {
+        Err((
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| text.into()),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_exact_beats_wildcard_and_falls_through_to_hostless_routes() {
+    let (proxy, _ups) = routed().await;
+    let port = proxy.addr().port();
+    let hosts = [
+        "api.example.com",
+        "www.example.com",
+        "a.b.example.com",
+        "example.com",
+        "other.test",
+    ];
+    let http = client_for(&proxy, &hosts);
+    let url = |host: &str, path: &str| format!("http://{host}:{port}{path}");
+    let get = reqwest::Method::GET;
+
+    let cases = [
+        ("api.example.com", "/docs/intro", "exact"),
+        ("API.Example.COM", "/docs", "exact"),
+        ("www.example.com", "/docs/intro", "wild"),
+        ("a.b.example.com", "/docs", "wild"),
+        // api.example.com has routes, but none for /v1: host-less routes take it.
+        ("api.example.com", "/v1/orders/7", "orders"),
+        ("www.example.com", "/v1/x", "v1"),
+        ("other.test", "/v1/orders", "orders"),
+    ];
+    for (host, path, want) in cases {
+        let echo = upstream_of(&http, get.clone(), &url(&host.to_ascii_lowercase(), path))
+            .await
+            .unwrap_or_else(|e| panic!("{host}{path}: {e:?}"));
+        assert_eq!(echo.upstream, want, "{host}{path}");
+        assert_eq!(echo.path, path, "the upstream sees the path unchanged");
+    }
+    // Upper-case Host header, sent as is.
+    let resp = http
+        .get(url("api.example.com", "/docs/x"))
+        .header("host", format!("API.EXAMPLE.COM:{port}"))
+        .send()
+        .await
+        .unwrap();
+    let echo: crate::support::Echo = resp.json().await.unwrap();
+    assert_eq!(echo.upstream, "exact");
+
+    // `*.example.com` does not take the bare domain, and no host-less route has /docs.
+    let (status, body) = upstream_of(&http, get.clone(), &url("example.com", "/docs"))
+        .await
+        .unwrap_err();
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "no_route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_prefix_wins_and_methods_filter() {
+    let (proxy, ups) = routed().await;
+    let http = client_for(&proxy, &[]);
+    let cases = [
+        (reqwest::Method::GET, "/v1", "v1"),
+        (reqwest::Method::GET, "/v1/customers", "v1"),
+        (reqwest::Method::GET, "/v1/orders", "orders"),
+        (reqwest::Method::DELETE, "/v1/orders/9?full=1", "orders"),
+        (reqwest::Method::GET, "/reports/2024", "read"),
+        (reqwest::Method::HEAD, "/reports", "read"),
+        (reqwest::Method::POST, "/reports", "write"),
+        (reqwest::Method::PUT, "/reports/1", "write"),
+    ];
+    for (method, path, want) in cases {
+        let resp = http
+            .request(method.clone(), proxy.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{method} {path}");
+        assert_eq!(resp.headers()["x-upstream"], want, "{method} {path}");
+    }
+    let got = ups[3].received();
+    let last = got.last().unwrap();
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        ("DELETE", "/v1/orders/9?full=1")
+    );
+
+    // DELETE is in neither /reports route and nothing else takes /reports.
+    let before: usize = ups.iter().map(Upstream::hits).sum();
+    let resp = http.delete(proxy.url("/reports/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "no_route");
+    assert_eq!(ups.iter().map(Upstream::hits).sum::<usize>(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_a_json_404_that_reaches_no_upstream() {
+    let (proxy, ups) = routed().await;
+    let http = client_for(&proxy, &[]);
+    for path in ["/", "/nothing/here", "/v", "/doc"] {
+        let resp = http.get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "no_route", "{path}: {body}");
+        assert!(body["message"].is_string(), "{body}");
+        assert_eq!(body["request_id"], id.as_str());
+    }
+    assert_eq!(ups.iter().map(Upstream::hits).sum::<usize>(), 0);
+}

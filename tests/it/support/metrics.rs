@@ -1,0 +1,97 @@
+//! Reading the Prometheus text format the admin endpoint serves.
+
+/// A series name, its labels and its value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// One scrape.
+pub struct Metrics {
+    samples: Vec<Sample>,
+    text: String,
+}
+
+impl Metrics {
+    /// Parse the text format (comments skipped).
+    pub fn parse(text: &str) -> Metrics {
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value.parse().unwrap_or(f64::NAN);
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), Vec::new()),
+                Some((name, rest)) => (name.to_string(), parse_labels(rest.trim_end_matches('}'))),
+            };
+            samples.push((name, labels, value));
+        }
+        Metrics {
+            samples,
+            text: text.to_string(),
+        }
+    }
+
+    /// The value of the series `name` whose labels include all of `labels`; `None` when there
+    /// is none. Panics when more than one series matches: the test asked an ambiguous question.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name}{labels:?} matches {} series",
+            found.len()
+        );
+        found.first().copied()
+    }
+
+    /// Whether a series of this name exists with these labels.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.get(name, labels).is_some()
+    }
+
+    /// The raw text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(eq) = rest.find("=\"") {
+        let key = rest[..eq].trim_start_matches(',').trim().to_string();
+        let after = &rest[eq + 2..];
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+        rest = &after[end..];
+    }
+    out
+}

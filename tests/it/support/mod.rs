@@ -1,0 +1,164 @@
+//! The test harness: real upstream servers, the real binary, a real client.
+//!
+//! - [`Upstream`]: an HTTP/1.1 server that echoes what it received as JSON.
+//! - [`Proxy`]: `portcullis run` on free ports, with its config file, access log and metrics.
+//! - [`eventually`]: wait for health checks and reloads instead of sleeping fixed times.
+//! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
+
+pub mod metrics;
+pub mod proxy;
+pub mod raw;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use proxy::{free_port, Proxy, BIN};
+pub use upstream::{Echo, Upstream};
+
+/// Run `check` until it returns `Ok`, every 50ms, for at most `timeout`; panic with the last
+/// error after that.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A client for the proxy and the admin endpoint: no system proxy, bounded waits.
+pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
+/// The builder behind [`client`], to add settings.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+}
+
+/// GET `url` and give the status and the upstream's echo (panics when the body is not one).
+pub async fn get_echo(http: &reqwest::Client, url: &str) -> Echo {
+    let resp = http.get(url).send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "GET {url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not an echo ({e}): {text}"))
+}
+
+/// The YAML for one upstream pool over `targets`, with more settings in `extra` (each line
+/// starting at the pool's field indent, e.g. `"balance: random"`).
+pub fn pool(name: &str, targets: &[String], extra: &[&str]) -> String {
+    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let mut s = format!("  - name: {name}\n    targets: [{}]\n", list.join(", "));
+    for line in extra {
+        for l in line.lines() {
+            s.push_str(&format!("    {l}\n"));
+        }
+    }
+    s
+}
+
+/// Addresses of `upstreams`, as strings.
+pub fn addrs(upstreams: &[Upstream]) -> Vec<String> {
+    upstreams.iter().map(|u| u.addr().to_string()).collect()
+}
+
+/// Keep-alive clients sending requests in a loop until stopped, counting each outcome.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// Start `clients` tasks, each with its own keep-alive client, GETting `url` until
+    /// stopped. A failure is anything but a 200 whose body names an upstream.
+    pub fn start(url: &str, clients: usize) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures) =
+                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    let http = client_builder().pool_max_idle_per_host(1).build().unwrap();
+                    while !stop.load(Ordering::SeqCst) {
+                        let outcome = match http.get(&url).send().await {
+                            Ok(resp) => {
+                                let status = resp.status();
+                                match resp.text().await {
+                                    Ok(body) if status == 200 && body.contains("\"upstream\"") => {
+                                        Ok(())
+                                    }
+                                    Ok(body) => Err(format!("{status}: {body}")),
+                                    Err(e) => Err(format!("{status}: body: {e}")),
+                                }
+                            }
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        match outcome {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Requests that succeeded so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `n` more requests succeeded (so traffic is really flowing).
+    pub async fn wait_for_more(&self, n: usize) {
+        let start = self.ok();
+        eventually("traffic to flow", Duration::from_secs(10), || async {
+            if self.ok() >= start + n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} ok, {:?}",
+                    self.ok() - start,
+                    self.failures.lock().unwrap()
+                ))
+            }
+        })
+        .await;
+    }
+
+    /// Stop every client; give (successes, failures).
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}

@@ -1,0 +1,391 @@
+//! Upstream pools: balancing, health checks (ejection and re-admission), every target down,
+//! retries on connect failure, read timeouts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    addrs, client, client_builder, eventually, free_port, get_echo, pool, Proxy, Upstream,
+};
+
+const HEALTHY: &str = "portcullis_upstream_target_healthy";
+const RETRIES: &str = "portcullis_upstream_retries_total";
+
+fn one_route(pool_yaml: &str) -> String {
+    format!(
+        "upstreams:\n{pool_yaml}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n"
+    )
+}
+
+/// Which upstream answered each of `n` sequential GETs of `/`.
+async fn spread(proxy: &Proxy, http: &reqwest::Client, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        *seen
+            .entry(get_echo(http, &proxy.url("/")).await.upstream)
+            .or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly() {
+    let ups = Upstream::start_many("u", 3).await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &addrs(&ups),
+        &["balance: round_robin"],
+    )))
+    .await;
+    let seen = spread(&proxy, &client(), 30).await;
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for u in &ups {
+        assert_eq!(seen[u.name()], 10, "{seen:?}");
+        assert_eq!(u.hits(), 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_reaches_every_target() {
+    let ups = Upstream::start_many("u", 3).await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &addrs(&ups),
+        &["balance: random"],
+    )))
+    .await;
+    // The chance that 90 random picks miss one of 3 targets is below 1e-15.
+    let seen = spread(&proxy, &client(), 90).await;
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_a_header_sticks_per_value() {
+    let ups = Upstream::start_many("u", 3).await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &addrs(&ups),
+        &["balance: consistent_hash", "hash_on: \"header:x-user\""],
+    )))
+    .await;
+    let http = client();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for round in 0..4 {
+        for user in 0..24 {
+            let user = format!("user-{user}");
+            let echo: crate::support::Echo = http
+                .get(proxy.url("/"))
+                .header("x-user", &user)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let first = owner.entry(user.clone()).or_insert(echo.upstream.clone());
+            assert_eq!(*first, echo.upstream, "{user} moved in round {round}");
+        }
+    }
+    let used: std::collections::HashSet<&String> = owner.values().collect();
+    // 24 keys all on one of 3 targets would mean the header is not hashed at all.
+    assert!(used.len() > 1, "every user on one target: {owner:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_on_client_ip_sticks_per_client() {
+    let ups = Upstream::start_many("u", 3).await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &addrs(&ups),
+        &["balance: consistent_hash", "hash_on: client_ip"],
+    )))
+    .await;
+    // Every 127.0.0.0/8 address is loopback on Linux: each client gets its own source IP.
+    let mut owner: HashMap<u8, String> = HashMap::new();
+    for last in 10..34u8 {
+        let ip = std::net::IpAddr::from([127, 0, 0, last]);
+        let http = client_builder().local_address(ip).build().unwrap();
+        for _ in 0..3 {
+            let echo = get_echo(&http, &proxy.url("/")).await;
+            let first = owner.entry(last).or_insert(echo.upstream.clone());
+            assert_eq!(*first, echo.upstream, "client {ip} moved");
+            assert_eq!(
+                echo.header("x-forwarded-for").as_deref(),
+                Some(ip.to_string().as_str())
+            );
+        }
+    }
+    let used: std::collections::HashSet<&String> = owner.values().collect();
+    assert!(used.len() > 1, "every client on one target: {owner:?}");
+}
+
+const FAST_HTTP_CHECK: &str = "health_check:
+  http: { path: /healthz, expect_status: 200 }
+  interval: 200ms
+  timeout: 500ms
+  healthy_after: 1
+  unhealthy_after: 2";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_check_ejects_a_failing_target_and_readmits_it() {
+    let ups = Upstream::start_many("u", 2).await;
+    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), &[FAST_HTTP_CHECK]))).await;
+    let http = client();
+    let bad = ups[1].addr().to_string();
+    let labels = [("upstream", "pool"), ("target", bad.as_str())];
+    eventually(
+        "probes to reach both targets",
+        Duration::from_secs(5),
+        || async {
+            if ups.iter().all(|u| u.health_hits() > 0) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(spread(&proxy, &http, 4).await.len(), 2);
+
+    ups[1].set_health_status(500);
+    proxy.wait_metric(HEALTHY, &labels, 0.0).await;
+    let before = ups[1].hits();
+    let seen = spread(&proxy, &http, 20).await;
+    assert_eq!(seen.get("u0"), Some(&20), "{seen:?}");
+    assert_eq!(ups[1].hits(), before, "an ejected target got traffic");
+
+    let ready: serde_json::Value = http
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["ready"], true,
+        "one healthy target is enough: {ready}"
+    );
+    assert_eq!(ready["upstreams"]["pool"]["healthy"], 1, "{ready}");
+    assert_eq!(ready["upstreams"]["pool"]["targets"], 2, "{ready}");
+
+    ups[1].set_health_status(200);
+    proxy.wait_metric(HEALTHY, &labels, 1.0).await;
+    let seen = spread(&proxy, &http, 10).await;
+    assert_eq!(
+        seen.get("u1"),
+        Some(&5),
+        "re-admitted target takes its turn: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_check_ejects_a_stopped_target_and_readmits_it_on_restart() {
+    let mut ups = Upstream::start_many("u", 2).await;
+    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), &[FAST_HTTP_CHECK]))).await;
+    let http = client();
+    let down = ups[1].addr().to_string();
+    let labels = [("upstream", "pool"), ("target", down.as_str())];
+    proxy.wait_metric(HEALTHY, &labels, 1.0).await;
+
+    ups[1].stop().await;
+    proxy.wait_metric(HEALTHY, &labels, 0.0).await;
+    let retries = proxy.metric(RETRIES, &[("upstream", "pool")]).await;
+    let seen = spread(&proxy, &http, 20).await;
+    assert_eq!(seen.get("u0"), Some(&20), "{seen:?}");
+    // Not even a connection attempt: an ejected target is never picked, so nothing is retried.
+    assert_eq!(
+        proxy.metric(RETRIES, &[("upstream", "pool")]).await,
+        retries
+    );
+
+    ups[1].restart().await;
+    proxy.wait_metric(HEALTHY, &labels, 1.0).await;
+    let before = ups[1].hits();
+    let seen = spread(&proxy, &http, 10).await;
+    assert_eq!(seen.get("u1"), Some(&5), "{seen:?}");
+    assert_eq!(ups[1].hits(), before + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_check_ejects_and_readmits() {
+    let mut ups = Upstream::start_many("u", 2).await;
+    let check = "health_check:\n  tcp: {}\n  interval: 200ms\n  timeout: 300ms\n  healthy_after: 1\n  unhealthy_after: 1";
+    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), &[check]))).await;
+    let http = client();
+    let down = ups[0].addr().to_string();
+    let labels = [("upstream", "pool"), ("target", down.as_str())];
+
+    ups[0].stop().await;
+    proxy.wait_metric(HEALTHY, &labels, 0.0).await;
+    let retries = proxy.metric(RETRIES, &[("upstream", "pool")]).await;
+    assert_eq!(spread(&proxy, &http, 10).await.get("u1"), Some(&10));
+    assert_eq!(
+        proxy.metric(RETRIES, &[("upstream", "pool")]).await,
+        retries
+    );
+    // A TCP check never sends HTTP.
+    assert_eq!(ups[1].health_hits(), 0);
+
+    ups[0].restart().await;
+    proxy.wait_metric(HEALTHY, &labels, 1.0).await;
+    assert_eq!(spread(&proxy, &http, 10).await.get("u0"), Some(&5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_ejected_gives_502_at_once_and_readyz_503() {
+    let mut up = Upstream::start("only").await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &[up.addr().to_string()],
+        &[FAST_HTTP_CHECK],
+    )))
+    .await;
+    let http = client();
+    let target = up.addr().to_string();
+    let ready = http.get(proxy.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    up.stop().await;
+    proxy
+        .wait_metric(HEALTHY, &[("upstream", "pool"), ("target", &target)], 0.0)
+        .await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let resp = http.get(proxy.url("/x")).send().await.unwrap();
+        // Generous: this proves "no hang", not a speed.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert!(resp.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "no_healthy_upstream", "{body}");
+    }
+
+    let resp = http.get(proxy.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["ready"], false);
+    let reasons = body["not_ready"].to_string();
+    assert!(reasons.contains("pool"), "{body}");
+    assert!(reasons.contains("no healthy target"), "{body}");
+    assert_eq!(body["upstreams"]["pool"]["healthy"], 0, "{body}");
+
+    up.restart().await;
+    eventually("readyz to recover", Duration::from_secs(10), || async {
+        let s = http
+            .get(proxy.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == 200 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    get_echo(&http, &proxy.url("/x")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_unreachable_without_checks_gives_502_at_once() {
+    let targets = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let proxy = Proxy::start(&one_route(&pool("pool", &targets, &["retries: 1"]))).await;
+    let http = client();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(resp.status(), 502);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "upstream_unreachable", "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_on_another_target() {
+    let up = Upstream::start("alive").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let targets = vec![dead, up.addr().to_string()];
+    let proxy = Proxy::start(&one_route(&pool("pool", &targets, &["retries: 1"]))).await;
+    let http = client();
+    let before = proxy.metric(RETRIES, &[("upstream", "pool")]).await;
+    for i in 0..20 {
+        let resp = http.get(proxy.url(&format!("/{i}"))).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "request {i}: {}",
+            resp.text().await.unwrap()
+        );
+    }
+    assert_eq!(up.hits(), 20);
+    let retried = proxy.metric(RETRIES, &[("upstream", "pool")]).await - before;
+    // Round robin sends at least every other first try to the dead target.
+    assert!(retried >= 10.0, "retries moved by {retried}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_a_connect_failure_is_a_502() {
+    let up = Upstream::start("alive").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let targets = vec![dead, up.addr().to_string()];
+    let proxy = Proxy::start(&one_route(&pool("pool", &targets, &["retries: 0"]))).await;
+    let http = client();
+    let mut statuses = HashMap::new();
+    for _ in 0..10 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, HashMap::from([(200, 5), (502, 5)]));
+    assert_eq!(proxy.metric(RETRIES, &[("upstream", "pool")]).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_beyond_read_timeout_is_a_504() {
+    let up = Upstream::start("slow").await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &[up.addr().to_string()],
+        &["read_timeout: 300ms"],
+    )))
+    .await;
+    let http = client();
+    let started = Instant::now();
+    let resp = http
+        .get(proxy.url("/slow"))
+        .header("x-delay-ms", "3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_timeout", "{body}");
+    // Within the timeout the same upstream answers.
+    let resp = http
+        .get(proxy.url("/fast"))
+        .header("x-delay-ms", "50")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
