@@ -59,6 +59,21 @@ pub fn readiness(runtime: &Runtime) -> (bool, serde_json::Value) {
             json!({ "healthy": healthy, "targets": pool.targets.len() }),
         );
     }
+    let mut issuers = serde_json::Map::new();
+    for issuer in &runtime.auth.issuers {
+        let keys = issuer.keys();
+        if keys.is_none() {
+            not_ready.push(format!("issuer `{}` has no keys yet", issuer.name));
+        }
+        issuers.insert(
+            issuer.name.clone(),
+            json!({
+                "keys": keys.as_ref().map_or(0, |k| k.len()),
+                "stale": issuer.is_stale(),
+                "age_seconds": keys.map(|k| k.loaded_at.elapsed().map_or(0, |d| d.as_secs())),
+            }),
+        );
+    }
     let ready = not_ready.is_empty();
     (
         ready,
@@ -66,6 +81,7 @@ pub fn readiness(runtime: &Runtime) -> (bool, serde_json::Value) {
             "ready": ready,
             "generation": runtime.generation,
             "upstreams": pools,
+            "issuers": issuers,
             "not_ready": not_ready,
         }),
     )
@@ -79,11 +95,10 @@ impl ServeHttp for Admin {
         // Admin requests carry no body worth reading; drain it so keep-alive stays correct.
         let _ = session.drain_request_body().await;
         match (path.as_str(), method) {
-            ("/metrics", Method::GET) => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                crate::metrics::render().into_bytes(),
-            ),
+            ("/metrics", Method::GET) => respond(StatusCode::OK, "text/plain; version=0.0.4", {
+                crate::metrics::observe_runtime(&self.reloader.current());
+                crate::metrics::render().into_bytes()
+            }),
             ("/healthz", Method::GET) => json_response(StatusCode::OK, json!({"status": "ok"})),
             ("/readyz", Method::GET) => {
                 let (ready, body) = readiness(&self.reloader.current());

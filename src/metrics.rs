@@ -26,6 +26,21 @@ pub const CONFIG_GENERATION: &str = "portcullis_config_generation";
 /// `portcullis_access_log_dropped_total`: lines dropped because the writer fell behind.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "portcullis_access_log_dropped_total";
 
+/// `portcullis_auth_decisions_total{route,result,reason}`: token checks, `allowed` or `denied`.
+pub const AUTH_DECISIONS_TOTAL: &str = "portcullis_auth_decisions_total";
+/// `portcullis_jwks_fetches_total{issuer,outcome}`: key set fetches, `success` or `error`.
+pub const JWKS_FETCHES_TOTAL: &str = "portcullis_jwks_fetches_total";
+/// `portcullis_jwks_age_seconds{issuer}`: age of the keys in use.
+pub const JWKS_AGE_SECONDS: &str = "portcullis_jwks_age_seconds";
+/// `portcullis_jwks_keys{issuer}`: keys in use.
+pub const JWKS_KEYS: &str = "portcullis_jwks_keys";
+/// `portcullis_jwks_stale{issuer}`: 1 while the last fetch failed and older keys serve.
+pub const JWKS_STALE: &str = "portcullis_jwks_stale";
+/// `portcullis_token_cache_requests_total{result}`: verified-token cache `hit` or `miss`.
+pub const TOKEN_CACHE_REQUESTS_TOTAL: &str = "portcullis_token_cache_requests_total";
+/// `portcullis_token_cache_entries`: tokens held in the cache.
+pub const TOKEN_CACHE_ENTRIES: &str = "portcullis_token_cache_entries";
+
 /// The metrics, registered on first use.
 pub struct Metrics {
     /// See [`REQUESTS_TOTAL`].
@@ -42,6 +57,22 @@ pub struct Metrics {
     pub generation: IntGauge,
     /// See [`ACCESS_LOG_DROPPED_TOTAL`].
     pub access_log_dropped: IntCounter,
+    /// See [`AUTH_DECISIONS_TOTAL`].
+    pub auth_decisions: IntCounterVec,
+    /// See [`JWKS_FETCHES_TOTAL`].
+    pub jwks_fetches: IntCounterVec,
+    /// See [`JWKS_AGE_SECONDS`].
+    pub jwks_age: IntGaugeVec,
+    /// See [`JWKS_KEYS`].
+    pub jwks_keys: IntGaugeVec,
+    /// See [`JWKS_STALE`].
+    pub jwks_stale: IntGaugeVec,
+    /// Hits of the verified-token cache.
+    pub token_cache_hits: IntCounter,
+    /// Misses of the verified-token cache.
+    pub token_cache_misses: IntCounter,
+    /// See [`TOKEN_CACHE_ENTRIES`].
+    pub token_cache_entries: IntGauge,
 }
 
 /// Status classes used as the `status_class` label, indexed by `status / 100`.
@@ -63,6 +94,12 @@ impl Metrics {
         let _ = prometheus::register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
+        let cache = register_int_counter_vec!(
+            TOKEN_CACHE_REQUESTS_TOTAL,
+            "Lookups in the verified-token cache, by result (hit, miss).",
+            &["result"]
+        )
+        .expect("register token cache");
         Metrics {
             requests: register_int_counter_vec!(
                 REQUESTS_TOTAL,
@@ -108,6 +145,39 @@ impl Metrics {
                 "Access log lines dropped because the writer fell behind."
             )
             .expect("register access log drops"),
+            auth_decisions: register_int_counter_vec!(
+                AUTH_DECISIONS_TOTAL,
+                "Token checks by route, result (allowed, denied) and reason.",
+                &["route", "result", "reason"]
+            )
+            .expect("register auth decisions"),
+            jwks_fetches: register_int_counter_vec!(
+                JWKS_FETCHES_TOTAL,
+                "Key set fetches by issuer and outcome (success, error).",
+                &["issuer", "outcome"]
+            )
+            .expect("register jwks fetches"),
+            jwks_age: register_int_gauge_vec!(
+                JWKS_AGE_SECONDS,
+                "Seconds since the keys in use were fetched, by issuer.",
+                &["issuer"]
+            )
+            .expect("register jwks age"),
+            jwks_keys: register_int_gauge_vec!(JWKS_KEYS, "Keys in use, by issuer.", &["issuer"])
+                .expect("register jwks keys"),
+            jwks_stale: register_int_gauge_vec!(
+                JWKS_STALE,
+                "1 while the last key set fetch failed and older keys keep serving.",
+                &["issuer"]
+            )
+            .expect("register jwks stale"),
+            token_cache_hits: cache.with_label_values(&["hit"]),
+            token_cache_misses: cache.with_label_values(&["miss"]),
+            token_cache_entries: register_int_gauge!(
+                TOKEN_CACHE_ENTRIES,
+                "Verified tokens held in the cache."
+            )
+            .expect("register token cache entries"),
         }
     }
 }
@@ -116,8 +186,10 @@ impl Metrics {
 /// label lookups.
 #[derive(Clone)]
 pub struct RouteMetrics {
+    name: String,
     requests: [prometheus::IntCounter; 6],
     duration: prometheus::Histogram,
+    auth_allowed: prometheus::IntCounter,
 }
 
 impl RouteMetrics {
@@ -125,8 +197,21 @@ impl RouteMetrics {
     pub fn new(name: &str) -> RouteMetrics {
         let m = &*METRICS;
         RouteMetrics {
+            name: name.to_string(),
             requests: STATUS_CLASSES.map(|class| m.requests.with_label_values(&[name, class])),
             duration: m.request_duration.with_label_values(&[name]),
+            auth_allowed: m.auth_decisions.with_label_values(&[name, "allowed", "ok"]),
+        }
+    }
+
+    /// Count one token check.
+    pub fn auth_decision<T>(&self, result: &Result<T, crate::auth::AuthError>) {
+        match result {
+            Ok(_) => self.auth_allowed.inc(),
+            Err(e) => METRICS
+                .auth_decisions
+                .with_label_values(&[&self.name, "denied", e.reason()])
+                .inc(),
         }
     }
 
@@ -135,6 +220,25 @@ impl RouteMetrics {
         self.requests[status_class(status)].inc();
         self.duration.observe(seconds);
     }
+}
+
+/// Refresh the gauges that are read off the serving config rather than counted as things
+/// happen (key set age and staleness, cache size). Called before each scrape.
+pub fn observe_runtime(runtime: &crate::runtime::Runtime) {
+    let m = &*METRICS;
+    for issuer in &runtime.auth.issuers {
+        if let Some(keys) = issuer.keys() {
+            let age = keys.loaded_at.elapsed().map_or(0, |d| d.as_secs());
+            m.jwks_age
+                .with_label_values(&[&issuer.name])
+                .set(i64::try_from(age).unwrap_or(i64::MAX));
+        }
+        m.jwks_stale
+            .with_label_values(&[&issuer.name])
+            .set(i64::from(issuer.is_stale()));
+    }
+    m.token_cache_entries
+        .set(i64::try_from(runtime.auth.cache.len()).unwrap_or(i64::MAX));
 }
 
 /// Render the default registry in the Prometheus text format.

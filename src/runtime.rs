@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::config::{
     AuthConfig, Balance, Config, ConfigError, HealthCheckConfig, Issues, Parsed, UpstreamConfig,
 };
@@ -25,6 +26,8 @@ pub struct Route {
     pub pool: Arc<Pool>,
     /// Its request counters.
     pub metrics: RouteMetrics,
+    /// What it requires of a token; `None` for `auth: none`.
+    pub policy: Option<crate::auth::Policy>,
 }
 
 /// Everything a request needs, for one generation of the config.
@@ -43,6 +46,8 @@ pub struct Runtime {
     pub unmatched: RouteMetrics,
     /// Requests whose request line and headers exceed this are refused with 431.
     pub max_request_header_bytes: usize,
+    /// Issuers, token cache and what routes need of tokens.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -68,6 +73,7 @@ impl Runtime {
         let config = &parsed.config;
         let mut issues = Issues::new(&parsed.index);
         check_process_settings(config, &mut issues);
+        let auth = Auth::build(config, previous.map(|p| &*p.auth), &mut issues);
 
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut pool_index: HashMap<&str, usize> = HashMap::new();
@@ -104,9 +110,24 @@ impl Runtime {
             let Some(m) = compile_match(rc, &path, &mut issues) else {
                 continue;
             };
-            match rc.auth {
-                None | Some(AuthConfig::None) => {}
-            }
+            let policy = match &rc.auth {
+                Some(AuthConfig::Policy(p)) => {
+                    match auth.policy(p, &format!("{path}.auth"), &mut issues) {
+                        Some(policy) => Some(policy),
+                        None => continue,
+                    }
+                }
+                Some(AuthConfig::None) => None,
+                None if config.issuers.is_empty() => None,
+                None => {
+                    issues.push(
+                        format!("{path}.auth"),
+                        "with issuers configured every route must say `auth:`; write `auth: none` \
+                         to serve it without a token",
+                    );
+                    continue;
+                }
+            };
             let Some(pool) = pools_by_name.get(rc.upstream.as_str()) else {
                 if !pool_index.contains_key(rc.upstream.as_str()) {
                     issues.push(
@@ -121,6 +142,7 @@ impl Runtime {
                 name: rc.name.clone(),
                 pool: Arc::clone(pool),
                 metrics: RouteMetrics::new(&rc.name),
+                policy,
             });
         }
         let table = match RouteTable::build(&matches) {
@@ -154,6 +176,7 @@ impl Runtime {
             pools,
             unmatched: RouteMetrics::new(""),
             max_request_header_bytes,
+            auth: Arc::new(auth),
         })
     }
 

@@ -104,6 +104,12 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     health.threads = Some(1);
     server.add_service(health);
+    let mut keys = background_service(
+        "key refresh",
+        crate::auth::KeyRefresher::new(Arc::clone(&reloader)),
+    );
+    keys.threads = Some(1);
+    server.add_service(keys);
     if reloader.path().is_some() {
         install_sighup_handler();
         let mut watcher =

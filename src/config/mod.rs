@@ -39,6 +39,12 @@ pub struct Config {
     /// Routes, matched by host, longest path prefix and method.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Identity providers whose tokens routes accept.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// The verified-token cache.
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
 }
 
 /// One thing wrong with a config file.
@@ -207,6 +213,11 @@ impl Config {
         if let AccessLogConfig::File(p) = &mut self.access_log {
             fix(p);
         }
+        for issuer in &mut self.issuers {
+            if let Some(p) = &mut issuer.jwks_file {
+                fix(p);
+            }
+        }
     }
 
     /// Parse, keeping the line index for later errors.
@@ -312,11 +323,13 @@ fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
             "access_log" => deserialize_at::<AccessLogConfig>(section, key, issues),
             "upstreams" => each_item::<UpstreamConfig>(section, key, issues),
             "routes" => each_item::<RouteConfig>(section, key, issues),
+            "issuers" => each_item::<IssuerConfig>(section, key, issues),
+            "token_cache" => deserialize_at::<TokenCacheConfig>(section, key, issues),
             other => issues.push(
                 other,
                 format!(
                     "unknown section `{other}`, expected one of `listeners`, `admin`, `server`, \
-                     `access_log`, `upstreams`, `routes`"
+                     `access_log`, `upstreams`, `routes`, `issuers`, `token_cache`"
                 ),
             ),
         }

@@ -274,11 +274,13 @@ pub struct MatchConfig {
     pub methods: Option<Vec<String>>,
 }
 
-/// A route's authentication.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A route's authentication: `none`, or a policy.
+#[derive(Debug, Clone, PartialEq)]
 pub enum AuthConfig {
     /// No authentication.
     None,
+    /// A valid token from one of the listed issuers, with scopes and claims.
+    Policy(AuthPolicyConfig),
 }
 
 impl<'de> Deserialize<'de> for AuthConfig {
@@ -287,19 +289,160 @@ impl<'de> Deserialize<'de> for AuthConfig {
         impl<'de> Visitor<'de> for V {
             type Value = AuthConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`none`")
+                f.write_str("`none` or a policy such as `{ issuers: [corp] }`")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<AuthConfig, E> {
                 match s {
                     "none" => Ok(AuthConfig::None),
                     other => Err(E::custom(format!(
-                        "unknown auth `{other}`, expected `none`"
+                        "unknown auth `{other}`, expected `none` or a policy"
                     ))),
                 }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AuthConfig, A::Error> {
+                AuthPolicyConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(AuthConfig::Policy)
             }
         }
         d.deserialize_any(V)
     }
+}
+
+/// What a route requires of a token.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicyConfig {
+    /// Issuers (by name) whose tokens are accepted; the token's `iss` picks one.
+    pub issuers: Vec<String>,
+    /// Scopes the token must hold, from `scope` (space separated) or `scp` (array).
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    /// Claims the token must have: a value, or a list of accepted values. Dotted paths reach
+    /// into objects (`org.tier`).
+    #[serde(default)]
+    pub require_claims: std::collections::BTreeMap<String, ClaimRule>,
+    /// Where to look for the token, in order: `header` (Authorization: Bearer),
+    /// `cookie:<name>`, `query:<name>`. Default `[header]`.
+    #[serde(default)]
+    pub token_from: Option<Vec<String>>,
+    /// Claims forwarded to the upstream, as `claim: Header-Name`.
+    #[serde(default)]
+    pub forward_claims: std::collections::BTreeMap<String, String>,
+    /// Remove the Authorization header before forwarding.
+    #[serde(default)]
+    pub strip_authorization: bool,
+}
+
+/// Accepted values of a required claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimRule(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ClaimRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn scalar(v: &serde_yaml::Value) -> Option<String> {
+            match v {
+                serde_yaml::Value::String(s) => Some(s.clone()),
+                serde_yaml::Value::Bool(b) => Some(b.to_string()),
+                serde_yaml::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        }
+        let value = serde_yaml::Value::deserialize(d)?;
+        let values = match &value {
+            serde_yaml::Value::Sequence(items) => {
+                items.iter().map(scalar).collect::<Option<Vec<_>>>()
+            }
+            other => scalar(other).map(|s| vec![s]),
+        };
+        match values {
+            Some(v) if !v.is_empty() => Ok(ClaimRule(v)),
+            _ => Err(de::Error::custom(
+                "expected a value or a non-empty list of values (strings, numbers or booleans)",
+            )),
+        }
+    }
+}
+
+/// An identity provider whose tokens Portcullis verifies.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Name that routes refer to.
+    pub name: String,
+    /// Must equal the token's `iss` exactly.
+    pub issuer: String,
+    /// Find `jwks_uri` through `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Where the key set is fetched.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// A key set file, for sites without network access to the provider.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Environment variable holding an HMAC secret (HS256/384/512); never the file itself.
+    #[serde(default)]
+    pub hmac_secret_env: Option<String>,
+    /// The token's `aud` must hold one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allowed algorithms; default: every asymmetric one (with a secret: every HMAC one).
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Clock skew allowed for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// Background refresh of the key set; a `Cache-Control: max-age` is honoured between
+    /// `jwks_min_refresh` and this.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Dur,
+    /// Floor between fetches caused by an unknown `kid`, and first retry after a failure.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh: Dur,
+    /// Time one discovery or key set fetch may take.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Dur,
+}
+
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_jwks_refresh() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_jwks_min_refresh() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_fetch_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// The verified-token cache.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// Most tokens held; the least recently useful are evicted first.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u64,
+    /// Longest a verified token is trusted without checking its signature again.
+    #[serde(default = "default_token_ttl")]
+    pub max_ttl: Dur,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens: default_max_tokens(),
+            max_ttl: default_token_ttl(),
+        }
+    }
+}
+
+fn default_max_tokens() -> u64 {
+    100_000
+}
+fn default_token_ttl() -> Dur {
+    Dur(Duration::from_secs(300))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
+use crate::auth::Identity;
 use crate::metrics::METRICS;
 use crate::reload::Reloader;
 use crate::routing;
@@ -79,6 +80,8 @@ pub struct RequestCtx {
     /// Targets that failed to connect for this request.
     tried: Vec<usize>,
     refusal: Option<Refusal>,
+    /// Who the verified token says the client is, on routes with a policy.
+    identity: Option<Arc<Identity>>,
 }
 
 impl RequestCtx {
@@ -115,6 +118,24 @@ impl Portcullis {
         ctx.route = Some(route);
         Ok(())
     }
+
+    /// Check the token on routes with a policy.
+    async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
+        let Some(policy) = &route.policy else {
+            return Ok(());
+        };
+        let result = ctx
+            .runtime
+            .auth
+            .authenticate(policy, session.req_header())
+            .await;
+        route.metrics.auth_decision(&result);
+        ctx.identity = Some(result.map_err(Refusal::from)?);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -131,6 +152,7 @@ impl ProxyHttp for Portcullis {
             target: None,
             tried: Vec::new(),
             refusal: None,
+            identity: None,
         }
     }
 
@@ -140,11 +162,19 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
-        match self.admit(session, ctx) {
+        let mut result = self.admit(session, ctx);
+        if result.is_ok() {
+            result = self.authenticate(session, ctx).await;
+        }
+        match result {
             Ok(()) => Ok(false),
             Err(refusal) => {
                 ctx.refusal = Some(refusal);
-                rescue::send(session, refusal, &ctx.request_id).await;
+                let scope = ctx
+                    .route()
+                    .and_then(|r| r.policy.as_ref())
+                    .map_or("", |p| p.scope_text.as_str());
+                rescue::send(session, refusal, &ctx.request_id, scope).await;
                 Ok(true)
             }
         }
@@ -230,6 +260,22 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
+        // No client may send an identity header of its own, on any route.
+        for name in &ctx.runtime.auth.identity_headers {
+            upstream.remove_header(name);
+        }
+        if let (Some(identity), Some(policy)) =
+            (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
+        {
+            for (slot, header) in &policy.forward {
+                if let Some(value) = identity.claim(*slot).and_then(|c| c.header.clone()) {
+                    upstream.insert_header(header.clone(), value)?;
+                }
+            }
+            if policy.strip_authorization {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
         headers::set_forwarded(upstream, client_ip(session), is_tls(session));
         upstream.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
@@ -268,7 +314,7 @@ impl ProxyHttp for Portcullis {
             if ctx.request_id.is_empty() {
                 ctx.request_id = headers::new_request_id();
             }
-            rescue::send(session, refusal, &ctx.request_id).await;
+            rescue::send(session, refusal, &ctx.request_id, "").await;
             refusal.status()
         };
         FailToProxy {

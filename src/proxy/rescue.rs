@@ -30,6 +30,18 @@ pub enum Refusal {
     UpstreamError,
     /// Something inside the proxy failed.
     Internal,
+    /// The route needs a token and the request has none (401 without an error code).
+    MissingToken,
+    /// Malformed credentials (400 `invalid_request`).
+    InvalidCredentials,
+    /// The token is not valid (401 `invalid_token`), with a reason safe to show.
+    InvalidToken(&'static str),
+    /// The token lacks a required scope (403 `insufficient_scope`).
+    InsufficientScope,
+    /// The token's claims do not satisfy the route (403).
+    ClaimsMismatch,
+    /// The issuer's keys have not arrived yet (503).
+    KeysUnavailable,
 }
 
 impl Refusal {
@@ -42,6 +54,10 @@ impl Refusal {
             Refusal::NoHealthyTarget | Refusal::UpstreamUnreachable | Refusal::UpstreamError => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::Internal => 500,
+            Refusal::MissingToken | Refusal::InvalidToken(_) => 401,
+            Refusal::InvalidCredentials => 400,
+            Refusal::InsufficientScope | Refusal::ClaimsMismatch => 403,
+            Refusal::KeysUnavailable => 503,
         }
     }
 
@@ -57,6 +73,12 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamError => "upstream_error",
             Refusal::Internal => "internal_error",
+            Refusal::MissingToken => "unauthorized",
+            Refusal::InvalidCredentials => "invalid_request",
+            Refusal::InvalidToken(_) => "invalid_token",
+            Refusal::InsufficientScope => "insufficient_scope",
+            Refusal::ClaimsMismatch => "forbidden",
+            Refusal::KeysUnavailable => "keys_unavailable",
         }
     }
 
@@ -71,16 +93,51 @@ impl Refusal {
             Refusal::UpstreamTimeout => "the upstream did not answer in time",
             Refusal::UpstreamError => "the upstream failed to answer",
             Refusal::Internal => "internal error",
+            Refusal::MissingToken => "a bearer token is required",
+            Refusal::InvalidCredentials => "the credentials are malformed",
+            Refusal::InvalidToken(why) => why,
+            Refusal::InsufficientScope => "the token lacks a required scope",
+            Refusal::ClaimsMismatch => "the token does not grant access to this route",
+            Refusal::KeysUnavailable => "the identity provider's keys are not available yet",
         }
     }
 
-    /// The response header and body for this refusal.
-    pub fn response(self, request_id: &str) -> (ResponseHeader, Bytes) {
-        let body = serde_json::json!({
+    /// The `WWW-Authenticate` challenge (RFC 6750 section 3), for refusals that have one.
+    /// `scope` is the route's required scopes.
+    fn challenge(self, scope: &str) -> Option<String> {
+        const REALM: &str = "Bearer realm=\"portcullis\"";
+        match self {
+            Refusal::MissingToken => Some(REALM.to_string()),
+            Refusal::InvalidCredentials => Some(format!(
+                "{REALM}, error=\"invalid_request\", error_description=\"{}\"",
+                self.message()
+            )),
+            Refusal::InvalidToken(why) => Some(format!(
+                "{REALM}, error=\"invalid_token\", error_description=\"{why}\""
+            )),
+            Refusal::InsufficientScope => Some(format!(
+                "{REALM}, error=\"insufficient_scope\", error_description=\"{}\", scope=\"{scope}\"",
+                self.message()
+            )),
+            Refusal::ClaimsMismatch => Some(format!(
+                "{REALM}, error=\"insufficient_scope\", error_description=\"{}\"",
+                self.message()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The response header and body for this refusal. `scope` is the route's required scopes
+    /// (for 403 `insufficient_scope`), empty otherwise.
+    pub fn response(self, request_id: &str, scope: &str) -> (ResponseHeader, Bytes) {
+        let mut body = serde_json::json!({
             "error": self.code(),
             "message": self.message(),
             "request_id": request_id,
         });
+        if self == Refusal::InsufficientScope {
+            body["scope"] = scope.into();
+        }
         let body = Bytes::from(body.to_string());
         let mut header = ResponseHeader::build_no_case(self.status(), Some(4))
             .unwrap_or_else(|_| bare_header(self.status()));
@@ -91,6 +148,12 @@ impl Refusal {
         let _ = header.insert_header("cache-control", "no-store");
         if !request_id.is_empty() {
             let _ = header.insert_header("x-request-id", request_id);
+        }
+        if let Some(challenge) = self.challenge(scope) {
+            let _ = header.insert_header("www-authenticate", challenge);
+        }
+        if self == Refusal::KeysUnavailable {
+            let _ = header.insert_header("retry-after", "1");
         }
         (header, body)
     }
@@ -105,10 +168,24 @@ fn bare_header(status: u16) -> ResponseHeader {
 }
 
 /// Send `refusal` as the whole response.
-pub async fn send(session: &mut Session, refusal: Refusal, request_id: &str) {
-    let (header, body) = refusal.response(request_id);
+pub async fn send(session: &mut Session, refusal: Refusal, request_id: &str, scope: &str) {
+    let (header, body) = refusal.response(request_id, scope);
     if let Err(e) = session.write_error_response(header, body).await {
         tracing::debug!(error = %e, "could not send refusal to client");
+    }
+}
+
+impl From<crate::auth::AuthError> for Refusal {
+    fn from(e: crate::auth::AuthError) -> Refusal {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::MissingToken => Refusal::MissingToken,
+            AuthError::InvalidRequest => Refusal::InvalidCredentials,
+            AuthError::InvalidToken(why) => Refusal::InvalidToken(why),
+            AuthError::InsufficientScope => Refusal::InsufficientScope,
+            AuthError::ClaimsMismatch => Refusal::ClaimsMismatch,
+            AuthError::KeysUnavailable => Refusal::KeysUnavailable,
+        }
     }
 }
 

@@ -1,0 +1,602 @@
+//! Issuers at run time: where their keys come from, the keys now in use, and fetching them.
+//!
+//! Only the [`KeyRefresher`] background service fetches. Requests that meet an unknown `kid`
+//! ask it for a refresh (at most one per `jwks_min_refresh` per issuer) and wait on the same
+//! fetch; they never start their own. A failed fetch keeps the last good keys serving.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use jsonwebtoken::{Algorithm, Validation};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{watch, Notify};
+
+use super::keys::{KeySet, MAX_JWKS_BYTES};
+use crate::config::IssuerConfig;
+use crate::metrics::METRICS;
+use crate::reload::Reloader;
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Wakes the refresher when a request asks for keys.
+static KICK: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Every asymmetric algorithm jsonwebtoken and ring support.
+pub const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+/// The HMAC algorithms, only for issuers with a secret.
+pub const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// OIDC discovery from the issuer URL, then its `jwks_uri`.
+    Discovery(String),
+    /// A fixed JWKS URL.
+    Uri(String),
+    /// A JWKS file, re-read every `jwks_refresh`.
+    File(PathBuf),
+    /// An HMAC secret from the environment.
+    Secret,
+}
+
+impl KeySource {
+    fn fetches(&self) -> bool {
+        !matches!(self, KeySource::Secret)
+    }
+}
+
+struct FetchState {
+    fetching: AtomicBool,
+    requested: AtomicBool,
+    next_due_ms: AtomicU64,
+    /// When an unknown `kid` last caused a fetch; 0 for never.
+    last_kid_fetch_ms: AtomicU64,
+    failures: AtomicU32,
+    last_ok: AtomicBool,
+    /// `jwks_uri` found by discovery.
+    discovered: Mutex<Option<String>>,
+    /// Bumped after every fetch, so waiters see that one finished.
+    done: watch::Sender<u64>,
+}
+
+/// An issuer, with its keys.
+pub struct Issuer {
+    /// Unique per instance: cached tokens remember which issuer instance verified them.
+    pub id: u64,
+    /// Its name in the config.
+    pub name: String,
+    /// The `iss` its tokens carry.
+    pub iss: String,
+    /// The config it was built from, to tell on reload whether it changed.
+    pub config: IssuerConfig,
+    secret_fingerprint: Option<u64>,
+    /// Where its keys come from.
+    pub source: KeySource,
+    /// Algorithms allowed at all.
+    pub allowed: Vec<Algorithm>,
+    validations: Vec<(Algorithm, Validation)>,
+    /// Clock skew in seconds.
+    pub leeway: u64,
+    keys: ArcSwapOption<KeySet>,
+    fetch: FetchState,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("name", &self.name)
+            .field("iss", &self.iss)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parse an algorithm name from the config.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    ASYMMETRIC
+        .iter()
+        .chain(HMAC.iter())
+        .copied()
+        .find(|a| format!("{a:?}").eq_ignore_ascii_case(name))
+}
+
+fn secret_fingerprint(secret: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    secret.hash(&mut h);
+    h.finish()
+}
+
+impl Issuer {
+    /// Build an issuer. Static keys (file, secret) are loaded now; remote keys arrive from
+    /// the [`KeyRefresher`].
+    ///
+    /// `secret` is the HMAC secret already read from the environment.
+    ///
+    /// # Errors
+    /// A message naming what is wrong (file unreadable, no usable key).
+    pub fn new(
+        config: &IssuerConfig,
+        source: KeySource,
+        allowed: Vec<Algorithm>,
+        secret: Option<&[u8]>,
+    ) -> Result<Issuer, String> {
+        let leeway = config.leeway.0.as_secs();
+        let validations = allowed
+            .iter()
+            .map(|&alg| {
+                let mut v = Validation::new(alg);
+                v.leeway = leeway;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_issuer(&[config.issuer.as_str()]);
+                let mut required = vec!["exp", "iss"];
+                if config.audiences.is_empty() {
+                    v.validate_aud = false;
+                } else {
+                    v.set_audience(&config.audiences);
+                    required.push("aud");
+                }
+                v.set_required_spec_claims(&required);
+                (alg, v)
+            })
+            .collect();
+        let (done, _) = watch::channel(0);
+        let issuer = Issuer {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: config.name.clone(),
+            iss: config.issuer.clone(),
+            config: config.clone(),
+            secret_fingerprint: secret.map(secret_fingerprint),
+            source,
+            allowed,
+            validations,
+            leeway,
+            keys: ArcSwapOption::empty(),
+            fetch: FetchState {
+                fetching: AtomicBool::new(false),
+                requested: AtomicBool::new(false),
+                next_due_ms: AtomicU64::new(0),
+                last_kid_fetch_ms: AtomicU64::new(0),
+                failures: AtomicU32::new(0),
+                last_ok: AtomicBool::new(false),
+                discovered: Mutex::new(None),
+                done,
+            },
+        };
+        match (&issuer.source, secret) {
+            (KeySource::Secret, Some(secret)) => {
+                let set =
+                    KeySet::from_secret(secret, &issuer.allowed).map_err(|e| e.to_string())?;
+                issuer.install(set);
+            }
+            (KeySource::File(path), _) => {
+                let set = read_file(path, &issuer.allowed)?;
+                issuer.install(set);
+                issuer.schedule(config.jwks_refresh.0);
+            }
+            _ => {}
+        }
+        Ok(issuer)
+    }
+
+    /// Whether `self` can serve in place of a new issuer built from `config` (same settings,
+    /// same secret), keeping its keys across a reload.
+    pub fn same_as(&self, config: &IssuerConfig, secret: Option<&[u8]>) -> bool {
+        self.config == *config && self.secret_fingerprint == secret.map(secret_fingerprint)
+    }
+
+    /// The validation for tokens signed with `alg`, if the issuer allows it.
+    pub fn validation(&self, alg: Algorithm) -> Option<&Validation> {
+        self.validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+    }
+
+    /// The keys now in use; `None` until the first fetch succeeds.
+    pub fn keys(&self) -> Option<Arc<KeySet>> {
+        self.keys.load_full()
+    }
+
+    /// Whether the last fetch failed while older keys keep serving.
+    pub fn is_stale(&self) -> bool {
+        self.source.fetches()
+            && self.keys.load().is_some()
+            && !self.fetch.last_ok.load(Ordering::Relaxed)
+    }
+
+    fn install(&self, set: KeySet) {
+        METRICS
+            .jwks_keys
+            .with_label_values(&[&self.name])
+            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        self.keys.store(Some(Arc::new(set)));
+        self.fetch.last_ok.store(true, Ordering::Relaxed);
+    }
+
+    fn schedule(&self, after: Duration) {
+        self.fetch
+            .next_due_ms
+            .store(now_ms().saturating_add(ms(after)), Ordering::Relaxed);
+    }
+
+    /// A token named a `kid` we do not have: ask for one refresh (unless one ran within
+    /// `jwks_min_refresh`) and wait for the fetch under way to finish. Returns whether a
+    /// fetch finished while waiting.
+    pub async fn refresh_for_unknown_kid(&self) -> bool {
+        if !self.source.fetches() {
+            return false;
+        }
+        let mut done = self.fetch.done.subscribe();
+        let seen = *done.borrow_and_update();
+        if !self.fetch.fetching.load(Ordering::Acquire) {
+            let now = now_ms();
+            let last = self.fetch.last_kid_fetch_ms.load(Ordering::Relaxed);
+            let floor = ms(self.config.jwks_min_refresh.0);
+            if last != 0 && now.saturating_sub(last) < floor {
+                return false;
+            }
+            // One request wins the right to ask; the others just wait for the same fetch.
+            if self
+                .fetch
+                .last_kid_fetch_ms
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.fetch.requested.store(true, Ordering::Release);
+                KICK.notify_one();
+            }
+        }
+        let wait = self.config.fetch_timeout.0 * 2 + Duration::from_millis(500);
+        let finished = tokio::time::timeout(wait, done.wait_for(|v| *v != seen)).await;
+        matches!(finished, Ok(Ok(_)))
+    }
+
+    /// Wait until keys are installed or `timeout` passes; for start-up checks and tests.
+    pub async fn wait_for_keys(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.fetch.done.subscribe();
+        while self.keys.load().is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, done.changed()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn due(&self) -> bool {
+        self.source.fetches()
+            && (self.fetch.requested.load(Ordering::Acquire)
+                || now_ms() >= self.fetch.next_due_ms.load(Ordering::Relaxed))
+    }
+
+    /// Fetch (or read) the key set once and install it; on failure keep the old one.
+    async fn refresh(self: Arc<Self>) {
+        let result = match &self.source {
+            KeySource::Discovery(_) | KeySource::Uri(_) => self.fetch_remote().await,
+            KeySource::File(path) => {
+                let path = path.clone();
+                let allowed = self.allowed.clone();
+                match tokio::task::spawn_blocking(move || read_file(&path, &allowed)).await {
+                    Ok(r) => r.map(|set| (set, None)),
+                    Err(_) => Err("file read task failed".into()),
+                }
+            }
+            KeySource::Secret => Err("an HMAC secret is not fetched".into()),
+        };
+        let cfg = &self.config;
+        match result {
+            Ok((set, max_age)) => {
+                let keys = set.len();
+                self.install(set);
+                self.fetch.failures.store(0, Ordering::Relaxed);
+                let next = max_age.unwrap_or(cfg.jwks_refresh.0).clamp(
+                    cfg.jwks_min_refresh.0.min(cfg.jwks_refresh.0),
+                    cfg.jwks_refresh.0,
+                );
+                self.schedule(next);
+                METRICS
+                    .jwks_fetches
+                    .with_label_values(&[&self.name, "success"])
+                    .inc();
+                tracing::info!(issuer = %self.name, keys, next_refresh = ?next, "key set loaded");
+            }
+            Err(error) => {
+                let failures = self.fetch.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                self.fetch.last_ok.store(false, Ordering::Relaxed);
+                let have_keys = self.keys.load().is_some();
+                // Without keys, routes answer 503: try again soon. With keys, back off.
+                let base = if have_keys {
+                    cfg.jwks_min_refresh.0
+                } else {
+                    cfg.jwks_min_refresh.0.min(Duration::from_secs(2))
+                };
+                let cap = if have_keys {
+                    cfg.jwks_refresh.0
+                } else {
+                    Duration::from_secs(30)
+                };
+                let backoff = base
+                    .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+                    .min(cap.max(base));
+                self.schedule(backoff);
+                METRICS
+                    .jwks_fetches
+                    .with_label_values(&[&self.name, "error"])
+                    .inc();
+                tracing::warn!(
+                    issuer = %self.name, %error, serving_last_good_keys = have_keys,
+                    retry_in = ?backoff, "key set fetch failed"
+                );
+            }
+        }
+        self.fetch.requested.store(false, Ordering::Release);
+        self.fetch.fetching.store(false, Ordering::Release);
+        self.fetch.done.send_modify(|v| *v += 1);
+    }
+
+    async fn fetch_remote(&self) -> Result<(KeySet, Option<Duration>), String> {
+        let timeout = self.config.fetch_timeout.0;
+        let uri = match &self.source {
+            KeySource::Uri(uri) => uri.clone(),
+            KeySource::Discovery(issuer) => match self.discover(issuer, timeout).await {
+                Ok(uri) => uri,
+                Err(e) => {
+                    // Keep using a jwks_uri found before, if any.
+                    let known = self
+                        .fetch
+                        .discovered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    known.ok_or(e)?
+                }
+            },
+            _ => return Err("not a remote key source".into()),
+        };
+        let (body, max_age) = get(&uri, timeout).await?;
+        let (set, skipped) = KeySet::from_jwks(&body, &self.allowed).map_err(|e| e.to_string())?;
+        for why in skipped {
+            tracing::warn!(issuer = %self.name, key = %why, "key skipped");
+        }
+        Ok((set, max_age))
+    }
+
+    async fn discover(&self, issuer: &str, timeout: Duration) -> Result<String, String> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let (body, _) = get(&url, timeout).await?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("discovery document: {e}"))?;
+        // OpenID Connect Discovery 1.0, section 4.3: the document must name the same issuer.
+        if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.iss.as_str()) {
+            return Err("discovery document names another issuer".into());
+        }
+        let uri = doc
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or("discovery document has no jwks_uri")?;
+        check_fetch_url(uri)?;
+        *self
+            .fetch
+            .discovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(uri.to_string());
+        Ok(uri.to_string())
+    }
+}
+
+fn read_file(path: &std::path::Path, allowed: &[Algorithm]) -> Result<KeySet, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let (set, skipped) =
+        KeySet::from_jwks(&bytes, allowed).map_err(|e| format!("`{}`: {e}", path.display()))?;
+    for why in skipped {
+        tracing::warn!(file = %path.display(), key = %why, "key skipped");
+    }
+    Ok(set)
+}
+
+/// Key sets are fetched over HTTPS; plain HTTP only to a loopback address (tests, sidecars).
+///
+/// # Errors
+/// A message when the URL is not allowed.
+pub fn check_fetch_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{url}` must use https (plain http only to loopback)"
+                ))
+            }
+        }
+        other => Err(format!("`{url}`: unsupported scheme `{other}`")),
+    }
+}
+
+static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .ok()
+});
+
+/// GET a small document, bounded in time and size. Gives the body and any `max-age`.
+async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>), String> {
+    let client = CLIENT.as_ref().ok_or("HTTP client unavailable")?;
+    let fetch = async {
+        let mut resp = client
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {}", without_url(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: status {}", resp.status()));
+        }
+        let max_age = resp
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("GET {url}: {}", without_url(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!(
+                    "GET {url}: document larger than {MAX_JWKS_BYTES} bytes"
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, max_age))
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("max-age") {
+            value
+                .trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        } else {
+            None
+        }
+    })
+}
+
+/// The background service that keeps every issuer's keys fresh.
+pub struct KeyRefresher {
+    reloader: Arc<Reloader>,
+}
+
+impl KeyRefresher {
+    /// Keep the keys of `reloader`'s issuers fresh.
+    pub fn new(reloader: Arc<Reloader>) -> Self {
+        Self { reloader }
+    }
+
+    fn start_due_fetches(&self) {
+        let runtime = self.reloader.current();
+        for issuer in runtime.auth.issuers.iter() {
+            if !issuer.due() {
+                continue;
+            }
+            if issuer
+                .fetch
+                .fetching
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                tokio::spawn(Arc::clone(issuer).refresh());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = KICK.notified() => self.start_due_fetches(),
+                _ = ticker.tick() => self.start_due_fetches(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_urls() {
+        assert!(check_fetch_url("https://id.example.com/keys").is_ok());
+        assert!(check_fetch_url("http://127.0.0.1:8080/keys").is_ok());
+        assert!(check_fetch_url("http://localhost/keys").is_ok());
+        assert!(check_fetch_url("http://id.example.com/keys").is_err());
+        assert!(check_fetch_url("file:///etc/passwd").is_err());
+    }
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(
+            max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(max_age("no-store"), None);
+    }
+
+    #[test]
+    fn algorithm_names() {
+        assert_eq!(parse_algorithm("rs256"), Some(Algorithm::RS256));
+        assert_eq!(parse_algorithm("EdDSA"), Some(Algorithm::EdDSA));
+        assert_eq!(parse_algorithm("none"), None);
+    }
+}

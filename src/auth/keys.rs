@@ -1,0 +1,259 @@
+//! Key sets: a JWKS parsed once into ready-to-verify keys, each knowing which algorithms it
+//! may be used with.
+//!
+//! The algorithm a token may use is decided here, from the key (`kty`, `crv`, `alg`) and the
+//! issuer's allow-list, never from the token. Keys that cannot be used safely are left out
+//! with a reason: RSA under 2048 bits, `use: enc`, unknown types. Nothing here fetches.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::SystemTime;
+
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+/// Most keys taken from one set; providers publish a handful.
+pub const MAX_KEYS: usize = 64;
+/// Largest key set document accepted.
+pub const MAX_JWKS_BYTES: usize = 512 * 1024;
+
+/// One verification key.
+pub struct Key {
+    /// `kid`, when the set gives one.
+    pub kid: Option<String>,
+    /// Algorithms this key verifies: from the key, within the issuer's allow-list.
+    pub algorithms: Vec<Algorithm>,
+    /// The key, ready for jsonwebtoken.
+    pub decoding: DecodingKey,
+    /// Identifies the key material, so cached tokens of a key that left the set are dropped.
+    pub fingerprint: u64,
+}
+
+/// The keys of one issuer at one time.
+pub struct KeySet {
+    keys: Vec<Key>,
+    by_kid: HashMap<String, usize>,
+    /// When the set was fetched or read.
+    pub loaded_at: SystemTime,
+}
+
+/// Why a key set was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeySetError {
+    /// Not a JWKS document.
+    #[error("not a JWKS document: {0}")]
+    Malformed(String),
+    /// Larger than [`MAX_JWKS_BYTES`].
+    #[error("key set larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    /// It parsed, but no key in it can verify the allowed algorithms.
+    #[error("no usable key ({0})")]
+    NoUsableKey(String),
+}
+
+fn family_algorithms(jwk: &Jwk) -> Result<Vec<Algorithm>, String> {
+    Ok(match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let n = base64_len(&rsa.n).ok_or("RSA modulus is not base64url")?;
+            if n < 256 {
+                return Err(format!("RSA key of {} bits is under 2048", n * 8));
+            }
+            vec![
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ]
+        }
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return Err("unsupported EC curve".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) => match okp.curve {
+            EllipticCurve::Ed25519 => vec![Algorithm::EdDSA],
+            _ => return Err("unsupported OKP curve".into()),
+        },
+        // Symmetric keys never come from a key set: a published secret is no secret.
+        AlgorithmParameters::OctetKey(_) => return Err("symmetric key in a key set".into()),
+        _ => return Err("unsupported key type".into()),
+    })
+}
+
+/// Length in bytes of the number in a base64url string, without leading zeros.
+fn base64_len(b64: &str) -> Option<usize> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .ok()?;
+    Some(bytes.iter().skip_while(|b| **b == 0).count())
+}
+
+fn key_alg(alg: &KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+fn fingerprint(value: &serde_json::Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    for field in ["kty", "crv", "n", "e", "x", "y"] {
+        if let Some(v) = value.get(field).and_then(|v| v.as_str()) {
+            field.hash(&mut h);
+            v.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Parse one JWK into a key usable with `allowed`, or say why not.
+fn parse_key(value: &serde_json::Value, allowed: &[Algorithm]) -> Result<Key, String> {
+    let jwk: Jwk =
+        serde_json::from_value(value.clone()).map_err(|e| format!("malformed key: {e}"))?;
+    if let Some(PublicKeyUse::Encryption) = jwk.common.public_key_use {
+        return Err("key is for encryption".into());
+    }
+    if let Some(PublicKeyUse::Other(u)) = &jwk.common.public_key_use {
+        return Err(format!("key use `{u}` is not `sig`"));
+    }
+    if let Some(ops) = &jwk.common.key_operations {
+        if !ops.iter().any(|op| matches!(op, KeyOperations::Verify)) {
+            return Err("key_ops does not include `verify`".into());
+        }
+    }
+    let mut algorithms = family_algorithms(&jwk)?;
+    if let Some(alg) = &jwk.common.key_algorithm {
+        let alg = key_alg(alg).ok_or("key `alg` is not a signature algorithm")?;
+        if !algorithms.contains(&alg) {
+            return Err("key `alg` does not match its type".into());
+        }
+        algorithms = vec![alg];
+    }
+    algorithms.retain(|a| allowed.contains(a));
+    if algorithms.is_empty() {
+        return Err("key allows no algorithm on the allow-list".into());
+    }
+    let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key: {e}"))?;
+    Ok(Key {
+        kid: jwk.common.key_id.clone(),
+        algorithms,
+        decoding,
+        fingerprint: fingerprint(value),
+    })
+}
+
+impl KeySet {
+    /// Parse a JWKS document, keeping the keys usable with `allowed`.
+    ///
+    /// # Errors
+    /// [`KeySetError`] when the document is not a key set or holds no usable key. Single bad
+    /// keys are skipped and returned as warnings instead.
+    pub fn from_jwks(
+        bytes: &[u8],
+        allowed: &[Algorithm],
+    ) -> Result<(KeySet, Vec<String>), KeySetError> {
+        if bytes.len() > MAX_JWKS_BYTES {
+            return Err(KeySetError::TooLarge);
+        }
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| KeySetError::Malformed(e.to_string()))?;
+        let list = doc
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| KeySetError::Malformed("no `keys` array".into()))?;
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, value) in list.iter().enumerate() {
+            if keys.len() == MAX_KEYS {
+                skipped.push(format!("keys past the first {MAX_KEYS} are ignored"));
+                break;
+            }
+            match parse_key(value, allowed) {
+                Ok(key) => keys.push(key),
+                Err(why) => {
+                    let kid = value.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+                    skipped.push(format!("key {i} (kid `{kid}`): {why}"));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(KeySetError::NoUsableKey(skipped.join("; ")));
+        }
+        Ok((KeySet::new(keys), skipped))
+    }
+
+    /// A set holding one HMAC secret.
+    ///
+    /// # Errors
+    /// When jsonwebtoken refuses the secret (empty).
+    pub fn from_secret(secret: &[u8], allowed: &[Algorithm]) -> Result<KeySet, KeySetError> {
+        let mut h = DefaultHasher::new();
+        secret.hash(&mut h);
+        let decoding = DecodingKey::from_secret(secret)
+            .map_err(|e| KeySetError::NoUsableKey(e.to_string()))?;
+        let key = Key {
+            kid: None,
+            algorithms: allowed.to_vec(),
+            decoding,
+            fingerprint: h.finish(),
+        };
+        Ok(KeySet::new(vec![key]))
+    }
+
+    fn new(keys: Vec<Key>) -> KeySet {
+        let by_kid = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.kid.clone().map(|kid| (kid, i)))
+            .collect();
+        KeySet {
+            keys,
+            by_kid,
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    /// The key with this `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<&Key> {
+        self.by_kid.get(kid).map(|&i| &self.keys[i])
+    }
+
+    /// The only key that verifies `alg`, for tokens without a `kid`. `None` when there are
+    /// none or several: trying several keys per token would let a client multiply our work.
+    pub fn only_key_for(&self, alg: Algorithm) -> Option<&Key> {
+        let mut found = self.keys.iter().filter(|k| k.algorithms.contains(&alg));
+        match (found.next(), found.next()) {
+            (Some(k), None) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Whether a key with this fingerprint is still in the set.
+    pub fn contains(&self, fingerprint: u64) -> bool {
+        self.keys.iter().any(|k| k.fingerprint == fingerprint)
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set is empty (never true for a set built by this module).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}

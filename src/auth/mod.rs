@@ -1,0 +1,481 @@
+//! Authentication at the edge: issuers and their keys, token verification, the verified-token
+//! cache and per-route policies.
+//!
+//! The proxy hands a request and the route's [`Policy`] to [`Auth::authenticate`] and gets
+//! an identity or a reason to refuse; it never looks inside a token itself. Nothing in this
+//! module logs a token or a secret.
+
+pub mod cache;
+pub mod crypto;
+pub mod identity;
+pub mod issuer;
+pub mod keys;
+pub mod token;
+pub mod tools;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::HeaderName;
+use jsonwebtoken::Algorithm;
+
+use crate::config::{AuthPolicyConfig, Config, IssuerConfig, Issues};
+pub use cache::TokenCache;
+pub use identity::{Identity, Projection};
+pub use issuer::{Issuer, KeyRefresher, KeySource};
+use token::TokenSource;
+
+/// Why a request was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No token where the route looks for one.
+    MissingToken,
+    /// Malformed credentials (several Authorization headers, a bad bearer value).
+    InvalidRequest,
+    /// The token is not valid; the reason is safe to show the client.
+    InvalidToken(&'static str),
+    /// The token lacks a scope the route requires.
+    InsufficientScope,
+    /// The token's claims do not satisfy the route.
+    ClaimsMismatch,
+    /// The issuer's keys have not been fetched yet.
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// A short label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::MissingToken => "missing_token",
+            AuthError::InvalidRequest => "invalid_request",
+            AuthError::InvalidToken(why) => match why {
+                "the token has expired" => "expired",
+                "the token signature is invalid" => "bad_signature",
+                "the token issuer is not accepted" => "untrusted_issuer",
+                "the token algorithm is not allowed" => "bad_algorithm",
+                "the token signing key is unknown" => "unknown_key",
+                "the token is not for this audience" => "bad_audience",
+                _ => "invalid_token",
+            },
+            AuthError::InsufficientScope => "insufficient_scope",
+            AuthError::ClaimsMismatch => "claims_mismatch",
+            AuthError::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// What a route requires of a token, compiled.
+pub struct Policy {
+    /// Accepted issuers.
+    pub issuers: Vec<Arc<Issuer>>,
+    /// Required scopes.
+    pub scopes: Box<[Box<str>]>,
+    /// The required scopes joined by spaces, for `WWW-Authenticate`.
+    pub scope_text: String,
+    /// Required claims: projection slot and accepted values.
+    pub claims: Vec<(usize, Box<[Box<str>]>)>,
+    /// Where the token is looked for.
+    pub sources: Vec<TokenSource>,
+    /// Claims forwarded: projection slot and header.
+    pub forward: Vec<(usize, HeaderName)>,
+    /// Remove Authorization before forwarding.
+    pub strip_authorization: bool,
+}
+
+impl Policy {
+    /// Whether `identity` satisfies scopes and claims.
+    ///
+    /// # Errors
+    /// [`AuthError::InsufficientScope`] or [`AuthError::ClaimsMismatch`].
+    pub fn permits(&self, identity: &Identity) -> Result<(), AuthError> {
+        if !identity.has_scopes(&self.scopes) {
+            return Err(AuthError::InsufficientScope);
+        }
+        for (slot, accepted) in &self.claims {
+            if !identity
+                .claim(*slot)
+                .is_some_and(|v| v.matches_any(accepted))
+            {
+                return Err(AuthError::ClaimsMismatch);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The authentication state of one config generation.
+pub struct Auth {
+    /// Issuers, in config order.
+    pub issuers: Vec<Arc<Issuer>>,
+    /// Verified tokens.
+    pub cache: Arc<TokenCache>,
+    /// The claim paths routes use.
+    pub projection: Arc<Projection>,
+    /// Every header any route forwards a claim in: removed from every client request.
+    pub identity_headers: Vec<HeaderName>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            issuers: Vec::new(),
+            cache: Arc::new(TokenCache::new(&Default::default())),
+            projection: Arc::default(),
+            identity_headers: Vec::new(),
+        }
+    }
+}
+
+/// Headers a claim may never be forwarded in.
+const RESERVED_HEADERS: [&str; 12] = [
+    "authorization",
+    "cookie",
+    "host",
+    "connection",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+];
+
+fn issuer_source(
+    ic: &IssuerConfig,
+    path: &str,
+    issues: &mut Issues<'_>,
+) -> Option<(KeySource, Option<Vec<u8>>)> {
+    let given = [
+        ic.discovery,
+        ic.jwks_uri.is_some(),
+        ic.jwks_file.is_some(),
+        ic.hmac_secret_env.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        issues.push(
+            path,
+            "give exactly one of `discovery: true`, `jwks_uri`, `jwks_file`, `hmac_secret_env`",
+        );
+        return None;
+    }
+    if ic.discovery {
+        if let Err(e) = issuer::check_fetch_url(&ic.issuer) {
+            issues.push(
+                format!("{path}.issuer"),
+                format!("discovery needs an issuer URL: {e}"),
+            );
+            return None;
+        }
+        return Some((KeySource::Discovery(ic.issuer.clone()), None));
+    }
+    if let Some(uri) = &ic.jwks_uri {
+        if let Err(e) = issuer::check_fetch_url(uri) {
+            issues.push(format!("{path}.jwks_uri"), e);
+            return None;
+        }
+        return Some((KeySource::Uri(uri.clone()), None));
+    }
+    if let Some(file) = &ic.jwks_file {
+        return Some((KeySource::File(file.clone()), None));
+    }
+    let var = ic.hmac_secret_env.as_deref().unwrap_or_default();
+    match std::env::var(var) {
+        Ok(secret) if secret.len() >= 32 => Some((KeySource::Secret, Some(secret.into_bytes()))),
+        Ok(_) => {
+            issues.push(
+                format!("{path}.hmac_secret_env"),
+                format!("the secret in `{var}` is shorter than 32 bytes"),
+            );
+            None
+        }
+        Err(_) => {
+            issues.push(
+                format!("{path}.hmac_secret_env"),
+                format!("environment variable `{var}` is not set"),
+            );
+            None
+        }
+    }
+}
+
+fn allowed_algorithms(
+    ic: &IssuerConfig,
+    source: &KeySource,
+    path: &str,
+    issues: &mut Issues<'_>,
+) -> Option<Vec<Algorithm>> {
+    let family: &[Algorithm] = if *source == KeySource::Secret {
+        &issuer::HMAC
+    } else {
+        &issuer::ASYMMETRIC
+    };
+    let Some(names) = &ic.algorithms else {
+        return Some(family.to_vec());
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, name) in names.iter().enumerate() {
+        match issuer::parse_algorithm(name) {
+            Some(alg) if family.contains(&alg) => out.push(alg),
+            Some(_) if *source == KeySource::Secret => {
+                issues.push(
+                    format!("{path}.algorithms[{i}]"),
+                    format!(
+                        "`{name}` needs a public key; an HMAC issuer allows only HS256/384/512"
+                    ),
+                );
+                ok = false;
+            }
+            Some(_) => {
+                issues.push(
+                    format!("{path}.algorithms[{i}]"),
+                    format!("`{name}` needs `hmac_secret_env`"),
+                );
+                ok = false;
+            }
+            None => {
+                issues.push(
+                    format!("{path}.algorithms[{i}]"),
+                    format!("unknown algorithm `{name}`"),
+                );
+                ok = false;
+            }
+        }
+    }
+    if ok && out.is_empty() {
+        issues.push(
+            format!("{path}.algorithms"),
+            "leave it out to allow every algorithm of the key type",
+        );
+        return None;
+    }
+    ok.then_some(out)
+}
+
+impl Auth {
+    /// Build the issuers, the projection and the cache. Issuers whose settings did not change
+    /// are taken from `previous` with their keys; so is the cache when what it holds still
+    /// fits.
+    pub fn build(config: &Config, previous: Option<&Auth>, issues: &mut Issues<'_>) -> Auth {
+        crypto::install();
+        let mut issuers = Vec::new();
+        let mut names = HashSet::new();
+        for (i, ic) in config.issuers.iter().enumerate() {
+            let path = format!("issuers[{i}]");
+            if ic.name.is_empty() || !names.insert(ic.name.as_str()) {
+                issues.push(
+                    format!("{path}.name"),
+                    format!("issuer name `{}` is empty or used twice", ic.name),
+                );
+                continue;
+            }
+            if ic.issuer.is_empty() {
+                issues.push(format!("{path}.issuer"), "must be the `iss` of the tokens");
+                continue;
+            }
+            for (field, d) in [
+                ("jwks_refresh", ic.jwks_refresh),
+                ("jwks_min_refresh", ic.jwks_min_refresh),
+                ("fetch_timeout", ic.fetch_timeout),
+            ] {
+                if d.0.is_zero() {
+                    issues.push(format!("{path}.{field}"), "must be more than zero");
+                }
+            }
+            if ic.jwks_min_refresh.0 > ic.jwks_refresh.0 {
+                issues.push(
+                    format!("{path}.jwks_min_refresh"),
+                    "must not exceed jwks_refresh",
+                );
+            }
+            let Some((source, secret)) = issuer_source(ic, &path, issues) else {
+                continue;
+            };
+            let Some(allowed) = allowed_algorithms(ic, &source, &path, issues) else {
+                continue;
+            };
+            let kept = previous
+                .and_then(|p| p.issuers.iter().find(|old| old.name == ic.name))
+                .filter(|old| old.same_as(ic, secret.as_deref()));
+            match kept {
+                Some(old) => issuers.push(Arc::clone(old)),
+                None => match Issuer::new(ic, source, allowed, secret.as_deref()) {
+                    Ok(issuer) => issuers.push(Arc::new(issuer)),
+                    Err(e) => issues.push(path, e),
+                },
+            }
+        }
+
+        let mut projection = Projection::default();
+        let mut identity_headers: Vec<HeaderName> = Vec::new();
+        for rc in &config.routes {
+            if let Some(crate::config::AuthConfig::Policy(p)) = &rc.auth {
+                for claim in p.require_claims.keys().chain(p.forward_claims.keys()) {
+                    projection.slot_for(claim);
+                }
+                for header in p.forward_claims.values() {
+                    if let Ok(name) = HeaderName::from_bytes(header.as_bytes()) {
+                        if !identity_headers.contains(&name) {
+                            identity_headers.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        let cache = match previous {
+            Some(p) if *p.projection == projection && p.cache.config == config.token_cache => {
+                Arc::clone(&p.cache)
+            }
+            _ => Arc::new(TokenCache::new(&config.token_cache)),
+        };
+        if config.token_cache.max_tokens == 0 {
+            issues.push("token_cache.max_tokens", "must be at least 1");
+        }
+        Auth {
+            issuers,
+            cache,
+            projection: Arc::new(projection),
+            identity_headers,
+        }
+    }
+
+    /// Compile a route's policy.
+    pub fn policy(
+        &self,
+        pc: &AuthPolicyConfig,
+        path: &str,
+        issues: &mut Issues<'_>,
+    ) -> Option<Policy> {
+        let before = issues.len();
+        if pc.issuers.is_empty() {
+            issues.push(format!("{path}.issuers"), "name at least one issuer");
+        }
+        let mut issuers = Vec::new();
+        for (i, name) in pc.issuers.iter().enumerate() {
+            match self.issuers.iter().find(|x| &x.name == name) {
+                Some(x) => issuers.push(Arc::clone(x)),
+                None => issues.push(
+                    format!("{path}.issuers[{i}]"),
+                    format!("no issuer named `{name}`"),
+                ),
+            }
+        }
+        for (i, scope) in pc.require_scopes.iter().enumerate() {
+            if scope.is_empty() || scope.contains(char::is_whitespace) || scope.contains('"') {
+                issues.push(
+                    format!("{path}.require_scopes[{i}]"),
+                    format!("`{scope}` is not a scope token"),
+                );
+            }
+        }
+        let sources = match &pc.token_from {
+            None => vec![TokenSource::Header],
+            Some(list) if list.is_empty() => {
+                issues.push(
+                    format!("{path}.token_from"),
+                    "leave it out for the default `[header]`",
+                );
+                Vec::new()
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    TokenSource::parse(s)
+                        .map_err(|e| issues.push(format!("{path}.token_from[{i}]"), e))
+                        .ok()
+                })
+                .collect(),
+        };
+        let mut forward = Vec::new();
+        for (claim, header) in &pc.forward_claims {
+            match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(name)
+                    if RESERVED_HEADERS.contains(&name.as_str())
+                        || name.as_str().starts_with("x-forwarded-") =>
+                {
+                    issues.push(
+                        format!("{path}.forward_claims.{claim}"),
+                        format!("`{header}` cannot carry a claim"),
+                    );
+                }
+                Ok(name) => {
+                    if let Some(slot) = self.projection.slot(claim) {
+                        forward.push((slot, name));
+                    }
+                }
+                Err(_) => issues.push(
+                    format!("{path}.forward_claims.{claim}"),
+                    format!("`{header}` is not a header name"),
+                ),
+            }
+        }
+        let claims = pc
+            .require_claims
+            .iter()
+            .filter_map(|(claim, rule)| {
+                let slot = self.projection.slot(claim)?;
+                Some((slot, rule.0.iter().map(|v| v.as_str().into()).collect()))
+            })
+            .collect();
+        if issues.len() != before {
+            return None;
+        }
+        Some(Policy {
+            issuers,
+            scopes: pc
+                .require_scopes
+                .iter()
+                .map(|s| s.as_str().into())
+                .collect(),
+            scope_text: pc.require_scopes.join(" "),
+            claims,
+            sources,
+            forward,
+            strip_authorization: pc.strip_authorization,
+        })
+    }
+
+    /// Authenticate a request for a route with `policy`.
+    ///
+    /// # Errors
+    /// [`AuthError`] saying why the request may not pass.
+    pub async fn authenticate(
+        &self,
+        policy: &Policy,
+        req: &pingora::http::RequestHeader,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let token = token::extract(req, &policy.sources)?;
+        if token.len() > token::MAX_TOKEN_BYTES {
+            return Err(AuthError::InvalidToken("the token is too large"));
+        }
+        let key = self.cache.key(token);
+        if let Some(identity) = self.cache.get(key) {
+            match policy.issuers.iter().find(|i| i.id == identity.issuer_id) {
+                // Still signed by a key in the issuer's set: trust the earlier verification.
+                Some(issuer)
+                    if issuer
+                        .keys()
+                        .is_some_and(|k| k.contains(identity.key_fingerprint)) =>
+                {
+                    policy.permits(&identity)?;
+                    return Ok(identity);
+                }
+                Some(_) => self.cache.remove(key),
+                None => {
+                    // Verified for another route's issuer; check it against this route's.
+                }
+            }
+        }
+        let identity = Arc::new(token::verify(token, &policy.issuers, &self.projection).await?);
+        self.cache.insert(key, Arc::clone(&identity));
+        policy.permits(&identity)?;
+        Ok(identity)
+    }
+}
+
+#[cfg(test)]
+mod tests;
