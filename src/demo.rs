@@ -63,6 +63,43 @@ impl ServeHttp for Echo {
     }
 }
 
+/// A development identity provider: serves its discovery document and JWKS on localhost.
+pub struct DevIssuer {
+    /// Its issuer URL, `http://<addr>/`.
+    pub issuer: String,
+    /// The public key set it publishes.
+    pub jwks: serde_json::Value,
+}
+
+#[async_trait]
+impl ServeHttp for DevIssuer {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let body = match path.as_str() {
+            "/.well-known/openid-configuration" => Some(serde_json::json!({
+                "issuer": self.issuer,
+                "jwks_uri": format!("{}jwks.json", self.issuer),
+                "id_token_signing_alg_values_supported": ["ES256"],
+            })),
+            "/jwks.json" => Some(self.jwks.clone()),
+            _ => None,
+        };
+        let (status, bytes) = match body {
+            Some(b) => (StatusCode::OK, b.to_string().into_bytes()),
+            None => (StatusCode::NOT_FOUND, b"{\"error\":\"not found\"}".to_vec()),
+        };
+        let mut resp = Response::new(bytes);
+        *resp.status_mut() = status;
+        if let Ok(v) = "application/json".parse() {
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        let len = resp.body().len();
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        resp
+    }
+}
+
 /// Where the demo listens.
 pub struct DemoPorts {
     /// Proxy listener.
@@ -71,6 +108,8 @@ pub struct DemoPorts {
     pub admin: String,
     /// The echo upstream.
     pub echo: String,
+    /// The development issuer.
+    pub issuer: String,
 }
 
 /// The demo's config text.
@@ -84,6 +123,13 @@ admin:
 server:
   threads: 2
 access_log: stdout
+issuers:
+  - name: dev
+    issuer: "http://{issuer}/"
+    discovery: true
+    audiences: [demo]
+    jwks_refresh: 5m
+    jwks_min_refresh: 5s
 upstreams:
   - name: echo
     targets: ["{echo}"]
@@ -99,11 +145,15 @@ routes:
   - name: api
     match: {{ path_prefix: /api, methods: [GET, POST] }}
     upstream: echo
-    auth: none
+    auth:
+      issuers: [dev]
+      require_scopes: ["demo:read"]
+      forward_claims: {{ sub: X-User-Id, scope: X-User-Scopes }}
 "#,
         listen = ports.listen,
         admin = ports.admin,
         echo = ports.echo,
+        issuer = ports.issuer,
     )
 }
 
@@ -112,28 +162,48 @@ routes:
 /// # Errors
 /// When the config cannot be written or the server cannot start.
 pub fn run(ports: DemoPorts) -> anyhow::Result<()> {
+    let issuer_url = format!("http://{}/", ports.issuer);
+    let (key, jwk) = crate::auth::tools::generate_es256("demo-1")?;
+    let claims = |scope: &str| {
+        serde_json::json!({"iss": issuer_url, "aud": "demo", "sub": "alice", "scope": scope})
+            .to_string()
+    };
+    let good = crate::auth::tools::mint(&key, &claims("demo:read"), None, Some("demo-1"))?;
+    let no_scope = crate::auth::tools::mint(&key, &claims("profile"), None, Some("demo-1"))?;
+
     let path: PathBuf = std::env::temp_dir().join("portcullis-demo.yaml");
     std::fs::write(&path, config_text(&ports))?;
     let reloader = Arc::new(Reloader::from_file(&path)?);
     let l = &ports.listen;
     let a = &ports.admin;
     println!(
-        "Portcullis demo: proxy on http://{l}, admin on http://{a}, echo upstream on {e}
+        "Portcullis demo: proxy on http://{l}, admin on http://{a}
+Echo upstream on {e}; development issuer {issuer_url} (its key lives only in this process)
 Config: {path} (edit it and the proxy reloads by itself)
 
+A token from the development issuer (sub alice, scope demo:read, valid one hour):
+  TOKEN={good}
+
 Try:
-  curl -s http://{l}/hello                     # routed to the echo upstream; see what it received
-  curl -s -X POST http://{l}/api/items -d 'x=1' # the `api` route (GET, POST only)
-  curl -si -X DELETE http://{l}/api/items      # falls back to the `public` route
-  curl -si http://{l}/../etc/passwd --path-as-is # refused: 400
-  curl -s http://{a}/readyz                    # readiness
-  curl -s http://{a}/metrics | grep portcullis_ # metrics
-  curl -s -X POST http://{a}/reload            # reload the config
+  curl -s http://{l}/hello                                   # public route: what the upstream received
+  curl -s http://{l}/api/orders -H \"Authorization: Bearer $TOKEN\"   # gets through: see x-user-id
+  curl -si http://{l}/api/orders                             # refused: 401, WWW-Authenticate: Bearer
+  curl -si http://{l}/api/orders -H 'Authorization: Bearer {no_scope}'   # refused: 403 insufficient_scope
+  curl -si http://{l}/api/orders -H \"Authorization: Bearer $TOKEN\" -H 'X-User-Id: mallory'   # forged header replaced
+  curl -si --path-as-is http://{l}/../etc/passwd             # refused: 400
+  curl -s http://{a}/readyz                                  # readiness: upstreams and issuers
+  curl -s http://{a}/metrics | grep portcullis_              # metrics
+  portcullis token inspect $TOKEN                            # decode a token (no verification)
 Stop with Ctrl-C.
 ",
         e = ports.echo,
         path = path.display()
     );
+    let dev_issuer = DevIssuer {
+        issuer: issuer_url.clone(),
+        jwks: serde_json::json!({ "keys": [jwk] }),
+    };
+    let issuer_addr = ports.issuer.clone();
     let echo_addr = ports.echo.clone();
     crate::server::serve(reloader, move |server| {
         let mut echo = Service::new(
@@ -145,6 +215,10 @@ Stop with Ctrl-C.
         echo.add_tcp(&echo_addr);
         echo.threads = Some(1);
         server.add_service(echo);
+        let mut issuer = Service::new("demo issuer".into(), dev_issuer);
+        issuer.add_tcp(&issuer_addr);
+        issuer.threads = Some(1);
+        server.add_service(issuer);
     })?;
     Ok(())
 }

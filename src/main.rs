@@ -30,7 +30,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a self-contained demo: an echo upstream behind a generated config.
+    /// Developer tools for tokens: mint a test token, inspect one, publish a key as a JWKS.
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+    /// Run a self-contained demo: an echo upstream and a development issuer behind a
+    /// generated config.
     Demo {
         /// Proxy listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -41,7 +47,104 @@ enum Command {
         /// The built-in echo upstream.
         #[arg(long, default_value = "127.0.0.1:8081")]
         echo: String,
+        /// The built-in development issuer (discovery and JWKS).
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        issuer: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a test token. `iat` and `exp` (now + 1h) are added unless the claims have them.
+    Mint {
+        /// PEM private key (PKCS#8 RSA/EC/Ed25519, or PKCS#1 RSA).
+        #[arg(long, required_unless_present = "secret_env")]
+        key: Option<PathBuf>,
+        /// Environment variable holding an HMAC secret, instead of a key file.
+        #[arg(long, conflicts_with = "key")]
+        secret_env: Option<String>,
+        /// The claims, a JSON object.
+        #[arg(long)]
+        claims: String,
+        /// Algorithm; default: the key's (RS256, ES256, ES384, EdDSA; HS256 for a secret).
+        #[arg(long)]
+        alg: Option<String>,
+        /// Key id for the header.
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Decode a token's header and claims. Never verifies, never uses the network.
+    Inspect {
+        /// The token; read from standard input when absent.
+        token: Option<String>,
+    },
+    /// Print the public JWKS of a private key, for `jwks_file` or a test JWKS server.
+    Jwks {
+        /// PEM private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Key id.
+        #[arg(long)]
+        kid: String,
+    },
+}
+
+fn token_command(action: TokenCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use portcullis::auth::{issuer::parse_algorithm, tools};
+    match action {
+        TokenCommand::Mint {
+            key,
+            secret_env,
+            claims,
+            alg,
+            kid,
+        } => {
+            let alg = match alg.as_deref() {
+                Some(name) => Some(
+                    parse_algorithm(name).with_context(|| format!("unknown algorithm `{name}`"))?,
+                ),
+                None => None,
+            };
+            let token = match (key, secret_env) {
+                (Some(path), _) => {
+                    let pem = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    tools::mint(&pem, &claims, alg, kid.as_deref())?
+                }
+                (None, Some(var)) => {
+                    let secret =
+                        std::env::var(&var).with_context(|| format!("`{var}` is not set"))?;
+                    let alg = alg.unwrap_or(jsonwebtoken::Algorithm::HS256);
+                    tools::mint_hmac(secret.as_bytes(), &claims, alg, kid.as_deref())?
+                }
+                (None, None) => anyhow::bail!("give --key or --secret-env"),
+            };
+            println!("{token}");
+        }
+        TokenCommand::Inspect { token } => {
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+                }
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&tools::inspect(token.trim())?)?
+            );
+        }
+        TokenCommand::Jwks { key, kid } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            let jwk = tools::public_jwk(&pem, &kid, true)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "keys": [jwk] }))?
+            );
+        }
+    }
+    Ok(())
 }
 
 fn init_logging() {
@@ -101,16 +204,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Token { action } => match token_command(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis token: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo {
             listen,
             admin,
             echo,
+            issuer,
         } => {
             init_logging();
             let ports = portcullis::demo::DemoPorts {
                 listen,
                 admin,
                 echo,
+                issuer,
             };
             match portcullis::demo::run(ports) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -189,25 +189,32 @@ pub struct RouteMetrics {
     name: String,
     requests: [prometheus::IntCounter; 6],
     duration: prometheus::Histogram,
-    auth_allowed: prometheus::IntCounter,
+    /// Only for routes with a policy, so `auth: none` routes export no auth series.
+    auth_allowed: Option<prometheus::IntCounter>,
 }
 
 impl RouteMetrics {
-    /// The counters of route `name` (`""` for requests no route took).
-    pub fn new(name: &str) -> RouteMetrics {
+    /// The counters of route `name` (`""` for requests no route took); `authenticated` when
+    /// the route checks tokens.
+    pub fn new(name: &str, authenticated: bool) -> RouteMetrics {
         let m = &*METRICS;
         RouteMetrics {
             name: name.to_string(),
             requests: STATUS_CLASSES.map(|class| m.requests.with_label_values(&[name, class])),
             duration: m.request_duration.with_label_values(&[name]),
-            auth_allowed: m.auth_decisions.with_label_values(&[name, "allowed", "ok"]),
+            auth_allowed: authenticated
+                .then(|| m.auth_decisions.with_label_values(&[name, "allowed", "ok"])),
         }
     }
 
     /// Count one token check.
     pub fn auth_decision<T>(&self, result: &Result<T, crate::auth::AuthError>) {
         match result {
-            Ok(_) => self.auth_allowed.inc(),
+            Ok(_) => {
+                if let Some(c) = &self.auth_allowed {
+                    c.inc();
+                }
+            }
             Err(e) => METRICS
                 .auth_decisions
                 .with_label_values(&[&self.name, "denied", e.reason()])

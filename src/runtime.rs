@@ -141,7 +141,7 @@ impl Runtime {
             routes.push(Route {
                 name: rc.name.clone(),
                 pool: Arc::clone(pool),
-                metrics: RouteMetrics::new(&rc.name),
+                metrics: RouteMetrics::new(&rc.name, policy.is_some()),
                 policy,
             });
         }
@@ -174,7 +174,7 @@ impl Runtime {
             routes,
             table,
             pools,
-            unmatched: RouteMetrics::new(""),
+            unmatched: RouteMetrics::new("", false),
             max_request_header_bytes,
             auth: Arc::new(auth),
         })
