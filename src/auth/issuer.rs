@@ -222,6 +222,15 @@ impl Issuer {
         self.keys.load_full()
     }
 
+    /// Whether a key with this fingerprint is in the set now (no reference counting: this is
+    /// on every cached request).
+    pub fn has_key(&self, fingerprint: u64) -> bool {
+        self.keys
+            .load()
+            .as_ref()
+            .is_some_and(|k| k.contains(fingerprint))
+    }
+
     /// Whether the last fetch failed while older keys keep serving.
     pub fn is_stale(&self) -> bool {
         self.source.fetches()

@@ -449,33 +449,42 @@ impl Auth {
         req: &pingora::http::RequestHeader,
     ) -> Result<Arc<Identity>, AuthError> {
         let token = token::extract(req, &policy.sources)?;
-        if token.len() > token::MAX_TOKEN_BYTES {
-            return Err(AuthError::InvalidToken("the token is too large"));
-        }
-        let key = self.cache.key(token);
-        if let Some(identity) = self.cache.get(key) {
-            match policy.issuers.iter().find(|i| i.id == identity.issuer_id) {
-                // Still signed by a key in the issuer's set: trust the earlier verification.
-                Some(issuer)
-                    if issuer
-                        .keys()
-                        .is_some_and(|k| k.contains(identity.key_fingerprint)) =>
-                {
-                    policy.permits(&identity)?;
-                    return Ok(identity);
-                }
-                Some(_) => self.cache.remove(key),
-                None => {
-                    // Verified for another route's issuer; check it against this route's.
-                }
-            }
-        }
+        let key = match self.check_cached(policy, token) {
+            Cached::Hit(result) => return result,
+            Cached::Miss(key) => key,
+        };
         let identity = Arc::new(token::verify(token, &policy.issuers, &self.projection).await?);
         self.cache.insert(key, Arc::clone(&identity));
         policy.permits(&identity)?;
         Ok(identity)
     }
+
+    /// The fast path: a token verified before, still signed by a key in its issuer's set.
+    /// No signature check, no parsing, no allocation.
+    pub fn check_cached(&self, policy: &Policy, token: &str) -> Cached {
+        if token.len() > token::MAX_TOKEN_BYTES {
+            return Cached::Hit(Err(AuthError::InvalidToken("the token is too large")));
+        }
+        let key = self.cache.key(token);
+        if let Some(identity) = self.cache.get(key) {
+            match policy.issuers.iter().find(|i| i.id == identity.issuer_id) {
+                Some(issuer) if issuer.has_key(identity.key_fingerprint) => {
+                    return Cached::Hit(policy.permits(&identity).map(|()| identity));
+                }
+                // Its key left the set: forget it and verify again (which will fail).
+                Some(_) => self.cache.remove(key),
+                // Verified for another route's issuer: check it against this route's.
+                None => {}
+            }
+        }
+        Cached::Miss(key)
+    }
 }
 
-#[cfg(test)]
-mod tests;
+/// The outcome of [`Auth::check_cached`].
+pub enum Cached {
+    /// The cache decided.
+    Hit(Result<Arc<Identity>, AuthError>),
+    /// Not in the cache; the token's cache key, for inserting after verification.
+    Miss(u128),
+}

@@ -1,0 +1,151 @@
+//! The request-path token check: a cached token, and the first sight of a token per
+//! algorithm next to ring's own signature check on the same bytes.
+//!
+//! `cargo bench --bench auth`. The cached figure is what a repeated token costs (extract,
+//! hash, cache lookup, policy); the uncached ones add header and claims parsing to ring.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use base64::Engine;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use pingora::http::RequestHeader;
+use portcullis::auth::tools::{mint, public_jwk};
+use portcullis::auth::{token, Cached};
+use portcullis::runtime::Runtime;
+use serde_json::json;
+
+const ISS: &str = "https://id.example.com/";
+
+fn keys() -> [(&'static str, &'static str, &'static str); 3] {
+    [
+        ("RS256", "rsa", include_str!("../tests/keys/rsa2048.pem")),
+        ("ES256", "ec256", include_str!("../tests/keys/ec256.pem")),
+        ("EdDSA", "ed", include_str!("../tests/keys/ed25519.pem")),
+    ]
+}
+
+fn runtime(dir: &std::path::Path) -> Runtime {
+    let jwks = json!({"keys": keys().iter().map(|(_, kid, pem)| public_jwk(pem, kid, true).unwrap()).collect::<Vec<_>>()});
+    let file = dir.join("jwks.json");
+    std::fs::write(&file, jwks.to_string()).unwrap();
+    Runtime::from_yaml(&format!(
+        "
+upstreams: [{{ name: u, targets: [\"127.0.0.1:9\"] }}]
+issuers:
+  - name: corp
+    issuer: \"{ISS}\"
+    jwks_file: {}
+    audiences: [api]
+routes:
+  - name: r
+    match: {{ path_prefix: / }}
+    upstream: u
+    auth:
+      issuers: [corp]
+      require_scopes: [\"orders:read\"]
+      forward_claims: {{ sub: X-User-Id, scope: X-User-Scopes }}
+",
+        file.display()
+    ))
+    .unwrap()
+}
+
+fn claims(n: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    json!({"iss": ISS, "aud": "api", "sub": format!("user-{n}"), "scope": "orders:read orders:write",
+           "iat": now, "exp": now + 3600, "tenant": "acme"})
+    .to_string()
+}
+
+fn ring_verify(alg: &str, pem: &str, token: &str) -> impl Fn() -> bool {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let message = message.as_bytes().to_vec();
+    let signature = b64.decode(signature).unwrap();
+    let jwk = public_jwk(pem, "k", true).unwrap();
+    let field = |f: &str| b64.decode(jwk[f].as_str().unwrap()).unwrap();
+    let (n, e, point) = match alg {
+        "RS256" => (field("n"), field("e"), Vec::new()),
+        "ES256" => (
+            Vec::new(),
+            Vec::new(),
+            [vec![4u8], field("x"), field("y")].concat(),
+        ),
+        _ => (Vec::new(), Vec::new(), field("x")),
+    };
+    let alg = alg.to_string();
+    move || {
+        use ring::signature as sig;
+        match alg.as_str() {
+            "RS256" => sig::RsaPublicKeyComponents { n: &n, e: &e }
+                .verify(&sig::RSA_PKCS1_2048_8192_SHA256, &message, &signature)
+                .is_ok(),
+            "ES256" => sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, &point)
+                .verify(&message, &signature)
+                .is_ok(),
+            _ => sig::UnparsedPublicKey::new(&sig::ED25519, &point)
+                .verify(&message, &signature)
+                .is_ok(),
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let auth = &rt.auth;
+    let policy = rt.routes[0].policy.as_ref().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    // A cached token: fill the cache with many tokens so the lookup is not a toy.
+    let (_, kid, pem) = keys()[1];
+    let mut req = RequestHeader::build("GET", b"/v1/orders/42", None).unwrap();
+    let token = mint(pem, &claims(0), None, Some(kid)).unwrap();
+    req.insert_header("authorization", format!("Bearer {token}"))
+        .unwrap();
+    req.insert_header("host", "api.example.com").unwrap();
+    req.insert_header("user-agent", "bench").unwrap();
+    for i in 0..10_000u64 {
+        let t = mint(pem, &claims(i + 1), None, Some(kid)).unwrap();
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("authorization", format!("Bearer {t}"))
+            .unwrap();
+        tokio.block_on(auth.authenticate(policy, &r)).unwrap();
+    }
+    tokio.block_on(auth.authenticate(policy, &req)).unwrap();
+    c.bench_function("token/cached", |b| {
+        b.iter(|| {
+            let t = token::extract(black_box(&req), &policy.sources).unwrap();
+            match auth.check_cached(policy, t) {
+                Cached::Hit(r) => r.unwrap(),
+                Cached::Miss(_) => panic!("not cached"),
+            }
+        })
+    });
+
+    let mut group = c.benchmark_group("token/first_sight");
+    for (alg, kid, pem) in keys() {
+        let token = mint(pem, &claims(1), None, Some(kid)).unwrap();
+        group.bench_function(format!("{alg}/portcullis"), |b| {
+            b.iter(|| {
+                tokio
+                    .block_on(token::verify(
+                        black_box(&token),
+                        &policy.issuers,
+                        &auth.projection,
+                    ))
+                    .unwrap()
+            })
+        });
+        let ring = ring_verify(alg, pem, &token);
+        group.bench_function(format!("{alg}/ring"), |b| b.iter(|| assert!(ring())));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
