@@ -236,10 +236,14 @@ pub enum BadPath {
     /// A `.` or `..` segment, raw or percent-encoded: it could make a path that matched one
     /// route mean another path to the upstream.
     DotSegment,
+    /// `%2F` or `%5C`: one segment to the proxy, two to the many servers that decode them
+    /// before splitting the path, so the route would not be the one the upstream serves.
+    EncodedSeparator,
 }
 
-/// Check a request path and give the form used for matching: runs of `/` merged into one, as
-/// most upstream servers read them. Borrowed when already clean.
+/// Check a request path and give the form used for matching, which is how upstream servers
+/// read it: percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2, so `/%61dmin`
+/// is `/admin`) and runs of `/` merged into one. Borrowed when already clean.
 ///
 /// # Errors
 /// [`BadPath`] for paths that must not be routed.
@@ -251,17 +255,18 @@ pub fn match_path(path: &str) -> Result<std::borrow::Cow<'_, str>, BadPath> {
             Err(BadPath::NotAbsolute)
         };
     }
-    let mut needs_merge = false;
+    let path = if path.contains('%') {
+        decode_unreserved(path)?
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    };
     for segment in path.split('/') {
         if is_dot_segment(segment) {
             return Err(BadPath::DotSegment);
         }
     }
-    if path.contains("//") {
-        needs_merge = true;
-    }
-    if !needs_merge {
-        return Ok(std::borrow::Cow::Borrowed(path));
+    if !path.contains("//") {
+        return Ok(path);
     }
     let mut out = String::with_capacity(path.len());
     let mut last_slash = false;
@@ -273,6 +278,45 @@ pub fn match_path(path: &str) -> Result<std::borrow::Cow<'_, str>, BadPath> {
         out.push(c);
     }
     Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Decode `%XX` where it stands for an unreserved character; keep every other escape as
+/// written; refuse encoded path separators.
+fn decode_unreserved(path: &str) -> Result<std::borrow::Cow<'_, str>, BadPath> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match escaped {
+            Some(b'/' | b'\\') => return Err(BadPath::EncodedSeparator),
+            Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                out.push(char::from(c));
+                changed = true;
+                i += 3;
+            }
+            _ => {
+                // Not an escape of an unreserved character: copy up to the next `%`.
+                // Searched in bytes: `i + 1` may fall inside a multi-byte character.
+                let next = bytes[i + 1..]
+                    .iter()
+                    .position(|&b| b == b'%')
+                    .map_or(bytes.len(), |n| i + 1 + n);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Ok(if changed {
+        std::borrow::Cow::Owned(out)
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    })
 }
 
 fn is_dot_segment(segment: &str) -> bool {
@@ -374,5 +418,15 @@ mod tests {
         assert_eq!(match_path("/a/...b").unwrap(), "/a/...b");
         assert_eq!(match_path("/.well-known/x").unwrap(), "/.well-known/x");
         assert_eq!(match_path("http://x/"), Err(BadPath::NotAbsolute));
+        assert_eq!(match_path("/v1/%6Frders").unwrap(), "/v1/orders");
+        assert_eq!(
+            match_path("/%41%7e%2D%5f/%20%25x%").unwrap(),
+            "/A~-_/%20%25x%"
+        );
+        assert_eq!(match_path("/a/%252e%252e").unwrap(), "/a/%252e%252e");
+        assert_eq!(match_path("/a%2Fb"), Err(BadPath::EncodedSeparator));
+        assert_eq!(match_path("/a%5cb"), Err(BadPath::EncodedSeparator));
+        assert_eq!(match_path("/%2F%2Fa"), Err(BadPath::EncodedSeparator));
+        assert_eq!(match_path("/é%41é/%e9").unwrap(), "/éAé/%e9");
     }
 }

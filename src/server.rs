@@ -37,6 +37,14 @@ pub enum ServeError {
     /// The config has no listener.
     #[error("the config has no listeners")]
     NoListeners,
+    /// A listener or the admin address cannot be bound (most often: already in use).
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Build the server around `reloader`'s config and run it until a shutdown signal.
@@ -51,6 +59,7 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     if config.listeners.is_empty() {
         return Err(ServeError::NoListeners);
     }
+    check_addresses_free(config)?;
     let access_log = AccessLog::start(&config.access_log).map_err(ServeError::AccessLog)?;
     let grace = config.server.grace_period.0;
 
@@ -129,6 +138,28 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown { grace, access_log }),
     });
+    Ok(())
+}
+
+/// Pingora binds in its service threads, retries a taken port for 30 s and then panics in
+/// that thread only: the process would live on with a healthy admin endpoint and a proxy that
+/// never listens. Try each address once here (with `SO_REUSEADDR`, as Pingora binds) so that
+/// a taken port stops the start with a clear error instead.
+fn check_addresses_free(config: &crate::config::Config) -> Result<(), ServeError> {
+    let admin = config.admin.iter().map(|a| a.address.as_str());
+    for address in config
+        .listeners
+        .iter()
+        .map(|l| l.address.as_str())
+        .chain(admin)
+    {
+        if let Err(source) = std::net::TcpListener::bind(address) {
+            return Err(ServeError::Bind {
+                address: address.to_string(),
+                source,
+            });
+        }
+    }
     Ok(())
 }
 

@@ -273,3 +273,51 @@ async fn demo_serves_through_its_echo_upstream() {
     assert_eq!(body["upstream"], "echo", "{body}");
     assert_eq!(body["uri"], "/hello", "{body}");
 }
+
+/// A port in use stops the start with a clear error: never a process that runs on without
+/// its listener (Pingora alone retries for 30 s, then panics in one thread and lives on).
+#[test]
+fn run_exits_when_a_port_is_taken() {
+    for taken_is_admin in [false, true] {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap().port();
+        let other = free_port();
+        let (listen, admin) = if taken_is_admin {
+            (other, taken)
+        } else {
+            (taken, other)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "listeners:\n  - address: \"127.0.0.1:{listen}\"\nadmin:\n  address: \"127.0.0.1:{admin}\"\nupstreams:\n  - name: a\n    targets: [\"127.0.0.1:1\"]\nroutes:\n  - name: r\n    upstream: a\n"
+        );
+        let path = write(&dir, "taken.yaml", &text);
+        let mut child = Command::new(BIN)
+            .args(["run", "--config", path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let status = status.unwrap_or_else(|| panic!("still running 10s after start:\n{stderr}"));
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on 127.0.0.1:{taken}")),
+            "{stderr}"
+        );
+        drop(holder);
+    }
+}

@@ -1,6 +1,6 @@
 //! Routing: exact host over wildcard, longest prefix, methods, fall-through, 404.
 
-use crate::support::{client_builder, pool, Proxy, Upstream};
+use crate::support::{client_builder, pool, raw, Proxy, Upstream};
 
 /// One upstream per route, so the echo's name says which route took a request.
 async fn routed() -> (Proxy, Vec<Upstream>) {
@@ -168,4 +168,36 @@ async fn no_route_is_a_json_404_that_reaches_no_upstream() {
         assert_eq!(body["request_id"], id.as_str());
     }
     assert_eq!(ups.iter().map(Upstream::hits).sum::<usize>(), 0);
+}
+
+/// A path the upstream reads as `/v1/orders/..` is routed as `/v1/orders`, however it is
+/// spelled: otherwise a client picks the route (and, later, its auth policy) by encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_paths_route_as_the_upstream_reads_them() {
+    let (proxy, ups) = routed().await;
+    for (path, want) in [
+        ("/v1/%6Frders/7", "orders"),
+        ("/v1/%6frders", "orders"),
+        ("/%76%31/orders", "orders"),
+        ("/v1/or%64ers?x=%6F", "orders"),
+        ("/v1/%7Eorders", "v1"),
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let resp = raw::send(proxy.addr(), req.as_bytes()).await;
+        assert_eq!(resp.status, 200, "{path}: {resp:?}");
+        assert_eq!(resp.header("x-upstream").as_deref(), Some(want), "{path}");
+    }
+    // The upstream gets the path as the client wrote it.
+    assert_eq!(ups[3].received()[0].path, "/v1/%6Frders/7");
+
+    // An encoded slash or backslash means one path to the proxy and another to many servers:
+    // refused, like dot segments.
+    let before: usize = ups.iter().map(Upstream::hits).sum();
+    for path in ["/v1%2Forders", "/v1/x%2f..%2forders", "/v1%5Corders"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let resp = raw::send(proxy.addr(), req.as_bytes()).await;
+        assert_eq!(resp.status, 400, "{path}: {resp:?}");
+        assert_eq!(resp.json()["error"], "bad_path", "{path}");
+    }
+    assert_eq!(ups.iter().map(Upstream::hits).sum::<usize>(), before);
 }

@@ -1,0 +1,242 @@
+//! A real identity provider's key endpoint on tokio: it serves `/jwks.json` and
+//! `/.well-known/openid-configuration`, counts every fetch per path, and can swap its key set
+//! (rotation), answer slowly, send `Cache-Control: max-age`, name another issuer in its
+//! discovery document, stop listening and come back on the same port.
+//!
+//! Every response closes its connection, so a stopped server refuses the very next fetch
+//! instead of leaving a pooled connection behind.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Where the key set is served.
+pub const JWKS_PATH: &str = "/jwks.json";
+/// Where the discovery document is served.
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+/// The public JWK of PEM private key `pem` under `kid`, without `alg` (so an RSA key verifies
+/// both RS* and PS*; the other types have one algorithm anyway).
+pub fn jwk(pem: &str, kid: &str) -> Value {
+    portcullis::auth::tools::public_jwk(pem, kid, false).unwrap()
+}
+
+/// A JWKS document of `(pem, kid)` pairs.
+pub fn key_set(keys: &[(&str, &str)]) -> Value {
+    json!({ "keys": keys.iter().map(|(pem, kid)| jwk(pem, kid)).collect::<Vec<_>>() })
+}
+
+struct State {
+    base: String,
+    keys: Mutex<Value>,
+    /// The `issuer` the discovery document names; `None`: the server's own base URL.
+    discovery_issuer: Mutex<Option<String>>,
+    max_age: Mutex<Option<u64>>,
+    delay_ms: AtomicU64,
+    fetches: Mutex<HashMap<String, usize>>,
+}
+
+/// A running (or stopped) key server. Dropping it stops it.
+pub struct JwksServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    running: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+}
+
+impl JwksServer {
+    /// Serve `keys` (a JWKS document) on a free port of 127.0.0.1.
+    pub async fn start(keys: Value) -> JwksServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            base: format!("http://{addr}"),
+            keys: Mutex::new(keys),
+            discovery_issuer: Mutex::new(None),
+            max_age: Mutex::new(None),
+            delay_ms: AtomicU64::new(0),
+            fetches: Mutex::new(HashMap::new()),
+        });
+        let running = Some(serve(listener, Arc::clone(&state)));
+        JwksServer {
+            addr,
+            state,
+            running,
+        }
+    }
+
+    /// `http://127.0.0.1:port`: the issuer URL for discovery.
+    pub fn base_url(&self) -> String {
+        self.state.base.clone()
+    }
+
+    /// The key set's URL.
+    pub fn jwks_url(&self) -> String {
+        format!("{}{JWKS_PATH}", self.state.base)
+    }
+
+    /// Serve `keys` from now on.
+    pub fn set_keys(&self, keys: Value) {
+        *self.state.keys.lock().unwrap() = keys;
+    }
+
+    /// Name `issuer` in the discovery document instead of the server's own URL.
+    pub fn set_discovery_issuer(&self, issuer: &str) {
+        *self.state.discovery_issuer.lock().unwrap() = Some(issuer.to_string());
+    }
+
+    /// Send `Cache-Control: max-age=N` with the key set (`None`: no such header).
+    pub fn set_max_age(&self, seconds: Option<u64>) {
+        *self.state.max_age.lock().unwrap() = seconds;
+    }
+
+    /// Wait this long before answering each request (counted at once, on arrival).
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap(), Ordering::SeqCst);
+    }
+
+    /// Requests for `path` so far.
+    pub fn fetches(&self, path: &str) -> usize {
+        self.state
+            .fetches
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests for the key set so far.
+    pub fn jwks_fetches(&self) -> usize {
+        self.fetches(JWKS_PATH)
+    }
+
+    /// Stop listening and cut open connections; the port refuses connections when this returns.
+    pub async fn stop(&mut self) {
+        if let Some((tx, accept)) = self.running.take() {
+            let _ = tx.send(true);
+            accept.abort();
+            let _ = accept.await;
+        }
+    }
+
+    /// Listen again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = super::eventually(
+            "the key server's port to be free again",
+            Duration::from_secs(5),
+            || async {
+                TcpListener::bind(self.addr)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        self.running = Some(serve(listener, Arc::clone(&self.state)));
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        if let Some((tx, accept)) = self.running.take() {
+            let _ = tx.send(true);
+            accept.abort();
+        }
+    }
+}
+
+fn serve(listener: TcpListener, state: Arc<State>) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(false);
+    let accept = tokio::spawn(async move {
+        let mut stop = rx.clone();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                conn = listener.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    let state = Arc::clone(&state);
+                    let mut stop = rx.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = stop.changed() => {}
+                            _ = answer(stream, state) => {}
+                        }
+                    });
+                }
+            }
+        }
+    });
+    (tx, accept)
+}
+
+/// Read one request head and answer it, then close.
+async fn answer(mut stream: TcpStream, state: Arc<State>) {
+    let mut buf = Vec::with_capacity(2048);
+    let path = loop {
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("").to_string(),
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return,
+        }
+        let mut chunk = [0u8; 2048];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let path = path.split('?').next().unwrap_or("").to_string();
+    *state
+        .fetches
+        .lock()
+        .unwrap()
+        .entry(path.clone())
+        .or_default() += 1;
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let mut extra = String::new();
+    let (status, body) = match path.as_str() {
+        JWKS_PATH => {
+            if let Some(age) = *state.max_age.lock().unwrap() {
+                extra = format!("cache-control: public, max-age={age}\r\n");
+            }
+            (200, state.keys.lock().unwrap().to_string())
+        }
+        DISCOVERY_PATH => {
+            let issuer = state
+                .discovery_issuer
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| state.base.clone());
+            let doc = json!({
+                "issuer": issuer,
+                "jwks_uri": format!("{}{JWKS_PATH}", state.base),
+                "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+            });
+            (200, doc.to_string())
+        }
+        _ => (404, "{\"error\":\"not found\"}".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+        if status == 200 { "OK" } else { "Not Found" },
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
