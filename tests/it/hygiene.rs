@@ -50,6 +50,21 @@ async fn forwarded_headers_and_host_reach_the_upstream() {
     );
     assert_eq!(echo.path, "/cart?id=1");
 
+    // What a client claims about the scheme and host is not passed on as fact.
+    let resp = http
+        .get(format!("http://shop.example.com:{port}/"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "admin.internal")
+        .send()
+        .await
+        .unwrap();
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        echo.header("x-forwarded-host").as_deref(),
+        Some(host.as_str())
+    );
+
     // Without a previous hop: just the client.
     let echo = get_echo(&client(), &proxy.url("/")).await;
     assert_eq!(echo.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));

@@ -48,7 +48,7 @@ async fn wait_for_route(proxy: &Proxy, path: &str, want: &str) {
 
 /// Traffic on `/stable` before, during and after `reload`; no request may fail.
 async fn under_traffic<F: std::future::Future<Output = ()>>(proxy: &Proxy, reload: F) {
-    let traffic = Traffic::start(&proxy.url("/stable"), 4);
+    let traffic = Traffic::start(proxy, "/stable", 2);
     traffic.wait_for_more(50).await;
     reload.await;
     traffic.wait_for_more(50).await;
@@ -175,7 +175,7 @@ async fn broken_files_are_refused_and_change_nothing() {
             )),
         ),
     ];
-    let traffic = Traffic::start(&proxy.url("/stable"), 2);
+    let traffic = Traffic::start(&proxy, "/stable", 1);
     for (what, text) in &broken {
         let failures = proxy.metric(RELOADS, &[("result", "failure")]).await;
         proxy.write_raw_config(text);
@@ -303,4 +303,54 @@ async fn health_state_carries_over_a_reload() {
         .unwrap();
     assert_eq!(ready["upstreams"]["pool"]["healthy"], 1, "{ready}");
     assert!(ready["generation"].as_u64().unwrap() >= 2, "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_that_swaps_a_target_moves_traffic_and_metrics() {
+    let ups = Upstream::start_many("u", 3).await;
+    let body = |targets: &[&Upstream]| {
+        let list: Vec<String> = targets.iter().map(|u| u.addr().to_string()).collect();
+        format!(
+            "upstreams:\n{}routes:\n  - name: stable\n    match: {{ path_prefix: /stable }}\n    upstream: pool\n",
+            pool("pool", &list, &[])
+        )
+    };
+    let proxy = Proxy::start(&body(&[&ups[0], &ups[1]])).await;
+    let http = client();
+    let healthy = "portcullis_upstream_target_healthy";
+    let series = |u: &Upstream| u.addr().to_string();
+    assert_eq!(
+        proxy.metric(healthy, &[("target", &series(&ups[1]))]).await,
+        1.0
+    );
+
+    under_traffic(&proxy, async {
+        proxy.write_config(&body(&[&ups[0], &ups[2]]));
+        let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    })
+    .await;
+    let before = ups[1].hits();
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..10 {
+        *seen
+            .entry(get_echo(&http, &proxy.url("/stable")).await.upstream)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("u0"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("u2"), Some(&5), "{seen:?}");
+    assert_eq!(ups[1].hits(), before, "a removed target got traffic");
+    let metrics = proxy.metrics().await;
+    assert!(
+        !metrics.has(healthy, &[("target", &series(&ups[1]))]),
+        "removed target still reported"
+    );
+    assert_eq!(
+        metrics.get(healthy, &[("target", &series(&ups[2]))]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics.get(healthy, &[("target", &series(&ups[0]))]),
+        Some(1.0)
+    );
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    addrs, client, client_builder, eventually, free_port, get_echo, pool, Proxy, Upstream,
+    addrs, client, client_builder, eventually, free_port, get_echo, pool, Blackhole, Proxy,
+    Upstream,
 };
 
 const HEALTHY: &str = "portcullis_upstream_target_healthy";
@@ -388,4 +389,41 @@ async fn slow_upstream_beyond_read_timeout_is_a_504() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_a_silent_target_and_retries_elsewhere() {
+    let hole = Blackhole::new();
+    let up = Upstream::start("alive").await;
+    let targets = vec![hole.addr().to_string(), up.addr().to_string()];
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n{}{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n  - name: silent\n    match: {{ path_prefix: /silent }}\n    upstream: silent\n",
+        pool("pool", &targets, &["connect_timeout: 200ms", "retries: 1"]),
+        pool("silent", &[hole.addr().to_string()], &["connect_timeout: 200ms"]),
+    ))
+    .await;
+    let http = client();
+    for i in 0..6 {
+        let started = Instant::now();
+        let echo = get_echo(&http, &proxy.url(&format!("/{i}"))).await;
+        assert_eq!(echo.upstream, "alive");
+        // Without the timeout a connect to it hangs for minutes.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(proxy.metric(RETRIES, &[("upstream", "pool")]).await >= 3.0);
+
+    let started = Instant::now();
+    let resp = http.get(proxy.url("/silent")).send().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_unreachable", "{body}");
 }

@@ -85,43 +85,92 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Start `clients` tasks, each with its own keep-alive client, GETting `url` until
-    /// stopped. A failure is anything but a 200 whose body names an upstream.
-    pub fn start(url: &str, clients: usize) -> Traffic {
+    /// Start `clients` keep-alive reqwest clients and as many raw HTTP/1.1 connections, each
+    /// GETting `path` of `proxy` in a loop until stopped. A failure is anything but a 200
+    /// whose body names an upstream; for a raw connection, also its being closed by the
+    /// proxy (no connection may be dropped, and reqwest alone would quietly reconnect).
+    pub fn start(proxy: &Proxy, path: &str, clients: usize) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) =
-                    (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
-                let url = url.to_string();
-                tokio::spawn(async move {
-                    let http = client_builder().pool_max_idle_per_host(1).build().unwrap();
-                    while !stop.load(Ordering::SeqCst) {
-                        let outcome = match http.get(&url).send().await {
-                            Ok(resp) => {
-                                let status = resp.status();
-                                match resp.text().await {
-                                    Ok(body) if status == 200 && body.contains("\"upstream\"") => {
-                                        Ok(())
-                                    }
-                                    Ok(body) => Err(format!("{status}: {body}")),
-                                    Err(e) => Err(format!("{status}: body: {e}")),
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (stop, ok, failures) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+            let url = proxy.url(path);
+            tasks.push(tokio::spawn(async move {
+                let http = client_builder().pool_max_idle_per_host(1).build().unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    let outcome = match http.get(&url).send().await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            match resp.text().await {
+                                Ok(body) if status == 200 && body.contains("\"upstream\"") => {
+                                    Ok(())
                                 }
+                                Ok(body) => Err(format!("{status}: {body}")),
+                                Err(e) => Err(format!("{status}: body: {e}")),
                             }
-                            Err(e) => Err(format!("{e:?}")),
-                        };
-                        match outcome {
-                            Ok(()) => {
-                                ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => Err(format!("{e:?}")),
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            }));
+        }
+        for _ in 0..clients {
+            let (stop, ok, failures) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failures));
+            let addr = proxy.addr();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: traffic.test\r\n\r\n");
+            tasks.push(tokio::spawn(async move {
+                let mut conn: Option<tokio::net::TcpStream> = None;
+                while !stop.load(Ordering::SeqCst) {
+                    let stream = match conn.as_mut() {
+                        Some(s) => s,
+                        None => match tokio::net::TcpStream::connect(addr).await {
+                            Ok(s) => conn.insert(s),
+                            Err(e) => {
+                                failures.lock().unwrap().push(format!("connect: {e}"));
+                                continue;
                             }
-                            Err(e) => failures.lock().unwrap().push(e),
+                        },
+                    };
+                    use tokio::io::AsyncWriteExt;
+                    let outcome = match stream.write_all(request.as_bytes()).await {
+                        Err(e) => Err(format!("raw write: {e}")),
+                        Ok(()) => match raw::try_read_response(stream).await {
+                            Err(e) => Err(format!("raw connection broken: {e}")),
+                            Ok(r)
+                                if r.header("connection").is_some_and(|c| c.contains("close")) =>
+                            {
+                                Err(format!("the proxy closed a keep-alive connection: {r:?}"))
+                            }
+                            Ok(r)
+                                if r.status == 200
+                                    && String::from_utf8_lossy(&r.body)
+                                        .contains("\"upstream\"") =>
+                            {
+                                Ok(())
+                            }
+                            Ok(r) => Err(format!("raw: {r:?}")),
+                        },
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            failures.lock().unwrap().push(e);
+                            conn = None;
                         }
                     }
-                })
-            })
-            .collect();
+                }
+            }));
+        }
         Traffic {
             stop,
             ok,
@@ -160,5 +209,44 @@ impl Traffic {
         }
         let failures = self.failures.lock().unwrap().clone();
         (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+/// An address that accepts no connection and refuses none: its accept queue is full, so a
+/// SYN goes unanswered and a connect hangs until the connecting side gives up. The way to
+/// test connect timeouts on 127.0.0.1.
+pub struct Blackhole {
+    addr: std::net::SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl Blackhole {
+    /// Make one.
+    pub fn new() -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Backlog 0: Linux queues one connection, then drops further SYNs.
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(s) => queued.push(s),
+                Err(_) => {
+                    return Blackhole {
+                        addr,
+                        _listener: listener,
+                        _queued: queued,
+                    }
+                }
+            }
+        }
+        panic!("the accept queue of {addr} never filled up");
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
     }
 }
