@@ -14,7 +14,7 @@ CARGO ?= cargo
 # Cargo.lock is committed: build exactly what it pins, and fail if Cargo.toml disagrees with it.
 LOCKED ?= --locked
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
-CONFIGS := $(wildcard config/*.yaml)
+CONFIGS := $(wildcard config/*.yaml config/*.yml)
 
 .PHONY: deps demo test bench check fmt clippy
 
