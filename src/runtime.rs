@@ -209,12 +209,19 @@ fn check_process_settings(config: &Config, issues: &mut Issues<'_>) {
             Err(_) => issues.push(path, format!("`{}` is not an `ip:port` address", l.address)),
         }
         if let Some(tls) = &l.tls {
+            let mut readable = true;
             for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
                 if let Err(e) = std::fs::metadata(file) {
+                    readable = false;
                     issues.push(
                         format!("listeners[{i}].tls.{field}"),
                         format!("cannot read `{}`: {e}", file.display()),
                     );
+                }
+            }
+            if readable {
+                if let Err(e) = check_tls_pair(&tls.cert, &tls.key) {
+                    issues.push(format!("listeners[{i}].tls"), e);
                 }
             }
         }
@@ -238,6 +245,26 @@ fn check_process_settings(config: &Config, issues: &mut Issues<'_>) {
     if config.server.max_request_header_bytes < 1024 {
         issues.push("server.max_request_header_bytes", "must be at least 1024");
     }
+}
+
+/// Load a certificate and key as the TLS listener will. Pingora loads them only when its
+/// listener thread starts and panics there on a bad file, leaving a process without
+/// listeners; here a bad pair is a config error that `check` reports and `run` refuses.
+fn check_tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let Ok(Some((chain, private_key))) = pingora::tls::load_certs_and_key_files(&cert, &key) else {
+        return Err(format!(
+            "`{cert}` must hold a PEM certificate and `{key}` a PEM private key"
+        ));
+    };
+    // Without a process-wide provider `ServerConfig::builder` would panic; this installs
+    // the same ring provider Pingora's listener uses, once.
+    pingora::tls::install_default_crypto_provider();
+    pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map(drop)
+        .map_err(|e| format!("`{cert}` and `{key}` are not a usable certificate and key: {e}"))
 }
 
 fn resolve(target: &str) -> Result<SocketAddr, String> {

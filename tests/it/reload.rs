@@ -354,3 +354,97 @@ async fn reload_that_swaps_a_target_moves_traffic_and_metrics() {
         Some(1.0)
     );
 }
+
+/// A request keeps the config it started with: a reload that removes its route while it is
+/// at the upstream neither fails it nor changes how it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_request_keeps_its_snapshot() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = Proxy::start(&config(&a, &b, "")).await;
+    let http = client();
+    let url = proxy.url("/stable/slow");
+    let slow = {
+        let http = http.clone();
+        tokio::spawn(async move {
+            let resp = http
+                .get(url)
+                .header("x-delay-ms", "800")
+                .header("x-request-id", "in-flight-1")
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        })
+    };
+    eventually(
+        "the request to reach the upstream",
+        Duration::from_secs(5),
+        || async {
+            if a.arrivals() == 1 {
+                Ok(())
+            } else {
+                Err(a.arrivals().to_string())
+            }
+        },
+    )
+    .await;
+    // The new config has no /stable route and no pool `a`.
+    proxy.write_config(&format!(
+        "upstreams:\n{}routes:\n{NEW_ROUTE}",
+        pool("b", &[b.addr().to_string()], &[])
+    ));
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        status(&http, &proxy.url("/stable/x")).await,
+        404,
+        "the new config serves"
+    );
+
+    let (code, body) = slow.await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"upstream\":\"a\""), "{body}");
+    let line = eventually("its access line", Duration::from_secs(5), || async {
+        proxy
+            .access_lines()
+            .into_iter()
+            .find(|l| l["request_id"] == "in-flight-1")
+            .ok_or_else(|| proxy.access_log())
+    })
+    .await;
+    assert_eq!(line["route"], "stable", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["upstream"], a.addr().to_string(), "{line}");
+}
+
+/// Listeners are bound at start: a reload that changes them applies the rest, keeps serving
+/// on the old address and says a restart is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_change_needs_a_restart_and_says_so() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = Proxy::start(&config(&a, &b, "")).await;
+    let http = client();
+    let old = proxy.addr().to_string();
+    let new = format!("127.0.0.1:{}", crate::support::free_port());
+    let text = proxy
+        .config_text(&config(&a, &b, NEW_ROUTE))
+        .replace(&old, &new);
+    assert!(text.contains(&new));
+    proxy.write_raw_config(&text);
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        get_echo(&http, &proxy.url("/fresh")).await.upstream,
+        "b",
+        "the rest applies"
+    );
+    assert!(
+        std::net::TcpStream::connect(&new).is_err(),
+        "a new listener appeared"
+    );
+    assert!(
+        proxy.stderr().contains("only after a restart"),
+        "{}",
+        proxy.stderr()
+    );
+}

@@ -71,3 +71,73 @@ async fn https_with_http1_and_http2_by_alpn() {
     let refused = plain.get(url).send().await;
     assert!(refused.map(|r| r.status() != 200).unwrap_or(true));
 }
+
+/// A certificate or key that cannot serve is a config error: `check` names the listener and
+/// `run` stops at once, instead of starting without any listener.
+#[test]
+fn unusable_tls_files_are_config_errors() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let a = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let b = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let put = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let good_cert = put("a.crt", &a.cert.pem());
+    let good_key = put("a.key", &a.signing_key.serialize_pem());
+    let other_key = put("b.key", &b.signing_key.serialize_pem());
+    let garbage = put("garbage.pem", "not a pem file\n");
+    let port = crate::support::free_port();
+    for (what, cert, key, good) in [
+        ("a matching pair", &good_cert, &good_key, true),
+        ("garbage certificate", &garbage, &good_key, false),
+        ("garbage key", &good_cert, &garbage, false),
+        ("key of another certificate", &good_cert, &other_key, false),
+        ("key given as certificate", &good_key, &good_key, false),
+    ] {
+        let config = put(
+            "tls.yaml",
+            &format!(
+                "listeners:\n  - address: \"127.0.0.1:{port}\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\nupstreams:\n  - name: a\n    targets: [\"127.0.0.1:1\"]\nroutes:\n  - name: r\n    upstream: a\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+        let check = Command::new(crate::support::BIN)
+            .args(["check", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr);
+        if good {
+            assert_eq!(check.status.code(), Some(0), "{what}: {stderr}");
+            continue;
+        }
+        assert_eq!(check.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains("line 3: listeners[0].tls:"),
+            "{what}: {stderr}"
+        );
+
+        let mut run = Command::new(crate::support::BIN)
+            .args(["run", "--config", config.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = run.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = run.kill();
+                panic!("{what}: `run` still going after 10s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(1), "{what}");
+    }
+}
