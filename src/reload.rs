@@ -133,6 +133,14 @@ impl Reloader {
         let generation = next.generation;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
+        // Targets carry their health over, but a pool whose check was removed has no probe
+        // left to bring an ejected target back. Done only once the swap happened, so that a
+        // refused reload changes nothing.
+        for pool in next.pools.iter().filter(|p| p.probe.is_none()) {
+            for target in &pool.targets {
+                target.assume_healthy();
+            }
+        }
         state.generation = generation;
         forget_removed_targets(&old, &next);
         Ok(generation)

@@ -55,6 +55,15 @@ impl Target {
         }
     }
 
+    /// Take traffic again and forget the probe history: for a target whose pool has no
+    /// health check any more, since without one every target counts as healthy.
+    pub fn assume_healthy(&self) {
+        self.successes.store(0, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        self.healthy.store(true, Ordering::Relaxed);
+        self.gauge.set(1);
+    }
+
     /// Whether the target takes traffic.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)

@@ -448,3 +448,51 @@ async fn listener_change_needs_a_restart_and_says_so() {
         proxy.stderr()
     );
 }
+
+/// Without a health check every target counts as healthy, also when the check is removed by
+/// a reload while a target was ejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_health_check_readmits_every_target() {
+    let ups = Upstream::start_many("u", 2).await;
+    let targets = vec![ups[0].addr().to_string(), ups[1].addr().to_string()];
+    let check = "health_check:\n  http: { path: /healthz }\n  interval: 200ms\n  timeout: 500ms\n  healthy_after: 1\n  unhealthy_after: 1";
+    let body = |extra: &[&str]| {
+        format!(
+            "upstreams:\n{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n",
+            pool("pool", &targets, extra)
+        )
+    };
+    let proxy = Proxy::start(&body(&[check])).await;
+    let http = client();
+    let labels = [("upstream", "pool"), ("target", targets[1].as_str())];
+    ups[1].set_health_status(500);
+    proxy
+        .wait_metric("portcullis_upstream_target_healthy", &labels, 0.0)
+        .await;
+
+    proxy.write_config(&body(&[]));
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..10 {
+        *seen
+            .entry(get_echo(&http, &proxy.url("/")).await.upstream)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("u1"), Some(&5), "{seen:?}");
+    assert_eq!(
+        proxy
+            .metric("portcullis_upstream_target_healthy", &labels)
+            .await,
+        1.0
+    );
+    let ready: serde_json::Value = http
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["upstreams"]["pool"]["healthy"], 2, "{ready}");
+}
