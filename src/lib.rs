@@ -8,10 +8,12 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod routing;
 pub mod runtime;

@@ -41,6 +41,19 @@ pub const TOKEN_CACHE_REQUESTS_TOTAL: &str = "portcullis_token_cache_requests_to
 /// `portcullis_token_cache_entries`: tokens held in the cache.
 pub const TOKEN_CACHE_ENTRIES: &str = "portcullis_token_cache_entries";
 
+/// `portcullis_ratelimit_decisions_total{route,limit,result}`: limit checks, `allowed` or `denied`.
+pub const RATELIMIT_DECISIONS_TOTAL: &str = "portcullis_ratelimit_decisions_total";
+/// `portcullis_upstream_concurrency_limit{upstream}`: the in-flight cap now.
+pub const UPSTREAM_CONCURRENCY_LIMIT: &str = "portcullis_upstream_concurrency_limit";
+/// `portcullis_upstream_in_flight{upstream}`: requests in flight to the pool.
+pub const UPSTREAM_IN_FLIGHT: &str = "portcullis_upstream_in_flight";
+/// `portcullis_cluster_redis_up`: 1 while Redis answers the limit sync.
+pub const CLUSTER_REDIS_UP: &str = "portcullis_cluster_redis_up";
+/// `portcullis_cluster_nodes`: nodes sharing the cluster limits, as last seen in Redis.
+pub const CLUSTER_NODES: &str = "portcullis_cluster_nodes";
+/// `portcullis_cluster_sync_errors_total`: failed syncs with Redis.
+pub const CLUSTER_SYNC_ERRORS_TOTAL: &str = "portcullis_cluster_sync_errors_total";
+
 /// The metrics, registered on first use.
 pub struct Metrics {
     /// See [`REQUESTS_TOTAL`].
@@ -67,6 +80,18 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     /// See [`JWKS_STALE`].
     pub jwks_stale: IntGaugeVec,
+    /// See [`RATELIMIT_DECISIONS_TOTAL`].
+    pub ratelimit_decisions: IntCounterVec,
+    /// See [`UPSTREAM_CONCURRENCY_LIMIT`].
+    pub concurrency_limit: IntGaugeVec,
+    /// See [`UPSTREAM_IN_FLIGHT`].
+    pub in_flight: IntGaugeVec,
+    /// See [`CLUSTER_REDIS_UP`].
+    pub cluster_up: IntGauge,
+    /// See [`CLUSTER_NODES`].
+    pub cluster_nodes: IntGauge,
+    /// See [`CLUSTER_SYNC_ERRORS_TOTAL`].
+    pub cluster_sync_errors: IntCounter,
     /// Hits of the verified-token cache.
     pub token_cache_hits: IntCounter,
     /// Misses of the verified-token cache.
@@ -171,6 +196,39 @@ impl Metrics {
                 &["issuer"]
             )
             .expect("register jwks stale"),
+            ratelimit_decisions: register_int_counter_vec!(
+                RATELIMIT_DECISIONS_TOTAL,
+                "Rate limit checks by route, limit and result (allowed, denied).",
+                &["route", "limit", "result"]
+            )
+            .expect("register ratelimit decisions"),
+            concurrency_limit: register_int_gauge_vec!(
+                UPSTREAM_CONCURRENCY_LIMIT,
+                "The in-flight cap of an upstream pool now.",
+                &["upstream"]
+            )
+            .expect("register concurrency limit"),
+            in_flight: register_int_gauge_vec!(
+                UPSTREAM_IN_FLIGHT,
+                "Requests in flight to an upstream pool.",
+                &["upstream"]
+            )
+            .expect("register in flight"),
+            cluster_up: register_int_gauge!(
+                CLUSTER_REDIS_UP,
+                "1 while Redis answers the limit sync."
+            )
+            .expect("register cluster up"),
+            cluster_nodes: register_int_gauge!(
+                CLUSTER_NODES,
+                "Nodes sharing the cluster limits, as last seen in Redis."
+            )
+            .expect("register cluster nodes"),
+            cluster_sync_errors: register_int_counter!(
+                CLUSTER_SYNC_ERRORS_TOTAL,
+                "Failed limit syncs with Redis."
+            )
+            .expect("register cluster sync errors"),
             token_cache_hits: cache.with_label_values(&["hit"]),
             token_cache_misses: cache.with_label_values(&["miss"]),
             token_cache_entries: register_int_gauge!(

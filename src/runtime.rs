@@ -10,10 +10,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use crate::auth::Auth;
+use crate::client_ip::ClientIps;
 use crate::config::{
     AuthConfig, Balance, Config, ConfigError, HealthCheckConfig, Issues, Parsed, UpstreamConfig,
 };
+use crate::config::{LimitConfig, LimitScope, RouteConfig};
 use crate::metrics::RouteMetrics;
+use crate::ratelimit::{Concurrency, LimitKind, Limiter, RouteLimits};
 use crate::routing::{Methods, RouteMatch, RouteTable};
 use crate::upstream::health::ProbeKind;
 use crate::upstream::{HashOn, HealthProbe, Pool, PoolSettings};
@@ -28,6 +31,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// What it requires of a token; `None` for `auth: none`.
     pub policy: Option<crate::auth::Policy>,
+    /// Its rate limits.
+    pub limits: RouteLimits,
 }
 
 /// Everything a request needs, for one generation of the config.
@@ -48,6 +53,8 @@ pub struct Runtime {
     pub max_request_header_bytes: usize,
     /// Issuers, token cache and what routes need of tokens.
     pub auth: Arc<crate::auth::Auth>,
+    /// Finds the client address behind trusted proxies.
+    pub client_ips: ClientIps,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -74,6 +81,15 @@ impl Runtime {
         let mut issues = Issues::new(&parsed.index);
         check_process_settings(config, &mut issues);
         let auth = Auth::build(config, previous.map(|p| &*p.auth), &mut issues);
+        let client_ips = build_client_ips(config, &mut issues);
+        if let Some(cluster) = &config.cluster {
+            if let Err(e) = redis::Client::open(cluster.redis.as_str()) {
+                issues.push("cluster.redis", format!("invalid Redis URL: {e}"));
+            }
+            if cluster.sync_interval.0.is_zero() {
+                issues.push("cluster.sync_interval", "must be more than zero");
+            }
+        }
 
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut pool_index: HashMap<&str, usize> = HashMap::new();
@@ -87,7 +103,9 @@ impl Runtime {
                 continue;
             }
             let old = previous.and_then(|p| p.pools.iter().find(|old| old.name == up.name));
-            if let Some(pool) = build_pool(up, &path, old.map(|p| &**p), &mut issues) {
+            if let Some(mut pool) = build_pool(up, &path, old.map(|p| &**p), &mut issues) {
+                pool.concurrency = build_concurrency(up, &path, old.map(|p| &**p), &mut issues);
+                pool.concurrency_config = up.concurrency.clone();
                 pools.push(Arc::new(pool));
             }
         }
@@ -137,12 +155,18 @@ impl Runtime {
                 }
                 continue;
             };
+            let old_route = previous.and_then(|p| p.routes.iter().find(|r| r.name == rc.name));
+            let Some(limits) = build_limits(rc, &path, config, &auth, old_route, &mut issues)
+            else {
+                continue;
+            };
             matches.push(m);
             routes.push(Route {
                 name: rc.name.clone(),
                 pool: Arc::clone(pool),
                 metrics: RouteMetrics::new(&rc.name, policy.is_some()),
                 policy,
+                limits,
             });
         }
         let table = match RouteTable::build(&matches) {
@@ -177,6 +201,7 @@ impl Runtime {
             unmatched: RouteMetrics::new("", false),
             max_request_header_bytes,
             auth: Arc::new(auth),
+            client_ips,
         })
     }
 
@@ -245,6 +270,152 @@ fn check_process_settings(config: &Config, issues: &mut Issues<'_>) {
     if config.server.max_request_header_bytes < 1024 {
         issues.push("server.max_request_header_bytes", "must be at least 1024");
     }
+}
+
+fn build_client_ips(config: &Config, issues: &mut Issues<'_>) -> ClientIps {
+    let c = &config.client_ip;
+    let mut nets = Vec::new();
+    for (i, t) in c.trusted_proxies.iter().enumerate() {
+        let parsed = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => issues.push(
+                format!("client_ip.trusted_proxies[{i}]"),
+                format!("`{t}` is not an address or CIDR"),
+            ),
+        }
+    }
+    if c.ipv6_prefix > 128 {
+        issues.push("client_ip.ipv6_prefix", "must be at most 128");
+    }
+    ClientIps::new(nets, c.ipv6_prefix)
+}
+
+fn build_concurrency(
+    up: &UpstreamConfig,
+    path: &str,
+    previous: Option<&Pool>,
+    issues: &mut Issues<'_>,
+) -> Option<Arc<Concurrency>> {
+    let c = up.concurrency.as_ref()?;
+    let path = format!("{path}.concurrency");
+    let kept = previous
+        .filter(|p| p.concurrency_config.as_ref() == Some(c))
+        .and_then(|p| p.concurrency.clone());
+    match (c.limit, c.adaptive) {
+        (Some(_), true) => {
+            issues.push(path, "give either `limit` or `adaptive: true`, not both");
+            None
+        }
+        (None, false) => {
+            issues.push(path, "give `limit: N` or `adaptive: true`");
+            None
+        }
+        (Some(0), false) => {
+            issues.push(format!("{path}.limit"), "must be at least 1");
+            None
+        }
+        (Some(limit), false) => {
+            kept.or_else(|| Some(Arc::new(Concurrency::fixed(&up.name, limit))))
+        }
+        (None, true) if c.min == 0 || c.min > c.max => {
+            issues.push(
+                format!("{path}.min"),
+                "must be at least 1 and at most `max`",
+            );
+            None
+        }
+        (None, true) => {
+            kept.or_else(|| Some(Arc::new(Concurrency::adaptive(&up.name, c.min, c.max))))
+        }
+    }
+}
+
+fn build_limits(
+    rc: &RouteConfig,
+    path: &str,
+    config: &Config,
+    auth: &Auth,
+    previous: Option<&Route>,
+    issues: &mut Issues<'_>,
+) -> Option<RouteLimits> {
+    let Some(rl) = &rc.rate_limit else {
+        return Some(RouteLimits::default());
+    };
+    let before = issues.len();
+    let has_policy = matches!(rc.auth, Some(AuthConfig::Policy(_)));
+    let mut limits = RouteLimits::default();
+    let mut make = |kind: LimitKind, lc: &LimitConfig| -> Option<Arc<Limiter>> {
+        let field = format!("{path}.rate_limit.{}", kind.name());
+        if lc.burst == 0 {
+            issues.push(format!("{field}.burst"), "must be at least 1");
+            return None;
+        }
+        if lc.max_keys == 0 {
+            issues.push(format!("{field}.max_keys"), "must be at least 1");
+            return None;
+        }
+        if lc.scope == LimitScope::Cluster && config.cluster.is_none() {
+            issues.push(
+                format!("{field}.scope"),
+                "`scope: cluster` needs a `cluster:` section",
+            );
+            return None;
+        }
+        if lc.claim.is_some() && kind != LimitKind::PerUser {
+            issues.push(format!("{field}.claim"), "only `per_user` takes a claim");
+            return None;
+        }
+        // Buckets of an unchanged limit carry over a reload.
+        let kept = previous.and_then(|r| {
+            r.limits
+                .all()
+                .find(|l| l.kind == kind && l.config == *lc)
+                .cloned()
+        });
+        Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(&rc.name, kind, lc))))
+    };
+    limits.per_ip = rl.per_ip.as_ref().and_then(|lc| make(LimitKind::PerIp, lc));
+    limits.per_route = rl
+        .per_route
+        .as_ref()
+        .and_then(|lc| make(LimitKind::PerRoute, lc));
+    limits.auth_failures_per_ip = rl
+        .auth_failures_per_ip
+        .as_ref()
+        .and_then(|lc| make(LimitKind::AuthFailuresPerIp, lc));
+    if let Some(lc) = &rl.per_user {
+        let limiter = make(LimitKind::PerUser, lc);
+        let claim = lc.claim.as_deref().unwrap_or("sub");
+        match (has_policy, auth.projection.slot(claim), limiter) {
+            (false, _, _) => issues.push(
+                format!("{path}.rate_limit.per_user"),
+                "needs an auth policy: users are known only from a verified token",
+            ),
+            (true, Some(slot), Some(l)) => limits.per_user = Some((l, slot)),
+            _ => {}
+        }
+    }
+    if rl.auth_failures_per_ip.is_some() && !has_policy {
+        issues.push(
+            format!("{path}.rate_limit.auth_failures_per_ip"),
+            "needs an auth policy: there are no token checks to fail",
+        );
+    }
+    if issues.len() != before {
+        return None;
+    }
+    let headers = limits.all().any(|l| l.config.headers);
+    let policy_header = limits
+        .all()
+        .map(|l| l.policy_header.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    limits.headers_on_success = headers;
+    limits.policy_header = policy_header;
+    Some(limits)
 }
 
 /// Load a certificate and key as the TLS listener will. Pingora loads them only when its
@@ -584,5 +755,68 @@ routes:
                 .contains("route `again` takes the same requests as route `orders`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rate_limit_config_errors() {
+        let text = "
+client_ip: { trusted_proxies: [\"10.0.0.0/8\", nonsense] }
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+    concurrency: { limit: 5, adaptive: true }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    rate_limit:
+      per_ip: { rate: 5/s, burst: 0 }
+      per_user: { rate: 5/s, burst: 5 }
+      per_route: { rate: 5/s, burst: 5, scope: cluster }
+";
+        let err = Runtime::from_yaml(text).unwrap_err().to_string();
+        for expected in [
+            "client_ip.trusted_proxies[1]: `nonsense` is not an address or CIDR",
+            "upstreams[0].concurrency: give either `limit` or `adaptive: true`, not both",
+            "routes[0].rate_limit.per_ip.burst: must be at least 1",
+            "routes[0].rate_limit.per_user: needs an auth policy",
+            "routes[0].rate_limit.per_route.scope: `scope: cluster` needs a `cluster:` section",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_limiters_and_caps() {
+        let text = "
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+    concurrency: { adaptive: true, min: 4, max: 50 }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    rate_limit:
+      per_ip: { rate: 5/s, burst: 5 }
+      per_route: { rate: 9/s, burst: 9 }
+";
+        let old = Runtime::from_yaml(text).unwrap();
+        let changed = text.replace("rate: 9/s, burst: 9", "rate: 10/s, burst: 10");
+        let parsed = Config::parse(&changed).unwrap();
+        let new = Runtime::build(&parsed, Some(&old), 2).unwrap();
+        let (o, n) = (&old.routes[0].limits, &new.routes[0].limits);
+        assert!(Arc::ptr_eq(
+            o.per_ip.as_ref().unwrap(),
+            n.per_ip.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            o.per_route.as_ref().unwrap(),
+            n.per_route.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            old.pools[0].concurrency.as_ref().unwrap(),
+            new.pools[0].concurrency.as_ref().unwrap()
+        ));
     }
 }

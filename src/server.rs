@@ -119,6 +119,13 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     keys.threads = Some(1);
     server.add_service(keys);
+    // Idle (one check a second) unless the config has a `cluster:` section.
+    let mut cluster = background_service(
+        "cluster limit sync",
+        crate::ratelimit::cluster::ClusterSync::new(Arc::clone(&reloader)),
+    );
+    cluster.threads = Some(1);
+    server.add_service(cluster);
     if reloader.path().is_some() {
         install_sighup_handler();
         let mut watcher =

@@ -312,6 +312,9 @@ impl Auth {
         let mut projection = Projection::default();
         let mut identity_headers: Vec<HeaderName> = Vec::new();
         for rc in &config.routes {
+            if let Some(user) = rc.rate_limit.as_ref().and_then(|r| r.per_user.as_ref()) {
+                projection.slot_for(user.claim.as_deref().unwrap_or("sub"));
+            }
             if let Some(crate::config::AuthConfig::Policy(p)) = &rc.auth {
                 for claim in p.require_claims.keys().chain(p.forward_claims.keys()) {
                     projection.slot_for(claim);
@@ -488,3 +491,6 @@ pub enum Cached {
     /// Not in the cache; the token's cache key, for inserting after verification.
     Miss(u128),
 }
+
+#[cfg(test)]
+mod tests;

@@ -45,6 +45,12 @@ pub struct Config {
     /// The verified-token cache.
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
+    /// Redis, for limits shared by a fleet.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Finding the client address behind trusted proxies.
+    #[serde(default)]
+    pub client_ip: ClientIpConfig,
 }
 
 /// One thing wrong with a config file.
@@ -325,11 +331,14 @@ fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
             "routes" => each_item::<RouteConfig>(section, key, issues),
             "issuers" => each_item::<IssuerConfig>(section, key, issues),
             "token_cache" => deserialize_at::<TokenCacheConfig>(section, key, issues),
+            "cluster" => deserialize_at::<Option<ClusterConfig>>(section, key, issues),
+            "client_ip" => deserialize_at::<ClientIpConfig>(section, key, issues),
             other => issues.push(
                 other,
                 format!(
                     "unknown section `{other}`, expected one of `listeners`, `admin`, `server`, \
-                     `access_log`, `upstreams`, `routes`, `issuers`, `token_cache`"
+                     `access_log`, `upstreams`, `routes`, `issuers`, `token_cache`, `cluster`, \
+                     `client_ip`"
                 ),
             ),
         }

@@ -171,6 +171,9 @@ pub struct UpstreamConfig {
     /// Further tries on another target when connecting fails.
     #[serde(default = "default_retries")]
     pub retries: usize,
+    /// In-flight cap: `{ limit: N }` or `{ adaptive: true, min, max }`.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyConfig>,
 }
 
 fn default_connect_timeout() -> Dur {
@@ -257,6 +260,9 @@ pub struct RouteConfig {
     /// Authentication; `none` lets every request through.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Rate limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 /// What requests a route takes.
@@ -417,6 +423,158 @@ fn default_fetch_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
+/// A rate written `N/s`, `N/min` or `N/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per period.
+    pub count: u64,
+    /// The period.
+    pub per: Duration,
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || {
+            de::Error::custom(format!(
+                "invalid rate `{s}`, expected `N/s`, `N/min` or `N/h`"
+            ))
+        };
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(de::Error::custom("a rate must be more than zero"));
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+/// Where a limit's buckets live.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// In this node only.
+    #[default]
+    Local,
+    /// Shared by every node through Redis (needs `cluster:`).
+    Cluster,
+}
+
+/// One token-bucket limit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Sustained rate.
+    pub rate: Rate,
+    /// Requests allowed at once on a full bucket.
+    pub burst: u64,
+    /// `local` (default) or `cluster`.
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// Send `RateLimit-Policy` and `RateLimit` on allowed responses too (always on 429).
+    #[serde(default)]
+    pub headers: bool,
+    /// For `per_user`: the claim (dotted path) that names the user. Default `sub`.
+    #[serde(default)]
+    pub claim: Option<String>,
+    /// Most keys (clients, users) tracked; the least recently seen go first past it.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: u64,
+}
+
+fn default_max_keys() -> u64 {
+    1_000_000
+}
+
+/// A route's rate limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Per client IP, before authentication: protects the verifier too.
+    #[serde(default)]
+    pub per_ip: Option<LimitConfig>,
+    /// Per user (a claim of the verified token), after authentication.
+    #[serde(default)]
+    pub per_user: Option<LimitConfig>,
+    /// For the whole route.
+    #[serde(default)]
+    pub per_route: Option<LimitConfig>,
+    /// Failed token checks per client IP; once spent, the IP is refused before any check.
+    #[serde(default)]
+    pub auth_failures_per_ip: Option<LimitConfig>,
+}
+
+/// Limits shared across a fleet through Redis.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`.
+    pub redis: String,
+    /// How often each node reconciles its buckets with Redis.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: Dur,
+}
+
+fn default_sync_interval() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+
+/// How the client address is found.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpConfig {
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed; empty: use the socket address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// IPv6 clients are grouped by this prefix length for per-IP limits.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            ipv6_prefix: default_ipv6_prefix(),
+        }
+    }
+}
+
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+
+/// An upstream pool's in-flight cap.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// A fixed cap.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Move the cap with the pool's measured latency.
+    #[serde(default)]
+    pub adaptive: bool,
+    /// Adaptive: the lowest cap.
+    #[serde(default = "default_concurrency_min")]
+    pub min: usize,
+    /// Adaptive: the highest cap.
+    #[serde(default = "default_concurrency_max")]
+    pub max: usize,
+}
+
+fn default_concurrency_min() -> usize {
+    8
+}
+fn default_concurrency_max() -> usize {
+    1000
+}
+
 /// The verified-token cache.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -448,6 +606,17 @@ fn default_token_ttl() -> Dur {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        let r: Rate = serde_yaml::from_str("50/s").unwrap();
+        assert_eq!((r.count, r.per), (50, Duration::from_secs(1)));
+        let r: Rate = serde_yaml::from_str("10/min").unwrap();
+        assert_eq!(r.per, Duration::from_secs(60));
+        assert!(serde_yaml::from_str::<Rate>("0/s").is_err());
+        assert!(serde_yaml::from_str::<Rate>("5/day").is_err());
+        assert!(serde_yaml::from_str::<Rate>("fast").is_err());
+    }
 
     #[test]
     fn durations_need_units() {

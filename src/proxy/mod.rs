@@ -11,7 +11,7 @@ pub mod rescue;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -20,8 +20,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
 use crate::metrics::METRICS;
+use crate::ratelimit::concurrency::Permit;
+use crate::ratelimit::{self, Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
 use crate::runtime::{Route, Runtime};
@@ -82,6 +84,12 @@ pub struct RequestCtx {
     refusal: Option<Refusal>,
     /// Who the verified token says the client is, on routes with a policy.
     identity: Option<Arc<Identity>>,
+    /// The client address (behind trusted proxies).
+    client_ip: Option<IpAddr>,
+    /// The rate limit closest to refusing, for the `RateLimit` header.
+    tightest: Option<Tightest>,
+    /// A place in the upstream pool's in-flight cap.
+    permit: Option<Permit>,
 }
 
 impl RequestCtx {
@@ -119,22 +127,74 @@ impl Portcullis {
         Ok(())
     }
 
-    /// Check the token on routes with a policy.
-    async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
-        let Some(route) = ctx.route() else {
+    /// The route's stages after matching, in order: per-IP limit and failure guard (before
+    /// any crypto), token check, per-user and per-route limits, the pool's in-flight cap.
+    async fn guard(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let runtime = Arc::clone(&ctx.runtime);
+        let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
             return Ok(());
         };
-        let Some(policy) = &route.policy else {
-            return Ok(());
-        };
-        let result = ctx
-            .runtime
-            .auth
-            .authenticate(policy, session.req_header())
-            .await;
-        route.metrics.auth_decision(&result);
-        ctx.identity = Some(result.map_err(Refusal::from)?);
+        let limits = &route.limits;
+        let ip_key = ctx.client_ip.map(|ip| runtime.client_ips.key(ip));
+        if let (Some(limiter), Some(key)) = (&limits.per_ip, ip_key) {
+            take(&mut ctx.tightest, limiter, key)?;
+        }
+        if let (Some(guard), Some(key)) = (&limits.auth_failures_per_ip, ip_key) {
+            if let Some(v) = guard.refuses(key) {
+                Tightest::update(&mut ctx.tightest, guard.kind, v);
+                return Err(Refusal::RateLimited(
+                    Duration::from_nanos(v.retry_after_ns).as_secs().max(1),
+                ));
+            }
+        }
+        if let Some(policy) = &route.policy {
+            let result = runtime
+                .auth
+                .authenticate(policy, session.req_header())
+                .await;
+            route.metrics.auth_decision(&result);
+            match result {
+                Ok(identity) => ctx.identity = Some(identity),
+                Err(e) => {
+                    let failed = !matches!(e, AuthError::MissingToken | AuthError::KeysUnavailable);
+                    if let (true, Some(guard), Some(key)) =
+                        (failed, &limits.auth_failures_per_ip, ip_key)
+                    {
+                        guard.check(key);
+                    }
+                    return Err(Refusal::from(e));
+                }
+            }
+        }
+        if let (Some((limiter, slot)), Some(identity)) = (&limits.per_user, &ctx.identity) {
+            // A token without the claim shares one bucket with every such token.
+            let key = identity
+                .claim(*slot)
+                .and_then(|c| c.items.first())
+                .map_or(0, |v| ratelimit::user_key(v));
+            take(&mut ctx.tightest, limiter, key)?;
+        }
+        if let Some(limiter) = &limits.per_route {
+            take(&mut ctx.tightest, limiter, 0)?;
+        }
+        if let Some(cap) = &route.pool.concurrency {
+            ctx.permit = Some(cap.try_acquire().ok_or(Refusal::Overloaded)?);
+        }
         Ok(())
+    }
+}
+
+/// Take a request from `limiter`'s bucket for `key`, keeping the tightest verdict.
+fn take(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
+    let verdict = limiter.check(key);
+    Tightest::update(tightest, limiter.kind, verdict);
+    if verdict.allowed {
+        Ok(())
+    } else {
+        let secs = Duration::from_nanos(verdict.retry_after_ns)
+            .as_secs_f64()
+            .ceil() as u64;
+        Err(Refusal::RateLimited(secs.max(1)))
     }
 }
 
@@ -153,6 +213,9 @@ impl ProxyHttp for Portcullis {
             tried: Vec::new(),
             refusal: None,
             identity: None,
+            client_ip: None,
+            tightest: None,
+            permit: None,
         }
     }
 
@@ -162,19 +225,36 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
-        let mut result = self.admit(session, ctx);
-        if result.is_ok() {
-            result = self.authenticate(session, ctx).await;
-        }
+        ctx.client_ip = ctx.runtime.client_ips.resolve(
+            client_ip(session),
+            session
+                .req_header()
+                .headers
+                .get_all("x-forwarded-for")
+                .iter(),
+        );
+        let result = match self.admit(session, ctx) {
+            Ok(()) => self.guard(session, ctx).await,
+            Err(refusal) => Err(refusal),
+        };
         match result {
             Ok(()) => Ok(false),
             Err(refusal) => {
                 ctx.refusal = Some(refusal);
-                let scope = ctx
-                    .route()
-                    .and_then(|r| r.policy.as_ref())
-                    .map_or("", |p| p.scope_text.as_str());
-                rescue::send(session, refusal, &ctx.request_id, scope).await;
+                let route = ctx.route();
+                let reply = rescue::Reply {
+                    request_id: &ctx.request_id,
+                    scope: route
+                        .and_then(|r| r.policy.as_ref())
+                        .map_or("", |p| p.scope_text.as_str()),
+                    rate_limit: match (route, &ctx.tightest) {
+                        (Some(r), Some(t)) if matches!(refusal, Refusal::RateLimited(_)) => {
+                            Some((r.limits.policy_header.as_str(), t.header()))
+                        }
+                        _ => None,
+                    },
+                };
+                rescue::send(session, refusal, &reply).await;
                 Ok(true)
             }
         }
@@ -193,7 +273,7 @@ impl ProxyHttp for Portcullis {
         let mut ip_key = [0u8; 16];
         let key: &[u8] = match &pool.settings.hash_on {
             _ if pool.settings.balance != crate::config::Balance::ConsistentHash => b"",
-            HashOn::ClientIp => match client_ip(session) {
+            HashOn::ClientIp => match ctx.client_ip {
                 Some(IpAddr::V4(ip)) => {
                     ip_key[..4].copy_from_slice(&ip.octets());
                     &ip_key[..4]
@@ -289,6 +369,12 @@ impl ProxyHttp for Portcullis {
     ) -> pingora::Result<()> {
         headers::strip_response_hop_by_hop(response);
         response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        if let (Some(route), Some(t)) = (ctx.route(), &ctx.tightest) {
+            if route.limits.headers_on_success {
+                response.insert_header("ratelimit-policy", route.limits.policy_header.as_str())?;
+                response.insert_header("ratelimit", t.header())?;
+            }
+        }
         Ok(())
     }
 
@@ -314,7 +400,11 @@ impl ProxyHttp for Portcullis {
             if ctx.request_id.is_empty() {
                 ctx.request_id = headers::new_request_id();
             }
-            rescue::send(session, refusal, &ctx.request_id, "").await;
+            let reply = rescue::Reply {
+                request_id: &ctx.request_id,
+                ..Default::default()
+            };
+            rescue::send(session, refusal, &reply).await;
             refusal.status()
         };
         FailToProxy {
@@ -323,12 +413,16 @@ impl ProxyHttp for Portcullis {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let elapsed = ctx.started.elapsed();
+        if let Some(permit) = ctx.permit.take() {
+            // Only answers from the upstream tell the adaptive cap about its latency.
+            permit.finish(e.is_none() && (100..500).contains(&status));
+        }
         let route = ctx.route();
         match route {
             Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
@@ -343,7 +437,7 @@ impl ProxyHttp for Portcullis {
             });
             self.access_log.write(&AccessRecord {
                 request_id: &ctx.request_id,
-                client: client_ip(session),
+                client: ctx.client_ip,
                 route: route.map(|r| r.name.as_str()).unwrap_or(""),
                 method: req.method.as_str(),
                 // The path only: a query string may carry tokens.

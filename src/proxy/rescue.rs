@@ -42,6 +42,10 @@ pub enum Refusal {
     ClaimsMismatch,
     /// The issuer's keys have not arrived yet (503).
     KeysUnavailable,
+    /// A rate limit refused it (429); seconds until a request would pass.
+    RateLimited(u64),
+    /// The upstream pool is at its in-flight cap (503).
+    Overloaded,
 }
 
 impl Refusal {
@@ -57,7 +61,8 @@ impl Refusal {
             Refusal::MissingToken | Refusal::InvalidToken(_) => 401,
             Refusal::InvalidCredentials => 400,
             Refusal::InsufficientScope | Refusal::ClaimsMismatch => 403,
-            Refusal::KeysUnavailable => 503,
+            Refusal::KeysUnavailable | Refusal::Overloaded => 503,
+            Refusal::RateLimited(_) => 429,
         }
     }
 
@@ -79,6 +84,8 @@ impl Refusal {
             Refusal::InsufficientScope => "insufficient_scope",
             Refusal::ClaimsMismatch => "forbidden",
             Refusal::KeysUnavailable => "keys_unavailable",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Overloaded => "overloaded",
         }
     }
 
@@ -99,6 +106,8 @@ impl Refusal {
             Refusal::InsufficientScope => "the token lacks a required scope",
             Refusal::ClaimsMismatch => "the token does not grant access to this route",
             Refusal::KeysUnavailable => "the identity provider's keys are not available yet",
+            Refusal::RateLimited(_) => "too many requests",
+            Refusal::Overloaded => "the upstream is at capacity",
         }
     }
 
@@ -127,9 +136,9 @@ impl Refusal {
         }
     }
 
-    /// The response header and body for this refusal. `scope` is the route's required scopes
-    /// (for 403 `insufficient_scope`), empty otherwise.
-    pub fn response(self, request_id: &str, scope: &str) -> (ResponseHeader, Bytes) {
+    /// The response header and body for this refusal.
+    pub fn response(self, reply: &Reply<'_>) -> (ResponseHeader, Bytes) {
+        let (request_id, scope) = (reply.request_id, reply.scope);
         let mut body = serde_json::json!({
             "error": self.code(),
             "message": self.message(),
@@ -152,8 +161,18 @@ impl Refusal {
         if let Some(challenge) = self.challenge(scope) {
             let _ = header.insert_header("www-authenticate", challenge);
         }
-        if self == Refusal::KeysUnavailable {
-            let _ = header.insert_header("retry-after", "1");
+        match self {
+            Refusal::KeysUnavailable | Refusal::Overloaded => {
+                let _ = header.insert_header("retry-after", "1");
+            }
+            Refusal::RateLimited(secs) => {
+                let _ = header.insert_header("retry-after", secs.max(1));
+            }
+            _ => {}
+        }
+        if let Some((policy, state)) = &reply.rate_limit {
+            let _ = header.insert_header("ratelimit-policy", *policy);
+            let _ = header.insert_header("ratelimit", state.as_str());
         }
         (header, body)
     }
@@ -167,9 +186,20 @@ fn bare_header(status: u16) -> ResponseHeader {
     ResponseHeader::from(parts)
 }
 
+/// What a refusal's response says besides its kind.
+#[derive(Debug, Default)]
+pub struct Reply<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The route's required scopes, for 403 `insufficient_scope`.
+    pub scope: &'a str,
+    /// `RateLimit-Policy` and `RateLimit` values.
+    pub rate_limit: Option<(&'a str, String)>,
+}
+
 /// Send `refusal` as the whole response.
-pub async fn send(session: &mut Session, refusal: Refusal, request_id: &str, scope: &str) {
-    let (header, body) = refusal.response(request_id, scope);
+pub async fn send(session: &mut Session, refusal: Refusal, reply: &Reply<'_>) {
+    let (header, body) = refusal.response(reply);
     if let Err(e) = session.write_error_response(header, body).await {
         tracing::debug!(error = %e, "could not send refusal to client");
     }

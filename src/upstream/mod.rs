@@ -124,6 +124,10 @@ pub struct PoolSettings {
 
 /// An upstream pool.
 pub struct Pool {
+    /// Its in-flight cap, when configured.
+    pub concurrency: Option<Arc<crate::ratelimit::Concurrency>>,
+    /// The cap's config, to keep its state across reloads.
+    pub concurrency_config: Option<crate::config::ConcurrencyConfig>,
     /// Its name in the config.
     pub name: String,
     /// Its targets, in config order.
@@ -196,6 +200,8 @@ impl Pool {
             }
         };
         Ok(Pool {
+            concurrency: None,
+            concurrency_config: None,
             name: name.to_string(),
             targets: kept,
             settings,

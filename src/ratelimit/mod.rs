@@ -1,0 +1,350 @@
+//! Rate limits: token buckets per client IP, per user, per route, and on failed token checks;
+//! and in-flight caps per upstream pool.
+//!
+//! A check is one moka lookup and one compare-and-swap: no lock, no allocation for a key seen
+//! before. Buckets are evicted only once idle long enough to be full again, so eviction never
+//! forgives a client early. Cluster-scoped limits also reconcile with Redis in the
+//! background ([`cluster`]); no request ever waits on Redis.
+
+pub mod cluster;
+pub mod concurrency;
+pub mod gcra;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moka::sync::Cache;
+
+use crate::config::{LimitConfig, LimitScope};
+use crate::metrics::METRICS;
+pub use concurrency::Concurrency;
+pub use gcra::{Bucket, Shape, Verdict};
+
+/// Which limit of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// Per client IP.
+    PerIp,
+    /// Per user.
+    PerUser,
+    /// Per route.
+    PerRoute,
+    /// Failed token checks per client IP.
+    AuthFailuresPerIp,
+}
+
+impl LimitKind {
+    /// Its name in the config, metrics and `RateLimit` headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::PerIp => "per_ip",
+            LimitKind::PerUser => "per_user",
+            LimitKind::PerRoute => "per_route",
+            LimitKind::AuthFailuresPerIp => "auth_failures_per_ip",
+        }
+    }
+}
+
+enum Store {
+    /// One bucket for the whole route.
+    Single(Arc<Bucket>),
+    /// A bucket per key.
+    Keyed(Cache<u128, Arc<Bucket>, ahash::RandomState>),
+}
+
+/// Cluster bookkeeping of a limiter: keys with admissions Redis has not heard of.
+pub(crate) struct ClusterShare {
+    pub(crate) dirty: Mutex<Vec<(u128, Arc<Bucket>)>>,
+    /// Nodes sharing the limit, last known; 1 until Redis says.
+    pub(crate) nodes: AtomicU64,
+    /// Whether Redis answered the last sync; when not, the local share applies.
+    pub(crate) connected: std::sync::atomic::AtomicBool,
+}
+
+/// One limit of one route.
+pub struct Limiter {
+    /// Which limit.
+    pub kind: LimitKind,
+    /// The route's name.
+    pub route: String,
+    /// The config it was built from, to keep its buckets across reloads.
+    pub config: LimitConfig,
+    shape: Shape,
+    store: Store,
+    /// `RateLimit-Policy` item: `"per_ip";q=100;w=2`.
+    pub policy_header: String,
+    allowed: prometheus::IntCounter,
+    denied: prometheus::IntCounter,
+    pub(crate) cluster: Option<ClusterShare>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("kind", &self.kind)
+            .field("route", &self.route)
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    /// Build a limiter for `route`.
+    pub fn new(route: &str, kind: LimitKind, config: &LimitConfig) -> Limiter {
+        let per_ns = u64::try_from(config.rate.per.as_nanos()).unwrap_or(u64::MAX);
+        let shape = Shape {
+            emission_ns: (per_ns / config.rate.count.max(1)).max(1),
+            burst: config.burst.max(1),
+        };
+        let store = if kind == LimitKind::PerRoute {
+            Store::Single(Arc::default())
+        } else {
+            // Idle for a full refill means the bucket is full: forgetting it changes nothing.
+            let idle = Duration::from_nanos(shape.tolerance_ns()) + Duration::from_secs(1);
+            Store::Keyed(
+                Cache::builder()
+                    .max_capacity(config.max_keys)
+                    .time_to_idle(idle)
+                    .build_with_hasher(ahash::RandomState::new()),
+            )
+        };
+        let window = Duration::from_nanos(shape.tolerance_ns()).as_secs_f64();
+        let policy_header = format!(
+            "\"{}\";q={};w={}",
+            kind.name(),
+            shape.burst,
+            window.ceil().max(1.0) as u64
+        );
+        let m = &METRICS.ratelimit_decisions;
+        Limiter {
+            kind,
+            route: route.to_string(),
+            config: config.clone(),
+            shape,
+            store,
+            policy_header,
+            allowed: m.with_label_values(&[route, kind.name(), "allowed"]),
+            denied: m.with_label_values(&[route, kind.name(), "denied"]),
+            cluster: (config.scope == LimitScope::Cluster).then(|| ClusterShare {
+                dirty: Mutex::new(Vec::new()),
+                nodes: AtomicU64::new(1),
+                connected: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The bucket shape in force: the whole limit, or this node's share while the cluster
+    /// cannot be reached.
+    pub fn shape(&self) -> Shape {
+        match &self.cluster {
+            Some(c) if !c.connected.load(Ordering::Relaxed) => {
+                let nodes = c.nodes.load(Ordering::Relaxed).max(1);
+                Shape {
+                    emission_ns: self.shape.emission_ns.saturating_mul(nodes),
+                    burst: (self.shape.burst / nodes).max(1),
+                }
+            }
+            _ => self.shape,
+        }
+    }
+
+    /// The full shape, whatever the cluster state.
+    pub fn configured_shape(&self) -> Shape {
+        self.shape
+    }
+
+    fn bucket(&self, key: u128) -> Arc<Bucket> {
+        match &self.store {
+            Store::Single(b) => Arc::clone(b),
+            Store::Keyed(cache) => cache.get_with(key, Arc::default),
+        }
+    }
+
+    /// Take one request for `key`.
+    pub fn check(&self, key: u128) -> Verdict {
+        let bucket = self.bucket(key);
+        let verdict = bucket.check(self.shape(), gcra::now_ns());
+        if verdict.allowed {
+            self.allowed.inc();
+            if let Some(c) = &self.cluster {
+                if bucket.pending.fetch_add(1, Ordering::Relaxed) == 0 {
+                    c.dirty
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((key, Arc::clone(&bucket)));
+                }
+            }
+        } else {
+            self.denied.inc();
+        }
+        verdict
+    }
+
+    /// For a failure guard: refuse now if `key` has nothing left, without taking anything.
+    pub fn refuses(&self, key: u128) -> Option<Verdict> {
+        let shape = self.shape();
+        let wait = match &self.store {
+            Store::Single(b) => b.is_empty(shape, gcra::now_ns()),
+            Store::Keyed(cache) => cache.get(&key)?.is_empty(shape, gcra::now_ns()),
+        }?;
+        self.denied.inc();
+        Some(Verdict {
+            allowed: false,
+            remaining: 0,
+            retry_after_ns: wait,
+            reset_ns: shape.tolerance_ns(),
+        })
+    }
+
+    /// Keys held (after pending evictions run).
+    pub fn key_count(&self) -> u64 {
+        match &self.store {
+            Store::Single(_) => 1,
+            Store::Keyed(cache) => {
+                cache.run_pending_tasks();
+                cache.entry_count()
+            }
+        }
+    }
+}
+
+static USER_HASH: std::sync::LazyLock<(ahash::RandomState, ahash::RandomState)> =
+    std::sync::LazyLock::new(|| (ahash::RandomState::new(), ahash::RandomState::new()));
+
+/// The bucket key of a user name (a claim value): a keyed 128-bit hash, so no claim text is
+/// held and no client can aim two users at one bucket.
+pub fn user_key(value: &str) -> u128 {
+    let (a, b) = &*USER_HASH;
+    (u128::from(a.hash_one(value)) << 64) | u128::from(b.hash_one(value))
+}
+
+/// The limits of one route.
+#[derive(Debug, Default)]
+pub struct RouteLimits {
+    /// Per client IP, before authentication.
+    pub per_ip: Option<Arc<Limiter>>,
+    /// Per user, with the projection slot of the user claim.
+    pub per_user: Option<(Arc<Limiter>, usize)>,
+    /// For the whole route.
+    pub per_route: Option<Arc<Limiter>>,
+    /// Failed token checks per client IP.
+    pub auth_failures_per_ip: Option<Arc<Limiter>>,
+    /// `RateLimit-Policy` for the route's limits that send headers, joined.
+    pub policy_header: String,
+    /// Whether allowed responses carry the headers.
+    pub headers_on_success: bool,
+}
+
+impl RouteLimits {
+    /// Every limiter of the route.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Limiter>> {
+        self.per_ip
+            .iter()
+            .chain(self.per_user.iter().map(|(l, _)| l))
+            .chain(self.per_route.iter())
+            .chain(self.auth_failures_per_ip.iter())
+    }
+}
+
+/// The tightest verdict of a request so far, for the `RateLimit` header.
+#[derive(Debug, Clone, Copy)]
+pub struct Tightest {
+    /// Which limit.
+    pub kind: LimitKind,
+    /// Its verdict.
+    pub verdict: Verdict,
+}
+
+impl Tightest {
+    /// Keep the verdict with fewer requests left.
+    pub fn update(current: &mut Option<Tightest>, kind: LimitKind, verdict: Verdict) {
+        let tighter = match current {
+            None => true,
+            Some(t) => !verdict.allowed || verdict.remaining < t.verdict.remaining,
+        };
+        if tighter {
+            *current = Some(Tightest { kind, verdict });
+        }
+    }
+
+    /// The `RateLimit` header value (draft-ietf-httpapi-ratelimit-headers):
+    /// `"per_ip";r=0;t=2`.
+    pub fn header(&self) -> String {
+        let reset = Duration::from_nanos(self.verdict.reset_ns)
+            .as_secs_f64()
+            .ceil() as u64;
+        format!(
+            "\"{}\";r={};t={}",
+            self.kind.name(),
+            self.verdict.remaining,
+            reset
+        )
+    }
+
+    /// Seconds for `Retry-After` (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        (Duration::from_nanos(self.verdict.retry_after_ns)
+            .as_secs_f64()
+            .ceil() as u64)
+            .max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Rate;
+
+    fn config(count: u64, burst: u64) -> LimitConfig {
+        LimitConfig {
+            rate: Rate {
+                count,
+                per: Duration::from_secs(1),
+            },
+            burst,
+            scope: LimitScope::Local,
+            headers: false,
+            claim: None,
+            max_keys: 1000,
+        }
+    }
+
+    #[test]
+    fn keys_have_their_own_buckets() {
+        let l = Limiter::new("test-keys", LimitKind::PerIp, &config(1, 2));
+        assert!(l.check(1).allowed);
+        assert!(l.check(1).allowed);
+        assert!(!l.check(1).allowed);
+        assert!(l.check(2).allowed);
+        assert_eq!(l.key_count(), 2);
+        assert_eq!(l.policy_header, "\"per_ip\";q=2;w=2");
+    }
+
+    #[test]
+    fn failure_guard_only_peeks() {
+        let l = Limiter::new("test-guard", LimitKind::AuthFailuresPerIp, &config(1, 1));
+        assert!(l.refuses(7).is_none());
+        assert!(l.check(7).allowed);
+        let v = l.refuses(7).unwrap();
+        assert!(!v.allowed);
+        assert!(v.retry_after_ns > 0);
+    }
+
+    #[test]
+    fn tightest_and_headers() {
+        let mut t = None;
+        let v = |remaining, allowed| Verdict {
+            allowed,
+            remaining,
+            retry_after_ns: if allowed { 0 } else { 1_500_000_000 },
+            reset_ns: 2_000_000_000,
+        };
+        Tightest::update(&mut t, LimitKind::PerIp, v(5, true));
+        Tightest::update(&mut t, LimitKind::PerUser, v(2, true));
+        Tightest::update(&mut t, LimitKind::PerRoute, v(9, true));
+        assert_eq!(t.unwrap().header(), "\"per_user\";r=2;t=2");
+        Tightest::update(&mut t, LimitKind::PerRoute, v(0, false));
+        assert_eq!(t.unwrap().retry_after_secs(), 2);
+    }
+}
