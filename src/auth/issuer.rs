@@ -254,8 +254,9 @@ impl Issuer {
     }
 
     /// A token named a `kid` we do not have: ask for one refresh (unless one ran within
-    /// `jwks_min_refresh`) and wait for the fetch under way to finish. Returns whether a
-    /// fetch finished while waiting.
+    /// `jwks_min_refresh`) and wait for the fetch asked for or under way to finish. Returns
+    /// whether a fetch finished while waiting. A fetch may also have finished just before
+    /// the call: callers load the keys again either way.
     pub async fn refresh_for_unknown_kid(&self) -> bool {
         if !self.source.fetches() {
             return false;
@@ -264,18 +265,26 @@ impl Issuer {
         let seen = *done.borrow_and_update();
         if !self.fetch.fetching.load(Ordering::Acquire) {
             let now = now_ms();
-            let last = self.fetch.last_kid_fetch_ms.load(Ordering::Relaxed);
+            let last = self.fetch.last_kid_fetch_ms.load(Ordering::Acquire);
             let floor = ms(self.config.jwks_min_refresh.0);
             if last != 0 && now.saturating_sub(last) < floor {
-                return false;
-            }
-            // One request wins the right to ask; the others just wait for the same fetch.
-            if self
+                // Within the floor a fetch was asked for. If the refresher has not started
+                // it yet, it is still the fetch this request needs: wait for it like those
+                // that come while it runs, instead of refusing a token whose key is about to
+                // arrive. (Only a request landing between the asker's two stores below
+                // returns early; the caller loads the keys again anyway.)
+                if !self.fetch.requested.load(Ordering::Acquire)
+                    && !self.fetch.fetching.load(Ordering::Acquire)
+                {
+                    return false;
+                }
+            } else if self
                 .fetch
                 .last_kid_fetch_ms
                 .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                // One request wins the right to ask; the others just wait for the same fetch.
                 self.fetch.requested.store(true, Ordering::Release);
                 KICK.notify_one();
             }

@@ -203,10 +203,10 @@ pub async fn verify(
         ));
     }
     let mut keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
-    if find_key(&keys, &header).is_none()
-        && header.kid.is_some()
-        && issuer.refresh_for_unknown_kid().await
-    {
+    if find_key(&keys, &header).is_none() && header.kid.is_some() {
+        issuer.refresh_for_unknown_kid().await;
+        // Load again even when this request did not wait: the fetch it needed may have
+        // finished between reading `keys` and asking.
         keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
     }
     let key = find_key(&keys, &header)

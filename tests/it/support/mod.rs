@@ -5,6 +5,7 @@
 //! - [`eventually`]: wait for health checks and reloads instead of sleeping fixed times.
 //! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
 
+pub mod jwks;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
