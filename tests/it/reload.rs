@@ -213,6 +213,20 @@ async fn broken_files_are_refused_and_change_nothing() {
         assert_eq!(status(&http, &proxy.url("/fresh")).await, 404, "{what}");
         get_echo(&http, &proxy.url("/stable")).await;
     }
+    // A file that cannot be read at all.
+    std::fs::remove_file(proxy.config_path()).unwrap();
+    let failures = proxy.metric(RELOADS, &[("result", "failure")]).await;
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("cannot read"),
+        "{body}"
+    );
+    proxy_waits_failures(&proxy, failures + 1.0).await;
+    assert_eq!(proxy.metric(GENERATION, &[]).await, 1.0);
+    get_echo(&http, &proxy.url("/stable")).await;
+
     traffic.wait_for_more(20).await;
     let (_, failures) = traffic.stop().await;
     assert!(failures.is_empty(), "{failures:?}");

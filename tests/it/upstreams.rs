@@ -427,3 +427,71 @@ async fn connect_timeout_bounds_a_silent_target_and_retries_elsewhere() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "upstream_unreachable", "{body}");
 }
+
+/// Consistent hashing keeps keys where they are when a target is ejected: only the keys of
+/// that target move (a modulo hash would move most of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_moves_only_the_keys_of_an_ejected_target() {
+    let ups = Upstream::start_many("u", 3).await;
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &addrs(&ups),
+        &[
+            "balance: consistent_hash",
+            "hash_on: \"header:x-user\"",
+            FAST_HTTP_CHECK,
+        ],
+    )))
+    .await;
+    let http = client();
+    let owners = |users: Vec<String>| {
+        let http = http.clone();
+        let url = proxy.url("/");
+        async move {
+            let mut out = HashMap::new();
+            for user in users {
+                let echo: crate::support::Echo = http
+                    .get(&url)
+                    .header("x-user", &user)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                out.insert(user, echo.upstream);
+            }
+            out
+        }
+    };
+    let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    let before = owners(users.clone()).await;
+    // Eject the target that holds the most keys, so that some keys must move.
+    let mut counts: HashMap<&String, usize> = HashMap::new();
+    for owner in before.values() {
+        *counts.entry(owner).or_default() += 1;
+    }
+    let (ejected, _) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
+    let ejected = ejected.to_string();
+    let up = ups.iter().find(|u| u.name() == ejected).unwrap();
+    up.set_health_status(500);
+    let target = up.addr().to_string();
+    proxy
+        .wait_metric(HEALTHY, &[("upstream", "pool"), ("target", &target)], 0.0)
+        .await;
+
+    let after = owners(users.clone()).await;
+    for user in &users {
+        if before[user] == ejected {
+            assert_ne!(
+                after[user], ejected,
+                "{user} still sent to the ejected target"
+            );
+        } else {
+            assert_eq!(
+                after[user], before[user],
+                "{user} moved though its target is healthy"
+            );
+        }
+    }
+}
