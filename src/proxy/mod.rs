@@ -322,7 +322,10 @@ impl ProxyHttp for Portcullis {
             ctx.tried.push(i);
         }
         if let Some(route) = ctx.route() {
-            if ctx.tried.len() <= route.pool.settings.retries {
+            // Retry only when another target is left: otherwise the retry would only find
+            // none, and be counted as one that never happened.
+            if ctx.tried.len() <= route.pool.settings.retries && route.pool.has_untried(&ctx.tried)
+            {
                 METRICS
                     .upstream_retries
                     .with_label_values(&[&route.pool.name])

@@ -233,6 +233,15 @@ impl Pool {
         }
     }
 
+    /// Whether a healthy target not in `tried` is left, that is, whether a retry could go
+    /// anywhere.
+    pub fn has_untried(&self, tried: &[usize]) -> bool {
+        self.targets
+            .iter()
+            .enumerate()
+            .any(|(i, t)| t.is_healthy() && !tried.contains(&i))
+    }
+
     /// How many targets are healthy.
     pub fn healthy_count(&self) -> usize {
         self.targets.iter().filter(|t| t.is_healthy()).count()

@@ -495,3 +495,31 @@ async fn consistent_hash_moves_only_the_keys_of_an_ejected_target() {
         }
     }
 }
+
+/// The retry counter counts retries that happen: one per failed connection that another
+/// target can take over, none when no target is left to try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_counted_only_when_another_target_is_tried() {
+    let (dead_a, dead_b, dead_c) = (free_port(), free_port(), free_port());
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n{}{}routes:\n  - name: one\n    match: {{ path_prefix: /one }}\n    upstream: one\n  - name: two\n    match: {{ path_prefix: /two }}\n    upstream: two\n",
+        pool("one", &[format!("127.0.0.1:{dead_a}")], &["retries: 3"]),
+        pool(
+            "two",
+            &[format!("127.0.0.1:{dead_b}"), format!("127.0.0.1:{dead_c}")],
+            &["retries: 3"]
+        ),
+    ))
+    .await;
+    let http = client();
+    for path in ["/one", "/two"] {
+        for _ in 0..3 {
+            let resp = http.get(proxy.url(path)).send().await.unwrap();
+            assert_eq!(resp.status(), 502, "{path}");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["error"], "upstream_unreachable", "{path}: {body}");
+        }
+    }
+    assert_eq!(proxy.metric(RETRIES, &[("upstream", "one")]).await, 0.0);
+    assert_eq!(proxy.metric(RETRIES, &[("upstream", "two")]).await, 3.0);
+}
