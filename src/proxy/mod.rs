@@ -117,7 +117,12 @@ impl Portcullis {
             return Err(Refusal::HeadersTooLarge);
         }
         let path = routing::match_path(req.uri.path()).map_err(|_| Refusal::BadPath)?;
-        let host = routing::host_key(headers::request_host(req));
+        let raw_host = headers::request_host(req);
+        // RFC 9112 section 3.2: an HTTP/1.1 request without Host gets 400.
+        if raw_host.is_empty() && req.version == http::Version::HTTP_11 {
+            return Err(Refusal::BadRequest);
+        }
+        let host = routing::host_key(raw_host);
         let route = ctx
             .runtime
             .table

@@ -208,7 +208,18 @@ async fn malformed_request_line_is_a_400_and_the_proxy_keeps_serving() {
             String::from_utf8_lossy(garbage)
         );
     }
+    // HTTP/1.1 without Host (RFC 9112 section 3.2); HTTP/1.0 without Host is fine.
+    let resp = raw::send(
+        proxy.addr(),
+        b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["error"], "bad_request");
     assert_eq!(up.hits(), 0);
+    let resp = raw::send(proxy.addr(), b"GET /a HTTP/1.0\r\n\r\n").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.hits(), 1);
     // Still serving, on a new connection.
     get_echo(&client(), &proxy.url("/after")).await;
     assert_eq!(
