@@ -11,7 +11,7 @@ pub mod rescue;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -147,9 +147,7 @@ impl Portcullis {
         if let (Some(guard), Some(key)) = (&limits.auth_failures_per_ip, ip_key) {
             if let Some(v) = guard.refuses(key) {
                 Tightest::update(&mut ctx.tightest, guard.kind, v);
-                return Err(Refusal::RateLimited(
-                    Duration::from_nanos(v.retry_after_ns).as_secs().max(1),
-                ));
+                return Err(Refusal::RateLimited(v.retry_after_secs()));
             }
         }
         if let Some(policy) = &route.policy {
@@ -196,10 +194,7 @@ fn take(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result
     if verdict.allowed {
         Ok(())
     } else {
-        let secs = Duration::from_nanos(verdict.retry_after_ns)
-            .as_secs_f64()
-            .ceil() as u64;
-        Err(Refusal::RateLimited(secs.max(1)))
+        Err(Refusal::RateLimited(verdict.retry_after_secs()))
     }
 }
 

@@ -34,6 +34,13 @@ pub struct Verdict {
     pub reset_ns: u64,
 }
 
+impl Verdict {
+    /// Whole seconds until a request would pass, for `Retry-After` (at least 1).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after_ns.div_ceil(1_000_000_000).max(1)
+    }
+}
+
 /// A bucket's shape: one request per `emission_ns`, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
