@@ -626,12 +626,12 @@ async fn rotation_is_picked_up_on_the_first_unknown_kid() {
     .echo();
     assert_eq!(jwks.jwks_fetches(), 2, "exactly one fetch for the new kid");
 
-    // Key A left the set: a new token of A is refused, and within jwks_min_refresh that
-    // unknown kid causes no further fetch.
+    // Key A left the set: a token of A never seen before is refused, and within
+    // jwks_min_refresh that unknown kid causes no further fetch.
     let a = get(
         &http,
         &proxy.url("/api"),
-        Some(&token(RSA, "key-a", json!({}))),
+        Some(&token(RSA, "key-a", json!({"sub": "after-rotation"}))),
         &[],
     )
     .await;
