@@ -467,6 +467,116 @@ async fn refusals_follow_rfc_6750_and_never_reach_the_upstream() {
     }
 }
 
+/// Sign `claims` with the RSA key `pem` under a header of our making.
+fn sign_with_header(header: &jsonwebtoken::Header, pem: &str, claims: &str) -> String {
+    portcullis::auth::crypto::install();
+    let claims: Value = serde_json::from_str(claims).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    jsonwebtoken::encode(header, &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_headers_cannot_widen_what_verifies() {
+    let up = Upstream::start("app").await;
+    let small: Value = serde_json::from_str(include_str!("../keys/rsa1024.jwk.json")).unwrap();
+    let mut rs256_only = jwk(RSA, "rs256-only");
+    rs256_only["alg"] = "RS256".into();
+    let jwks = JwksServer::start(json!({"keys": [jwk(RSA, "rsa"), rs256_only, small]})).await;
+    // Another server, holding the attacker's key: nothing may make the proxy fetch from it.
+    let attacker = JwksServer::start(key_set(&[(RSA_B, "rsa")])).await;
+    let routes = route("api", "/api", "app", "{ issuers: [corp] }");
+    let proxy = Proxy::start(&config(&up, &issuer("corp", &jwks, "60s", "5s"), &routes)).await;
+    wait_for_keys(&proxy, "corp").await;
+    // The 1024-bit RSA key is left out of the set.
+    let (_, body) = readyz(&proxy).await;
+    assert_eq!(body["issuers"]["corp"]["keys"], 2, "{body}");
+    let http = client();
+    let url = proxy.url("/api");
+
+    let header = |kid: &str, change: &dyn Fn(&mut jsonwebtoken::Header)| {
+        let mut h = jsonwebtoken::Header::new(Algorithm::RS256);
+        h.kid = Some(kid.to_string());
+        change(&mut h);
+        h
+    };
+    let later = now() + 120;
+    let cases = [
+        (
+            "a key under 2048 bits",
+            token(RSA, "small", json!({})),
+            "the token signing key is unknown",
+        ),
+        (
+            "PS256 from a key whose JWK says RS256",
+            mint(
+                RSA,
+                &claims(json!({})),
+                Some(Algorithm::PS256),
+                Some("rs256-only"),
+            )
+            .unwrap(),
+            "the token algorithm is not allowed",
+        ),
+        (
+            "a crit header",
+            sign_with_header(
+                &header("rsa", &|h| h.crit = Some(vec!["urn:example:ext".into()])),
+                RSA,
+                &claims(json!({})),
+            ),
+            "the token has an unsupported critical header",
+        ),
+        (
+            "jku and x5u naming the attacker's key set",
+            sign_with_header(
+                &header("attacker-kid", &|h| {
+                    h.jku = Some(attacker.jwks_url());
+                    h.x5u = Some(attacker.jwks_url());
+                }),
+                RSA_B,
+                &claims(json!({})),
+            ),
+            "the token signing key is unknown",
+        ),
+        (
+            "an embedded jwk of the attacker's key",
+            sign_with_header(
+                &header("rsa", &|h| {
+                    h.jwk = Some(serde_json::from_value(jwk(RSA_B, "rsa")).unwrap())
+                }),
+                RSA_B,
+                &claims(json!({})),
+            ),
+            "the token signature is invalid",
+        ),
+        (
+            "nbf in the future",
+            token(RSA, "rsa", json!({"nbf": later})),
+            "the token is not valid yet",
+        ),
+        (
+            "iat in the future",
+            token(RSA, "rsa", json!({"iat": later})),
+            "the token was issued in the future",
+        ),
+        (
+            "no exp",
+            sign_with_header(&header("rsa", &|_| {}), RSA, &claims(json!({"exp": null}))),
+            "the token lacks a required claim",
+        ),
+    ];
+    for (what, token, why) in &cases {
+        let a = get(&http, &url, Some(token), &[]).await;
+        a.refused(401, "invalid_token", token);
+        assert_eq!(a.json()["message"], *why, "{what}");
+    }
+    assert_eq!(attacker.jwks_fetches(), 0);
+    assert_eq!(up.arrivals(), 0);
+    // Within the leeway (5s) a slightly early nbf is fine.
+    let t = token(RSA, "rsa", json!({"nbf": now() + 2}));
+    get(&http, &url, Some(&t), &[]).await.echo();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_sources_header_any_case_cookie_and_query_only_when_listed() {
     let up = Upstream::start("app").await;
