@@ -43,11 +43,13 @@ demo: deps
 
 # `--all-targets`: the library's unit tests, the integration test binary, the binary, and the
 # benches (built and run once each in criterion's test mode, so they cannot rot).
+# `check` runs the binary `cargo test` just built for the integration tests (`cargo run` would
+# build it a second time under the dev profile).
 test: deps
 	$(CARGO) test $(LOCKED) --all-targets
 	@for f in $(CONFIGS); do \
 	  echo "portcullis check --config $$f"; \
-	  $(CARGO) run -q $(LOCKED) --bin portcullis -- check --config "$$f"; \
+	  $(TARGET_DIR)/debug/portcullis check --config "$$f"; \
 	done
 
 bench: deps
