@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod hygiene;
 mod lifecycle;
+mod ratelimit;
 mod reload;
 mod routing;
 mod tls;

@@ -9,6 +9,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 use std::future::Future;
