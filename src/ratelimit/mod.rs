@@ -105,6 +105,10 @@ impl Limiter {
             Store::Keyed(
                 Cache::builder()
                     .max_capacity(config.max_keys)
+                    // Past `max_keys` the least recently seen key goes. Moka's default
+                    // (TinyLFU) may instead refuse to keep a new key, and then a client
+                    // that arrives at a full store gets a fresh bucket on every visit.
+                    .eviction_policy(moka::policy::EvictionPolicy::lru())
                     .time_to_idle(idle)
                     .build_with_hasher(ahash::RandomState::new()),
             )
@@ -319,6 +323,22 @@ mod tests {
         assert!(l.check(2).allowed);
         assert_eq!(l.key_count(), 2);
         assert_eq!(l.policy_header, "\"per_ip\";q=2;w=2");
+    }
+
+    #[test]
+    fn a_full_store_keeps_the_newest_key() {
+        let mut c = config(1, 2);
+        c.max_keys = 2;
+        let l = Limiter::new("test-full", LimitKind::PerIp, &c);
+        for key in [1, 2, 1, 2, 3] {
+            l.check(key);
+        }
+        for _ in 0..3 {
+            l.check(3);
+            // Let the store make room: the newcomer stays, the least recently seen goes.
+            assert!(l.key_count() <= 2);
+            assert!(!l.check(3).allowed, "key 3 got a fresh bucket");
+        }
     }
 
     #[test]

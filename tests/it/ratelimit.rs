@@ -368,6 +368,47 @@ async fn limits_are_per_route_and_per_route_limits_are_shared_by_all_clients() {
     assert_eq!(decisions(&m, "a", "per_ip", "denied"), 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_arriving_at_a_full_key_store_is_still_limited() {
+    let up = Upstream::start("app").await;
+    let routes = route(
+        "r",
+        "/",
+        "none",
+        "per_ip: { rate: 1/min, burst: 2, max_keys: 2 }",
+    );
+    let proxy = Proxy::start(&config(
+        &up,
+        &[],
+        "client_ip: { trusted_proxies: [127.0.0.1/32] }\n",
+        &routes,
+    ))
+    .await;
+    let http = client();
+    let url = proxy.url("/x");
+    // Two busy clients fill the store.
+    for ip in ["203.0.113.1", "203.0.113.2"] {
+        let xff = [("x-forwarded-for", ip)];
+        assert_eq!(
+            statuses(&http, &url, &xff, 6).await,
+            [200, 200, 429, 429, 429, 429]
+        );
+    }
+    // Newcomers keep knocking while the store makes room (its upkeep runs in the
+    // background): each gets its burst once, not once per eviction.
+    for ip in ["203.0.113.3", "203.0.113.4"] {
+        let xff = [("x-forwarded-for", ip)];
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.extend(statuses(&http, &url, &xff, 3).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let admitted = seen.iter().filter(|s| **s == 200).count();
+        assert_eq!(admitted, 2, "{ip} got a fresh bucket: {seen:?}");
+    }
+    assert_eq!(up.hits(), 8);
+}
+
 // ---------------------------------------------------------------------------------------
 // Per-user limits and the failed-token guard
 // ---------------------------------------------------------------------------------------
@@ -983,6 +1024,39 @@ async fn redis_outage_falls_back_to_each_nodes_share_and_recovers_by_itself() {
             log.contains("shared again"),
             "the recovery is not in the log:\n{log}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_delays_no_request_and_each_node_falls_back_to_its_share() {
+    let redis = Redis::start().await;
+    let up = Upstream::start("app").await;
+    let proxies = cluster_pair(&redis, &up).await;
+
+    // Frozen: connections stay open and nothing answers, so only a timeout tells.
+    redis.freeze();
+    for p in &proxies {
+        p.wait_metric(REDIS_UP, &[], 0.0).await;
+    }
+    // Every request is answered while Redis still hangs (`drive` fails on any error), each
+    // node within its share.
+    let (admitted, took) = drive(&proxies, Duration::from_secs(1)).await;
+    let share = (CLUSTER_BURST + CLUSTER_RATE * took.as_secs_f64()) / 2.0;
+    for n in &admitted {
+        let n = *n as f64;
+        assert!(
+            n <= share + 1.0 && n >= share / 2.0,
+            "{admitted:?} in {took:?}: not the local share {share}"
+        );
+    }
+    for p in &proxies {
+        assert!(p.metric(SYNC_ERRORS, &[]).await >= 1.0);
+    }
+
+    redis.thaw();
+    for p in &proxies {
+        p.wait_metric(REDIS_UP, &[], 1.0).await;
+        p.wait_metric(NODES, &[], 2.0).await;
     }
 }
 

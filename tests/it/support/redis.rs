@@ -1,7 +1,8 @@
 //! A real `redis-server` on a free port of 127.0.0.1, for the cluster-wide rate limits.
 //!
 //! No persistence (`--save "" --appendonly no`), its files in a temp folder. It can be killed
-//! and started again on the same port, as an outage looks to the proxies; dropping it kills it.
+//! and started again on the same port, as an outage looks to the proxies, or frozen and thawed,
+//! as a Redis too slow to answer looks; dropping it kills it.
 //!
 //! `redis-server` must be on `PATH` (`make deps` installs it). When it is not, the test fails:
 //! a cluster test that skipped itself would pass without proving anything.
@@ -50,6 +51,31 @@ impl Redis {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freeze it (SIGSTOP): connections stay open and commands hang, as a Redis too slow to
+    /// answer looks.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Let a frozen one go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} redis-server failed");
     }
 
     /// Start it again on the same port (empty: nothing was persisted).
