@@ -524,7 +524,7 @@ fn build_pool(
     let probe = up
         .health_check
         .as_ref()
-        .and_then(|hc| build_probe(hc, &format!("{path}.health_check"), issues));
+        .and_then(|hc| build_probe(hc, &up.targets, &format!("{path}.health_check"), issues));
     if issues.len() != before {
         return None;
     }
@@ -544,7 +544,12 @@ fn build_pool(
     }
 }
 
-fn build_probe(hc: &HealthCheckConfig, path: &str, issues: &mut Issues<'_>) -> Option<HealthProbe> {
+fn build_probe(
+    hc: &HealthCheckConfig,
+    targets: &[String],
+    path: &str,
+    issues: &mut Issues<'_>,
+) -> Option<HealthProbe> {
     let kind = match (&hc.http, &hc.tcp) {
         (Some(http), None) => {
             if !http.path.starts_with('/') {
@@ -599,6 +604,7 @@ fn build_probe(hc: &HealthCheckConfig, path: &str, issues: &mut Issues<'_>) -> O
         hc.timeout.0,
         hc.healthy_after,
         hc.unhealthy_after,
+        targets,
     ) {
         Ok(p) => Some(p),
         Err(e) => {

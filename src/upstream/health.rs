@@ -27,7 +27,8 @@ fn now_ms() -> u64 {
 
 /// How a pool's targets are probed.
 pub struct HealthProbe {
-    check: Box<dyn HealthCheck + Send + Sync>,
+    /// One check for every target, or one shared by all (TCP, or HTTP with a fixed Host).
+    checks: Vec<Box<dyn HealthCheck + Send + Sync>>,
     /// Time between probes of one target.
     pub interval: Duration,
     /// Time one probe may take.
@@ -54,7 +55,8 @@ pub enum ProbeKind {
 }
 
 impl HealthProbe {
-    /// Build a probe.
+    /// Build a probe for a pool whose targets are written as `targets`. An HTTP probe without
+    /// a configured host sends each target its own address as `Host`, as HTTP/1.1 requires.
     ///
     /// # Errors
     /// A message when the HTTP probe's path or host cannot form a request.
@@ -64,51 +66,70 @@ impl HealthProbe {
         timeout: Duration,
         healthy_after: usize,
         unhealthy_after: usize,
+        targets: &[String],
     ) -> Result<HealthProbe, String> {
-        let check: Box<dyn HealthCheck + Send + Sync> = match kind {
+        let checks: Vec<Box<dyn HealthCheck + Send + Sync>> = match kind {
             ProbeKind::Tcp => {
                 let mut tcp = TcpHealthCheck::new();
                 tcp.peer_template.options.connection_timeout = Some(timeout);
                 tcp.peer_template.options.total_connection_timeout = Some(timeout);
-                tcp
+                vec![tcp]
             }
-            ProbeKind::Http { path, status, host } => {
-                let mut check = HttpHealthCheck::new(host.as_deref().unwrap_or("localhost"), false);
-                check.peer_template.options.connection_timeout = Some(timeout);
-                check.peer_template.options.read_timeout = Some(timeout);
-                check.req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)
-                    .map_err(|e| format!("invalid health check path `{path}`: {e}"))?;
-                if let Some(host) = &host {
-                    check
-                        .req
-                        .insert_header("Host", host)
-                        .map_err(|e| format!("invalid health check host `{host}`: {e}"))?;
-                }
-                check
-                    .req
-                    .insert_header("User-Agent", "portcullis-health-check")
-                    .map_err(|e| e.to_string())?;
-                check.validator = Some(Box::new(move |resp| {
-                    if resp.status.as_u16() == status {
-                        Ok(())
-                    } else {
-                        pingora::Error::e_explain(
-                            pingora::ErrorType::Custom("unexpected status"),
-                            format!("status {} (expected {status})", resp.status.as_u16()),
-                        )
-                    }
-                }));
-                Box::new(check)
-            }
+            ProbeKind::Http { path, status, host } => match host {
+                Some(host) => vec![http_check(&path, status, &host, timeout)?],
+                None => targets
+                    .iter()
+                    .map(|t| http_check(&path, status, t, timeout))
+                    .collect::<Result<_, _>>()?,
+            },
         };
         Ok(HealthProbe {
-            check,
+            checks,
             interval,
             timeout,
             healthy_after,
             unhealthy_after,
         })
     }
+
+    fn check_for(&self, target: usize) -> Option<&(dyn HealthCheck + Send + Sync)> {
+        self.checks
+            .get(target)
+            .or_else(|| self.checks.first())
+            .map(|c| &**c)
+    }
+}
+
+fn http_check(
+    path: &str,
+    status: u16,
+    host: &str,
+    timeout: Duration,
+) -> Result<Box<dyn HealthCheck + Send + Sync>, String> {
+    let mut check = HttpHealthCheck::new(host, false);
+    check.peer_template.options.connection_timeout = Some(timeout);
+    check.peer_template.options.read_timeout = Some(timeout);
+    check.req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)
+        .map_err(|e| format!("invalid health check path `{path}`: {e}"))?;
+    check
+        .req
+        .insert_header("Host", host)
+        .map_err(|e| format!("invalid health check host `{host}`: {e}"))?;
+    check
+        .req
+        .insert_header("User-Agent", "portcullis-health-check")
+        .map_err(|e| e.to_string())?;
+    check.validator = Some(Box::new(move |resp| {
+        if resp.status.as_u16() == status {
+            Ok(())
+        } else {
+            pingora::Error::e_explain(
+                pingora::ErrorType::Custom("unexpected status"),
+                format!("status {} (expected {status})", resp.status.as_u16()),
+            )
+        }
+    }));
+    Ok(Box::new(check))
 }
 
 /// Probe target `i` of `pool` once and record the result.
@@ -121,10 +142,13 @@ async fn probe(pool: Arc<Pool>, i: usize) {
         weight: 1,
         ext: Default::default(),
     };
-    let ok = matches!(
-        tokio::time::timeout(probe.timeout, probe.check.check(&backend)).await,
-        Ok(Ok(()))
-    );
+    let ok = match probe.check_for(i) {
+        Some(check) => matches!(
+            tokio::time::timeout(probe.timeout, check.check(&backend)).await,
+            Ok(Ok(()))
+        ),
+        None => false,
+    };
     if let Some(healthy) = target.observe(ok, probe.healthy_after, probe.unhealthy_after) {
         if healthy {
             tracing::info!(upstream = %pool.name, target = %target.label, "target is healthy again");

@@ -266,7 +266,13 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) {
         let (status, mut extra, payload): (u16, Vec<(&str, &str)>, Vec<u8>) =
             if path.split('?').next() == Some("/healthz") {
                 state.health_hits.fetch_add(1, Ordering::SeqCst);
-                let status = state.health_status.load(Ordering::SeqCst);
+                // Like real HTTP/1.1 servers, refuse a request without Host (RFC 9112 3.2):
+                // probes must send one.
+                let status = if header("host").is_none() {
+                    400
+                } else {
+                    state.health_status.load(Ordering::SeqCst)
+                };
                 (status, Vec::new(), b"{\"health\":true}".to_vec())
             } else {
                 state.arrivals.fetch_add(1, Ordering::SeqCst);
