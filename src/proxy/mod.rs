@@ -23,7 +23,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
 use crate::metrics::METRICS;
 use crate::ratelimit::concurrency::Permit;
-use crate::ratelimit::{self, Limiter, Tightest};
+use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
 use crate::runtime::{Route, Runtime};
@@ -174,7 +174,7 @@ impl Portcullis {
             let key = identity
                 .claim(*slot)
                 .and_then(|c| c.items.first())
-                .map_or(0, |v| ratelimit::user_key(v));
+                .map_or(0, |v| limiter.user_key(v));
             take(&mut ctx.tightest, limiter, key)?;
         }
         if let Some(limiter) = &limits.per_route {

@@ -201,6 +201,23 @@ impl Limiter {
         })
     }
 
+    /// The bucket key of a user name (a claim value) for this limit.
+    ///
+    /// A cluster-wide limit needs the same key on every node, which the per-process keyed
+    /// hash of [`user_key`] cannot give (each node would sync its own Redis key for the same
+    /// user, and the limit would not be shared). It takes the first 128 bits of SHA-256
+    /// instead: stable everywhere, and still no one can aim two users at one bucket.
+    pub fn user_key(&self, value: &str) -> u128 {
+        if self.cluster.is_none() {
+            return user_key(value);
+        }
+        ring::digest::digest(&ring::digest::SHA256, value.as_bytes())
+            .as_ref()
+            .iter()
+            .take(16)
+            .fold(0, |key, byte| (key << 8) | u128::from(*byte))
+    }
+
     /// Keys held (after pending evictions run).
     pub fn key_count(&self) -> u64 {
         match &self.store {
@@ -217,7 +234,8 @@ static USER_HASH: std::sync::LazyLock<(ahash::RandomState, ahash::RandomState)> 
     std::sync::LazyLock::new(|| (ahash::RandomState::new(), ahash::RandomState::new()));
 
 /// The bucket key of a user name (a claim value): a keyed 128-bit hash, so no claim text is
-/// held and no client can aim two users at one bucket.
+/// held and no client can aim two users at one bucket. The key differs from process to
+/// process: cluster-wide limits use [`Limiter::user_key`].
 pub fn user_key(value: &str) -> u128 {
     let (a, b) = &*USER_HASH;
     (u128::from(a.hash_one(value)) << 64) | u128::from(b.hash_one(value))
@@ -339,6 +357,21 @@ mod tests {
             assert!(l.key_count() <= 2);
             assert!(!l.check(3).allowed, "key 3 got a fresh bucket");
         }
+    }
+
+    #[test]
+    fn cluster_user_keys_are_the_same_on_every_node() {
+        let mut c = config(1, 2);
+        let local = Limiter::new("test-user-local", LimitKind::PerUser, &c);
+        c.scope = LimitScope::Cluster;
+        let cluster = Limiter::new("test-user-cluster", LimitKind::PerUser, &c);
+        // A constant, so another process computes it too: SHA-256("alice"), first 16 bytes.
+        assert_eq!(
+            cluster.user_key("alice"),
+            0x2bd806c97f0e00af1a1fc3328fa763a9
+        );
+        assert_ne!(cluster.user_key("alice"), cluster.user_key("bob"));
+        assert_eq!(local.user_key("alice"), user_key("alice"));
     }
 
     #[test]

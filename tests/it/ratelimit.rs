@@ -889,42 +889,64 @@ const CLUSTER_BURST: f64 = 20.0;
 /// `sync_interval`.
 const SYNC: Duration = Duration::from_millis(100);
 
-/// Two proxies with one config: route `shared` limited cluster-wide on `redis`; once both
-/// see Redis and each other.
-async fn cluster_pair(redis: &Redis, up: &Upstream) -> [Proxy; 2] {
+/// Two proxies with one config, once both see Redis and each other: route `shared` (`/shared`)
+/// limited per route and route `users` (`/users`, tokens of `jwks`) limited per user, both
+/// cluster-wide on `redis`.
+async fn cluster_pair(redis: &Redis, up: &Upstream, jwks: &JwksServer) -> [Proxy; 2] {
     let extra = format!(
-        "cluster: {{ redis: \"{}\", sync_interval: {}ms }}\n",
+        "cluster: {{ redis: \"{}\", sync_interval: {}ms }}\n{}",
         redis.url(),
-        SYNC.as_millis()
+        SYNC.as_millis(),
+        issuers(jwks)
     );
-    let routes = route(
-        "shared",
-        "/",
-        "none",
-        &format!("per_route: {{ rate: {CLUSTER_RATE}/s, burst: {CLUSTER_BURST}, scope: cluster }}"),
-    );
+    let limit = format!("rate: {CLUSTER_RATE}/s, burst: {CLUSTER_BURST}, scope: cluster");
+    let routes = [
+        route(
+            "shared",
+            "/shared",
+            "none",
+            &format!("per_route: {{ {limit} }}"),
+        ),
+        route(
+            "users",
+            "/users",
+            "{ issuers: [corp] }",
+            &format!("per_user: {{ {limit} }}"),
+        ),
+    ]
+    .concat();
     let body = config(up, &[], &extra, &routes);
     let proxies = [Proxy::start(&body).await, Proxy::start(&body).await];
     for p in &proxies {
         p.wait_metric(REDIS_UP, &[], 1.0).await;
         p.wait_metric(NODES, &[], 2.0).await;
+        wait_for_keys(p).await;
     }
     proxies
 }
 
-/// Drive each proxy with a few clients for `duration`, far above the limit; the requests each
-/// admitted, and how long it took from the first request sent to the last answer.
-async fn drive(proxies: &[Proxy], duration: Duration) -> (Vec<usize>, Duration) {
+/// Drive `path` of each proxy (with `Authorization: auth` when given) with a few clients for
+/// `duration`, far above the limit; the requests each admitted, and how long it took from the
+/// first request sent to the last answer.
+async fn drive(
+    proxies: &[Proxy],
+    path: &str,
+    auth: Option<&str>,
+    duration: Duration,
+) -> (Vec<usize>, Duration) {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, p) in proxies.iter().enumerate() {
-        for _ in 0..4 {
-            let url = p.url("/x");
+        for _ in 0..3 {
+            let url = p.url(path);
+            let auth = auth.map(str::to_string);
             tasks.push(tokio::spawn(async move {
                 let http = client_builder().pool_max_idle_per_host(1).build().unwrap();
+                let headers: Vec<(&str, &str)> =
+                    auth.iter().map(|a| ("authorization", a.as_str())).collect();
                 let mut admitted = 0;
                 while started.elapsed() < duration {
-                    let a = get(&http, &url, &[]).await;
+                    let a = get(&http, &url, &headers).await;
                     match a.status {
                         200 => admitted += 1,
                         429 => {}
@@ -941,50 +963,70 @@ async fn drive(proxies: &[Proxy], duration: Duration) -> (Vec<usize>, Duration) 
         let (i, n) = t.await.unwrap();
         admitted[i] += n;
     }
-    let took = started.elapsed();
-    (admitted, took)
+    (admitted, started.elapsed())
+}
+
+/// Panic unless `admitted` (per node, in `took`) is within the documented bound of a cluster
+/// limit of two nodes, and clearly below what two unshared nodes would admit.
+fn assert_shared(what: &str, admitted: &[usize], took: Duration) {
+    let total = admitted.iter().sum::<usize>() as f64;
+    let secs = took.as_secs_f64();
+    // What one node may admit on its own in that time, and the documented bound for two:
+    // the limit plus, for the other node, a burst and a sync interval's worth.
+    let allowance = CLUSTER_BURST + CLUSTER_RATE * secs;
+    let bound = allowance + (CLUSTER_BURST + CLUSTER_RATE * SYNC.as_secs_f64());
+    assert!(
+        total <= bound,
+        "{what}: {admitted:?} in {took:?}: over the bound {bound}"
+    );
+    assert!(
+        total < 0.75 * 2.0 * allowance,
+        "{what}: {admitted:?} in {took:?}: the nodes did not share the limit (each may admit {allowance})"
+    );
+    assert!(
+        total >= CLUSTER_RATE * secs * 0.5,
+        "{what}: {admitted:?} in {took:?}: far below the limit"
+    );
+    assert!(admitted.iter().all(|n| *n > 0), "{what}: {admitted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sharing_redis_admit_the_cluster_limit_within_the_documented_bound() {
     let redis = Redis::start().await;
     let up = Upstream::start("app").await;
-    let proxies = cluster_pair(&redis, &up).await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
+    let proxies = cluster_pair(&redis, &up, &jwks).await;
+    let alice = bearer(&token(RSA, "alice"));
 
-    let (admitted, took) = drive(&proxies, Duration::from_secs(3)).await;
-    let total = admitted.iter().sum::<usize>() as f64;
-    let secs = took.as_secs_f64();
-    // What one node may admit on its own in that time, and the documented bound for two:
-    // the limit plus, for each other node, a burst and a sync interval's worth.
-    let allowance = CLUSTER_BURST + CLUSTER_RATE * secs;
-    let bound = allowance + (CLUSTER_BURST + CLUSTER_RATE * SYNC.as_secs_f64());
-    assert!(
-        total <= bound,
-        "{admitted:?} in {took:?}: over the bound {bound}"
+    // A route limit and a user's limit, each driven on both nodes at once.
+    let window = Duration::from_secs(3);
+    let ((route_admitted, route_took), (user_admitted, user_took)) = tokio::join!(
+        drive(&proxies, "/shared", None, window),
+        drive(&proxies, "/users", Some(&alice), window),
     );
-    assert!(
-        total < 0.75 * 2.0 * allowance,
-        "{admitted:?} in {took:?}: the nodes did not share the limit (each may admit {allowance})"
-    );
-    assert!(
-        total >= CLUSTER_RATE * secs * 0.5,
-        "{admitted:?} in {took:?}: far below the limit"
-    );
-    assert!(admitted.iter().all(|n| *n > 0), "{admitted:?}");
-    assert_eq!(up.hits() as f64, total);
+    assert_shared("per_route", &route_admitted, route_took);
+    assert_shared("per_user", &user_admitted, user_took);
+    let total: usize = route_admitted.iter().chain(&user_admitted).sum();
+    assert_eq!(up.hits(), total);
     for p in &proxies {
         let m = p.metrics().await;
         assert_eq!(m.get(REDIS_UP, &[]), Some(1.0));
         assert_eq!(m.get(NODES, &[]), Some(2.0));
         assert_eq!(m.get(SYNC_ERRORS, &[]), Some(0.0), "{}", m.text());
     }
+
+    // A node that goes away stops counting: the other soon shares with itself alone.
+    let [a, b] = proxies;
+    drop(b);
+    a.wait_metric(NODES, &[], 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_falls_back_to_each_nodes_share_and_recovers_by_itself() {
     let mut redis = Redis::start().await;
     let up = Upstream::start("app").await;
-    let proxies = cluster_pair(&redis, &up).await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
+    let proxies = cluster_pair(&redis, &up, &jwks).await;
 
     redis.kill();
     for p in &proxies {
@@ -992,7 +1034,7 @@ async fn redis_outage_falls_back_to_each_nodes_share_and_recovers_by_itself() {
         assert!(p.metric(SYNC_ERRORS, &[]).await >= 1.0);
     }
     // Still serving, each with its share: half the rate and half the burst.
-    let (admitted, took) = drive(&proxies, Duration::from_secs(2)).await;
+    let (admitted, took) = drive(&proxies, "/shared", None, Duration::from_secs(2)).await;
     let share = (CLUSTER_BURST + CLUSTER_RATE * took.as_secs_f64()) / 2.0;
     for n in &admitted {
         let n = *n as f64;
@@ -1031,7 +1073,8 @@ async fn redis_outage_falls_back_to_each_nodes_share_and_recovers_by_itself() {
 async fn a_hung_redis_delays_no_request_and_each_node_falls_back_to_its_share() {
     let redis = Redis::start().await;
     let up = Upstream::start("app").await;
-    let proxies = cluster_pair(&redis, &up).await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
+    let proxies = cluster_pair(&redis, &up, &jwks).await;
 
     // Frozen: connections stay open and nothing answers, so only a timeout tells.
     redis.freeze();
@@ -1040,7 +1083,7 @@ async fn a_hung_redis_delays_no_request_and_each_node_falls_back_to_its_share() 
     }
     // Every request is answered while Redis still hangs (`drive` fails on any error), each
     // node within its share.
-    let (admitted, took) = drive(&proxies, Duration::from_secs(1)).await;
+    let (admitted, took) = drive(&proxies, "/shared", None, Duration::from_secs(1)).await;
     let share = (CLUSTER_BURST + CLUSTER_RATE * took.as_secs_f64()) / 2.0;
     for n in &admitted {
         let n = *n as f64;
