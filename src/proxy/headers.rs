@@ -1,8 +1,9 @@
-//! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1; `Trailer`
+//! is end-to-end there and passes, so trailers still work), the
 //! `X-Forwarded-*` set, and the request id. Pure functions over header maps; they never decide
 //! whether a request is allowed.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, UPGRADE};
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 const KEEP_ALIVE: &str = "keep-alive";
@@ -43,7 +44,6 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
         req.remove_header(name);
     }
     req.remove_header(&TE);
-    req.remove_header(&TRAILER);
     if !upgrade {
         req.remove_header(&UPGRADE);
     }
@@ -63,7 +63,6 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     for name in [KEEP_ALIVE, PROXY_CONNECTION, PROXY_AUTHENTICATE] {
         resp.remove_header(name);
     }
-    resp.remove_header(&TRAILER);
     if !switching {
         resp.remove_header(&UPGRADE);
     }
