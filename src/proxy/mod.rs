@@ -132,8 +132,9 @@ impl Portcullis {
         Ok(())
     }
 
-    /// The route's stages after matching, in order: per-IP limit and failure guard (before
-    /// any crypto), token check, per-user and per-route limits, the pool's in-flight cap.
+    /// The route's stages after matching, in order: per-IP limit, failure guard and a look at
+    /// the per-route limit (before any crypto), token check, per-user and per-route limits,
+    /// the pool's in-flight cap.
     async fn guard(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let runtime = Arc::clone(&ctx.runtime);
         let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
@@ -145,12 +146,14 @@ impl Portcullis {
             take(&mut ctx.tightest, limiter, key)?;
         }
         if let (Some(guard), Some(key)) = (&limits.auth_failures_per_ip, ip_key) {
-            if let Some(v) = guard.refuses(key) {
-                Tightest::update(&mut ctx.tightest, guard.kind, v);
-                return Err(Refusal::RateLimited(v.retry_after_secs()));
-            }
+            peek(&mut ctx.tightest, guard, key)?;
         }
         if let Some(policy) = &route.policy {
+            // A route with nothing left would refuse after the token check: skip the check.
+            // Only a look: a request that then fails authentication takes nothing from it.
+            if let Some(limiter) = &limits.per_route {
+                peek(&mut ctx.tightest, limiter, 0)?;
+            }
             let result = runtime
                 .auth
                 .authenticate(policy, session.req_header())
@@ -184,6 +187,17 @@ impl Portcullis {
             ctx.permit = Some(cap.try_acquire().ok_or(Refusal::Overloaded)?);
         }
         Ok(())
+    }
+}
+
+/// Refuse now if `limiter`'s bucket for `key` has nothing left, without taking from it.
+fn peek(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
+    match limiter.refuses(key) {
+        Some(verdict) => {
+            Tightest::update(tightest, limiter.kind, verdict);
+            Err(Refusal::RateLimited(verdict.retry_after_secs()))
+        }
+        None => Ok(()),
     }
 }
 

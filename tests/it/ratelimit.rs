@@ -574,6 +574,53 @@ async fn failed_tokens_lock_out_the_address_before_any_signature_check() {
     assert_eq!(up.hits(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_route_refuses_before_any_signature_check() {
+    let up = Upstream::start("app").await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
+    let routes = route(
+        "orders",
+        "/",
+        "{ issuers: [corp] }",
+        "per_route: { rate: 1/min, burst: 1 }, auth_failures_per_ip: { rate: 1/min, burst: 1 }",
+    );
+    let proxy = Proxy::start(&config(&up, &[], &issuers(&jwks), &routes)).await;
+    wait_for_keys(&proxy).await;
+    let http = client();
+    let url = proxy.url("/orders");
+    let checks = |m: &Metrics| sum(m, AUTH_DECISIONS, &[("route", "orders")]);
+
+    let a = get(
+        &http,
+        &url,
+        &[("authorization", &bearer(&token(RSA, "alice")))],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+    // The route has nothing left: a token never seen before, good or forged, is not checked.
+    let policy = "\"per_route\";q=1;w=60, \"auth_failures_per_ip\";q=1;w=60";
+    for t in [token(RSA, "bob"), token(RSA_B, "mallory")] {
+        get(&http, &url, &[("authorization", &bearer(&t))])
+            .await
+            .limited("per_route", policy, 60, 60);
+    }
+    let m = proxy.metrics().await;
+    assert_eq!(
+        checks(&m),
+        1.0,
+        "a token was checked for nothing: {}",
+        m.text()
+    );
+    // Nor did the forged one count as a failed check (the guard would refuse it now).
+    assert_eq!(
+        decisions(&m, "orders", "auth_failures_per_ip", "allowed"),
+        0.0
+    );
+    assert_eq!(decisions(&m, "orders", "per_route", "allowed"), 1.0);
+    assert_eq!(decisions(&m, "orders", "per_route", "denied"), 2.0);
+    assert_eq!(up.hits(), 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Reload
 // ---------------------------------------------------------------------------------------
