@@ -287,6 +287,30 @@ impl RouteMetrics {
     }
 }
 
+/// Drop the series of a route that a reload removed, so dashboards do not show it forever.
+pub fn forget_route(name: &str) {
+    let m = &*METRICS;
+    for class in STATUS_CLASSES {
+        let _ = m.requests.remove_label_values(&[name, class]);
+    }
+    let _ = m.request_duration.remove_label_values(&[name]);
+    let _ = m
+        .auth_decisions
+        .remove_label_values(&[name, "allowed", "ok"]);
+    for reason in crate::auth::AuthError::REASONS {
+        let _ = m
+            .auth_decisions
+            .remove_label_values(&[name, "denied", reason]);
+    }
+    for limit in ["per_ip", "per_user", "per_route", "auth_failures_per_ip"] {
+        for result in ["allowed", "denied"] {
+            let _ = m
+                .ratelimit_decisions
+                .remove_label_values(&[name, limit, result]);
+        }
+    }
+}
+
 /// Refresh the gauges that are read off the serving config rather than counted as things
 /// happen (key set age and staleness, cache size). Called before each scrape.
 pub fn observe_runtime(runtime: &crate::runtime::Runtime) {

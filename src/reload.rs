@@ -143,6 +143,11 @@ impl Reloader {
         }
         state.generation = generation;
         forget_removed_targets(&old, &next);
+        for route in &old.routes {
+            if !next.routes.iter().any(|r| r.name == route.name) {
+                crate::metrics::forget_route(&route.name);
+            }
+        }
         Ok(generation)
     }
 

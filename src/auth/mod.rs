@@ -44,6 +44,22 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every value [`AuthError::reason`] gives.
+    pub const REASONS: [&'static str; 12] = [
+        "missing_token",
+        "invalid_request",
+        "expired",
+        "bad_signature",
+        "untrusted_issuer",
+        "bad_algorithm",
+        "unknown_key",
+        "bad_audience",
+        "invalid_token",
+        "insufficient_scope",
+        "claims_mismatch",
+        "keys_unavailable",
+    ];
+
     /// A short label for metrics and logs.
     pub fn reason(self) -> &'static str {
         match self {

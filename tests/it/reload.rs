@@ -429,6 +429,18 @@ async fn in_flight_request_keeps_its_snapshot() {
     assert_eq!(line["route"], "stable", "{line}");
     assert_eq!(line["status"], 200, "{line}");
     assert_eq!(line["upstream"], a.addr().to_string(), "{line}");
+    // The removed route's series are gone from /metrics; the kept route's stay.
+    let metrics = proxy.metrics().await;
+    let removed = [("route", "stable"), ("status_class", "2xx")];
+    assert!(!metrics.has("portcullis_requests_total", &removed));
+    assert!(!metrics.has(
+        "portcullis_request_duration_seconds_count",
+        &[("route", "stable")]
+    ));
+    assert!(metrics.has(
+        "portcullis_requests_total",
+        &[("route", ""), ("status_class", "4xx")]
+    ));
 }
 
 /// Listeners are bound at start: a reload that changes them applies the rest, keeps serving
