@@ -233,6 +233,26 @@ async fn per_ip_admits_burst_then_refuses_with_headers_and_refills_at_rate() {
         .await
         .limited("per_ip", "\"per_ip\";q=2;w=120", 60, 120);
     assert_eq!(up.hits(), 8);
+    // The access log names the reason of each refusal.
+    let refused = denied as usize + 1;
+    eventually(
+        "the refusals in the access log",
+        Duration::from_secs(5),
+        || async {
+            let lines = proxy.access_lines();
+            let limited = lines
+                .iter()
+                .filter(|l| l["status"] == 429 && l["reason"] == "rate_limited")
+                .count();
+            let ok = lines.iter().filter(|l| l["status"] == 200).count();
+            if (limited, ok) == (refused, 8) {
+                Ok(())
+            } else {
+                Err(format!("{limited} refused, {ok} ok: {lines:?}"))
+            }
+        },
+    )
+    .await;
     let m = proxy.metrics().await;
     assert_eq!(decisions(&m, "quiet", "per_ip", "allowed"), 2.0);
     assert_eq!(decisions(&m, "quiet", "per_ip", "denied"), 1.0);
@@ -422,10 +442,18 @@ fn now() -> u64 {
 
 /// A token for `sub`, signed with `pem` under kid `k1`; a fresh `jti` makes each one new.
 fn token(pem: &str, sub: &str) -> String {
+    token_with(pem, sub, json!({}))
+}
+
+/// [`token`] with more claims.
+fn token_with(pem: &str, sub: &str, extra: Value) -> String {
     let now = now();
     let jti = format!("{:x}", fastrand::u64(..));
-    let claims =
+    let mut claims =
         json!({ "iss": ISS, "aud": AUD, "sub": sub, "iat": now, "exp": now + 600, "jti": jti });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
     portcullis::auth::tools::mint(pem, &claims.to_string(), None, Some("k1")).unwrap()
 }
 
@@ -464,12 +492,21 @@ fn bearer(token: &str) -> String {
 async fn per_user_buckets_follow_the_token_across_connections() {
     let up = Upstream::start("app").await;
     let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
-    let routes = route(
-        "orders",
-        "/",
-        "{ issuers: [corp] }",
-        "per_user: { rate: 1/min, burst: 2 }",
-    );
+    let routes = [
+        route(
+            "orders",
+            "/",
+            "{ issuers: [corp] }",
+            "per_user: { rate: 1/min, burst: 2 }",
+        ),
+        route(
+            "teams",
+            "/teams",
+            "{ issuers: [corp] }",
+            "per_user: { rate: 1/min, burst: 2, claim: org.id }",
+        ),
+    ]
+    .concat();
     let proxy = Proxy::start(&config(&up, &[], &issuers(&jwks), &routes)).await;
     wait_for_keys(&proxy).await;
     let url = proxy.url("/orders");
@@ -483,7 +520,7 @@ async fn per_user_buckets_follow_the_token_across_connections() {
     get(&client(), &url, &[("authorization", &alice)])
         .await
         .limited("per_user", "\"per_user\";q=2;w=120", 60, 120);
-    // Bob, from the same address and connection as Alice's last try, has his own bucket.
+    // Bob, from the same address, has his own bucket.
     let http = client();
     assert_eq!(
         statuses(&http, &url, &[("authorization", &bob)], 3).await,
@@ -507,6 +544,26 @@ async fn per_user_buckets_follow_the_token_across_connections() {
     let m = proxy.metrics().await;
     assert_eq!(decisions(&m, "orders", "per_user", "allowed"), 4.0);
     assert_eq!(decisions(&m, "orders", "per_user", "denied"), 3.0);
+
+    // Keyed by a nested claim: two people of one organisation share its bucket.
+    let url = proxy.url("/teams");
+    let member =
+        |sub: &str, org: &str| bearer(&token_with(RSA, sub, json!({ "org": { "id": org } })));
+    let (carol, dave) = (member("carol", "acme"), member("dave", "acme"));
+    assert_eq!(
+        get(&http, &url, &[("authorization", &carol)]).await.status,
+        200
+    );
+    assert_eq!(
+        statuses(&http, &url, &[("authorization", &dave)], 2).await,
+        [200, 429]
+    );
+    let erin = member("erin", "globex");
+    assert_eq!(
+        get(&http, &url, &[("authorization", &erin)]).await.status,
+        200
+    );
+    assert_eq!(up.hits(), 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,6 +979,12 @@ async fn fixed_cap_refuses_the_excess_at_once_instead_of_queueing() {
     proxy
         .wait_metric(IN_FLIGHT, &[("upstream", "app")], 0.0)
         .await;
+    let overloaded = proxy
+        .access_lines()
+        .iter()
+        .filter(|l| l["status"] == 503 && l["reason"] == "overloaded")
+        .count();
+    assert_eq!(overloaded, 7, "{}", proxy.access_log());
     up.set_delay(Duration::ZERO);
     assert_eq!(get(&client(), &proxy.url("/x"), &[]).await.status, 200);
 }
