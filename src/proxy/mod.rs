@@ -268,7 +268,7 @@ impl ProxyHttp for Portcullis {
                         _ => None,
                     },
                 };
-                rescue::send(session, refusal, &reply).await;
+                rescue::send(session, refusal, &reply, true).await;
                 Ok(true)
             }
         }
@@ -421,7 +421,7 @@ impl ProxyHttp for Portcullis {
                 request_id: &ctx.request_id,
                 ..Default::default()
             };
-            rescue::send(session, refusal, &reply).await;
+            rescue::send(session, refusal, &reply, false).await;
             refusal.status()
         };
         FailToProxy {

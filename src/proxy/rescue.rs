@@ -198,9 +198,27 @@ pub struct Reply<'a> {
 }
 
 /// Send `refusal` as the whole response.
-pub async fn send(session: &mut Session, refusal: Refusal, reply: &Reply<'_>) {
+///
+/// A refusal before proxying of a request that has no body keeps the connection open: a client refused
+/// by a limit or a policy does not have to reconnect (and redo TLS) for its next request.
+/// Anything else closes it, as Pingora does for its own errors.
+pub async fn send(
+    session: &mut Session,
+    refusal: Refusal,
+    reply: &Reply<'_>,
+    before_proxying: bool,
+) {
     let (header, body) = refusal.response(reply);
-    if let Err(e) = session.write_error_response(header, body).await {
+    let result =
+        if before_proxying && session.response_written().is_none() && session.is_body_empty() {
+            match session.write_response_header(Box::new(header), false).await {
+                Ok(()) => session.write_response_body(Some(body), true).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            session.write_error_response(header, body).await
+        };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "could not send refusal to client");
     }
 }

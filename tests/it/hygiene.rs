@@ -396,3 +396,45 @@ async fn access_log_has_one_json_line_per_request_and_no_secrets() {
         assert!(!stderr.contains(secret), "stderr leaks {secret}:\n{stderr}");
     }
 }
+
+/// A refusal before proxying keeps a body-less request's connection open, so a client refused
+/// by routing (or a policy or a limit, which share the path) does not reconnect each time;
+/// a refusal of a request with a body closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_keep_the_connection_when_they_can() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n{}routes:\n  - name: ok\n    match: {{ path_prefix: /ok }}\n    upstream: pool\n",
+        pool("pool", &[up.addr().to_string()], &[])
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    for path in ["/nowhere", "/a/%2e%2e/b", "/also-nowhere"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let resp = raw::read_response(&mut stream).await;
+        assert!(matches!(resp.status, 404 | 400), "{path}: {resp:?}");
+        assert_ne!(
+            resp.header("connection").as_deref(),
+            Some("close"),
+            "{path}"
+        );
+    }
+    // The same connection still reaches the upstream.
+    stream
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(raw::read_response(&mut stream).await.status, 200);
+
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /nowhere HTTP/1.1\r\nHost: elsewhere.example\r\nContent-Length: 3\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    let resp = raw::read_response(&mut stream).await;
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+}
