@@ -372,7 +372,7 @@ fn build_limits(
         let kept = previous.and_then(|r| {
             r.limits
                 .all()
-                .find(|l| l.kind == kind && l.config == *lc)
+                .find(|l| l.kind == kind && l.config.same_buckets(lc))
                 .cloned()
         });
         Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(&rc.name, kind, lc))))
@@ -407,7 +407,15 @@ fn build_limits(
     if issues.len() != before {
         return None;
     }
-    let headers = limits.all().any(|l| l.config.headers);
+    let headers = [
+        &rl.per_ip,
+        &rl.per_user,
+        &rl.per_route,
+        &rl.auth_failures_per_ip,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|lc| lc.headers);
     let policy_header = limits
         .all()
         .map(|l| l.policy_header.as_str())
@@ -808,7 +816,9 @@ routes:
       per_route: { rate: 9/s, burst: 9 }
 ";
         let old = Runtime::from_yaml(text).unwrap();
-        let changed = text.replace("rate: 9/s, burst: 9", "rate: 10/s, burst: 10");
+        let changed = text
+            .replace("rate: 9/s, burst: 9", "rate: 10/s, burst: 10")
+            .replace("rate: 5/s, burst: 5", "rate: 5/s, burst: 5, headers: true");
         let parsed = Config::parse(&changed).unwrap();
         let new = Runtime::build(&parsed, Some(&old), 2).unwrap();
         let (o, n) = (&old.routes[0].limits, &new.routes[0].limits);

@@ -488,6 +488,18 @@ pub struct LimitConfig {
     pub max_keys: u64,
 }
 
+impl LimitConfig {
+    /// Whether `other` describes the same buckets (everything but `headers`): a reload that
+    /// changes only whether headers are sent keeps the buckets.
+    pub fn same_buckets(&self, other: &LimitConfig) -> bool {
+        self.rate == other.rate
+            && self.burst == other.burst
+            && self.scope == other.scope
+            && self.claim == other.claim
+            && self.max_keys == other.max_keys
+    }
+}
+
 fn default_max_keys() -> u64 {
     1_000_000
 }
