@@ -3,7 +3,8 @@
 #   make deps    install the system packages the build and tests need (apt-get, only when missing)
 #   make demo    deps, release build, run `portcullis demo`
 #   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/
-#   make bench   the criterion benchmarks (release build)
+#   make bench   the load benchmark against bare Pingora and HAProxy (release build), with the
+#                memory benchmark; writes benches/results/latest.md and latest.svg
 #   make check   cargo fmt --check and clippy with warnings as errors
 
 SHELL := /bin/bash
@@ -26,6 +27,10 @@ deps:
 	  missing="$$missing cmake"; why="$$why; cmake: pingora-core builds zlib-ng with it"; fi; \
 	if ! command -v redis-server >/dev/null 2>&1; then \
 	  missing="$$missing redis-server"; why="$$why; redis-server: the cluster rate-limit tests start one"; fi; \
+	if ! command -v wrk >/dev/null 2>&1; then \
+	  missing="$$missing wrk"; why="$$why; wrk: the load benchmark (and its smoke run in make test) drives the proxies with it"; fi; \
+	if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
+	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing with apt-get ($${why#; })"; \
 	  if ! command -v apt-get >/dev/null 2>&1; then \
@@ -45,15 +50,23 @@ demo: deps
 # benches (built and run once each in criterion's test mode, so they cannot rot).
 # `check` runs the binary `cargo test` just built for the integration tests (`cargo run` would
 # build it a second time under the dev profile).
+# The load bench's smoke run starts the example binaries (bare Pingora, the upstream); under
+# `--all-targets` cargo builds examples only as test harnesses, so build them as programs first.
 test: deps
+	$(CARGO) build $(LOCKED) --examples
 	$(CARGO) test $(LOCKED) --all-targets
 	@for f in $(CONFIGS); do \
 	  echo "portcullis check --config $$f"; \
 	  $(TARGET_DIR)/debug/portcullis check --config "$$f"; \
 	done
 
+# The load bench finds the release binary and examples beside its own build and never runs
+# cargo itself: build them first. The memory bench's table goes into the load report.
+# (The criterion micro-benchmarks: `cargo bench --bench routing --bench auth --bench ratelimit`.)
 bench: deps
-	$(CARGO) bench $(LOCKED)
+	$(CARGO) build $(LOCKED) --release --bin portcullis --examples
+	$(CARGO) bench $(LOCKED) --bench memory | tee $(abspath $(TARGET_DIR))/memory-bench.md
+	LOAD_MEMORY_TABLE=$(abspath $(TARGET_DIR))/memory-bench.md $(CARGO) bench $(LOCKED) --bench load
 
 check: fmt clippy
 

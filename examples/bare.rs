@@ -1,0 +1,72 @@
+//! A bare Pingora proxy: every request goes to one upstream, nothing else happens. It is the
+//! floor the framework allows, the baseline `benches/load.rs` measures Portcullis against.
+//!
+//! ```sh
+//! cargo run --release --example bare -- --listen 127.0.0.1:8090 --upstream 127.0.0.1:8091
+//! ```
+//!
+//! Flags (or the environment variables in brackets): `--listen ADDR` (`BARE_LISTEN`, default
+//! `127.0.0.1:8090`), `--upstream ADDR` (`BARE_UPSTREAM`, default `127.0.0.1:8091`),
+//! `--threads N` (`BARE_THREADS`, default 1). Pingora's defaults otherwise: same dependency,
+//! same features as Portcullis, no settings tuned, so the comparison is like for like.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+/// `--name value` from the command line, else the environment variable, else the default.
+fn setting(args: &[String], flag: &str, env: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var(env).ok())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("bare [--listen ADDR] [--upstream ADDR] [--threads N]");
+        return;
+    }
+    let listen = setting(&args, "--listen", "BARE_LISTEN", "127.0.0.1:8090");
+    let upstream: SocketAddr = setting(&args, "--upstream", "BARE_UPSTREAM", "127.0.0.1:8091")
+        .parse()
+        .expect("--upstream must be ip:port");
+    let threads: usize = setting(&args, "--threads", "BARE_THREADS", "1")
+        .parse()
+        .expect("--threads must be a number");
+
+    let conf = ServerConf {
+        threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+    eprintln!("bare: {listen} -> {upstream}, {threads} worker thread(s)");
+    server.run_forever();
+}

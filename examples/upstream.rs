@@ -1,0 +1,162 @@
+//! A fast upstream for load tests: HTTP/1.1 with keep-alive and pipelining, a fixed small
+//! `200 ok` to every request, one thread. It parses with httparse and writes a canned answer,
+//! so that under `benches/load.rs` the proxy, never the upstream, is the bottleneck.
+//!
+//! ```sh
+//! cargo run --release --example upstream -- --listen 127.0.0.1:8091
+//! ```
+//!
+//! `--listen ADDR` (or `UPSTREAM_LISTEN`; default `127.0.0.1:8091`; port 0 picks one). Prints
+//! `listening on ADDR` once bound. Requests with a body must give `Content-Length` (the body
+//! is read and dropped); a chunked body closes the connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+const CLOSE_ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+/// Largest request head accepted; larger closes the connection.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// What one parse of the buffer found.
+enum Parsed {
+    /// A whole request head: its length, the body length, and whether to close after it.
+    Request {
+        head: usize,
+        body: usize,
+        close: bool,
+    },
+    /// Not enough bytes yet.
+    Partial,
+    /// Not HTTP/1.x we can serve.
+    Bad,
+}
+
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(head)) => {
+            let mut body = 0;
+            let mut close = req.version == Some(0);
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    match std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                    {
+                        Some(n) => body = n,
+                        None => return Parsed::Bad,
+                    }
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Parsed::Bad;
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    let v = h.value.to_ascii_lowercase();
+                    if v.windows(5).any(|w| w == b"close") {
+                        close = true;
+                    } else if v.windows(10).any(|w| w == b"keep-alive") {
+                        close = false;
+                    }
+                }
+            }
+            Parsed::Request { head, body, close }
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Parsed::Partial,
+        _ => Parsed::Bad,
+    }
+}
+
+async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Body bytes still to drop from earlier requests.
+    let mut skip = 0usize;
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        let mut close = false;
+        loop {
+            if skip > 0 {
+                let take = skip.min(buf.len() - start);
+                start += take;
+                skip -= take;
+                if skip > 0 {
+                    break;
+                }
+            }
+            match parse(&buf[start..]) {
+                Parsed::Request {
+                    head,
+                    body,
+                    close: c,
+                } => {
+                    start += head;
+                    skip = body;
+                    if c {
+                        out.extend_from_slice(CLOSE_ANSWER);
+                        close = true;
+                        break;
+                    }
+                    out.extend_from_slice(ANSWER);
+                }
+                Parsed::Partial => break,
+                Parsed::Bad => {
+                    stream.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        buf.drain(..start);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("upstream [--listen ADDR]");
+        return;
+    }
+    let listen = args
+        .iter()
+        .position(|a| a == "--listen")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| std::env::var("UPSTREAM_LISTEN").ok())
+        .unwrap_or_else(|| "127.0.0.1:8091".to_string());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let listener = TcpListener::bind(&listen).await.expect("bind");
+        println!(
+            "listening on {}",
+            listener.local_addr().expect("local address")
+        );
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(async move {
+                        let _ = serve(stream).await;
+                    });
+                }
+                // Out of file descriptors, most likely: wait a little rather than spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    });
+}
