@@ -1,8 +1,9 @@
 //! The route table: host, longest path prefix, method.
 //!
-//! Built once per config and then only read. A lookup walks the request path byte by byte in a
-//! trie, so its cost depends on the path, not on how many routes there are, and it never
-//! allocates. It does not know what a route does; it hands back the route's index.
+//! Built once per config and then only read. A lookup probes a hash map once per distinct
+//! prefix length, so its cost depends on the shape of the prefixes, not on how many routes
+//! there are, and it never allocates. It does not know what a route does; it hands back the
+//! route's index.
 
 use std::collections::HashMap;
 
@@ -60,70 +61,43 @@ impl Methods {
     }
 }
 
+/// Longest-prefix lookup over paths: prefixes in a hash map, probed from the longest length
+/// that fits the path down to the shortest. A lookup costs one probe per distinct prefix
+/// length (a handful in real configs, one when all prefixes have the same shape), not one
+/// per route and not one pointer chase per byte, so 10,000 routes cost what 1 does.
 #[derive(Default)]
-struct Node {
-    /// Sorted by byte.
-    children: Vec<(u8, u32)>,
-    entries: Vec<(Methods, usize)>,
+struct PathTable {
+    by_prefix: HashMap<Box<str>, Vec<(Methods, usize)>, ahash::RandomState>,
+    /// Distinct prefix lengths, longest first.
+    lengths: Vec<usize>,
 }
 
-/// Longest-prefix lookup over paths.
-#[derive(Default)]
-struct PathTrie {
-    nodes: Vec<Node>,
-}
-
-impl PathTrie {
+impl PathTable {
     fn insert(&mut self, prefix: &str, methods: Methods, route: usize) -> Result<(), usize> {
-        if self.nodes.is_empty() {
-            self.nodes.push(Node::default());
-        }
-        let mut at = 0usize;
-        for &b in prefix.as_bytes() {
-            let next = match self.nodes[at].children.binary_search_by_key(&b, |c| c.0) {
-                Ok(i) => self.nodes[at].children[i].1 as usize,
-                Err(i) => {
-                    let id = self.nodes.len();
-                    self.nodes.push(Node::default());
-                    self.nodes[at].children.insert(i, (b, id as u32));
-                    id
-                }
-            };
-            at = next;
-        }
-        if let Some(&(_, other)) = self.nodes[at]
-            .entries
-            .iter()
-            .find(|(m, _)| m.overlaps(methods))
-        {
+        let entries = self.by_prefix.entry(prefix.into()).or_default();
+        if let Some(&(_, other)) = entries.iter().find(|(m, _)| m.overlaps(methods)) {
             return Err(other);
         }
-        self.nodes[at].entries.push((methods, route));
+        entries.push((methods, route));
+        if let Err(at) = self.lengths.binary_search_by(|l| prefix.len().cmp(l)) {
+            self.lengths.insert(at, prefix.len());
+        }
         Ok(())
     }
 
-    fn lookup(&self, path: &[u8], method: &http::Method) -> Option<usize> {
-        let root = self.nodes.first()?;
-        let pick = |node: &Node| {
-            node.entries
-                .iter()
-                .find(|(m, _)| m.allows(method))
-                .map(|&(_, r)| r)
-        };
-        let mut best = pick(root);
-        let mut node = root;
-        for b in path {
-            match node.children.binary_search_by_key(b, |c| c.0) {
-                Ok(i) => {
-                    node = &self.nodes[node.children[i].1 as usize];
-                    if let Some(r) = pick(node) {
-                        best = Some(r);
-                    }
+    fn lookup(&self, path: &str, method: &http::Method) -> Option<usize> {
+        for &len in &self.lengths {
+            // `None` past the end, or inside a UTF-8 sequence, which no prefix ends in.
+            let Some(candidate) = path.get(..len) else {
+                continue;
+            };
+            if let Some(entries) = self.by_prefix.get(candidate) {
+                if let Some(&(_, r)) = entries.iter().find(|(m, _)| m.allows(method)) {
+                    return Some(r);
                 }
-                Err(_) => break,
             }
         }
-        best
+        None
     }
 }
 
@@ -141,10 +115,10 @@ pub struct RouteMatch {
 /// All routes, compiled for lookup.
 #[derive(Default)]
 pub struct RouteTable {
-    exact: HashMap<Box<str>, PathTrie, ahash::RandomState>,
+    exact: HashMap<Box<str>, PathTable, ahash::RandomState>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, PathTrie, ahash::RandomState>,
-    any_host: PathTrie,
+    wildcard: HashMap<Box<str>, PathTable, ahash::RandomState>,
+    any_host: PathTable,
 }
 
 impl RouteTable {
@@ -181,7 +155,6 @@ impl RouteTable {
     /// An exact host is tried first, then the longest wildcard suffix, then routes with no
     /// host; within each, the longest prefix that allows the method wins.
     pub fn lookup(&self, host: &str, path: &str, method: &http::Method) -> Option<usize> {
-        let path = path.as_bytes();
         if !host.is_empty() {
             if let Some(trie) = self.exact.get(host) {
                 if let Some(r) = trie.lookup(path, method) {
@@ -380,6 +353,23 @@ mod tests {
         assert_eq!(t.lookup("example.com", "/docs", &Method::GET), Some(0));
         // A host whose routes do not take the path falls through to host-less routes.
         assert_eq!(t.lookup("api.example.com", "/v1", &Method::GET), Some(2));
+    }
+
+    #[test]
+    fn many_lengths_and_multibyte_prefixes() {
+        let routes: Vec<RouteMatch> = (0..500)
+            .map(|i| m(None, &format!("/svc{i}/items"), &[]))
+            .chain([m(None, "/caf\u{e9}", &[]), m(None, "/", &["GET"])])
+            .collect();
+        let t = RouteTable::build(&routes).unwrap();
+        assert_eq!(t.lookup("", "/svc42/items/7", &Method::GET), Some(42));
+        assert_eq!(t.lookup("", "/svc499/items", &Method::GET), Some(499));
+        assert_eq!(t.lookup("", "/svc4/item", &Method::GET), Some(501));
+        assert_eq!(t.lookup("", "/caf\u{e9}/menu", &Method::GET), Some(500));
+        // A cut inside the multi-byte character matches nothing at that length.
+        assert_eq!(t.lookup("", "/caf\u{e8}", &Method::GET), Some(501));
+        assert_eq!(t.lookup("", "/svc42/items", &Method::POST), Some(42));
+        assert_eq!(t.lookup("", "/other", &Method::POST), None);
     }
 
     #[test]
