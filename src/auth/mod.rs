@@ -472,6 +472,15 @@ impl Auth {
             Cached::Hit(result) => return result,
             Cached::Miss(key) => key,
         };
+        if !token::is_well_formed(token) {
+            // RFC 6750: a malformed bearer credential is a bad request; a cookie or query
+            // value that cannot be a token is just not a valid token.
+            return Err(if req.headers.contains_key(http::header::AUTHORIZATION) {
+                AuthError::InvalidRequest
+            } else {
+                AuthError::InvalidToken("the token is malformed")
+            });
+        }
         let identity = Arc::new(token::verify(token, &policy.issuers, &self.projection).await?);
         self.cache.insert(key, Arc::clone(&identity));
         policy.permits(&identity)?;

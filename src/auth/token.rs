@@ -53,6 +53,11 @@ impl TokenSource {
     }
 }
 
+/// Whether `token` has only RFC 6750 `b64token` characters (a JWT's base64url and dots).
+pub fn is_well_formed(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(is_token_char)
+}
+
 fn is_token_char(b: u8) -> bool {
     // RFC 6750 b64token, which covers a JWT's base64url and dots.
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
@@ -68,28 +73,26 @@ pub fn extract<'r>(req: &'r RequestHeader, sources: &[TokenSource]) -> Result<&'
         let found = match source {
             TokenSource::Header => {
                 let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
-                let (Some(value), None) = (values.next(), values.next()) else {
-                    if req
-                        .headers
-                        .get_all(http::header::AUTHORIZATION)
-                        .iter()
-                        .count()
-                        > 1
-                    {
-                        return Err(AuthError::InvalidRequest);
-                    }
+                let value = match (values.next(), values.next()) {
+                    (Some(value), None) => value,
+                    (Some(_), Some(_)) => return Err(AuthError::InvalidRequest),
+                    (None, _) => continue,
+                };
+                // `to_str` would scan the whole token; only the scheme needs to be text.
+                let bytes = value.as_bytes();
+                let Some(space) = bytes.iter().position(|b| *b == b' ') else {
                     continue;
                 };
-                let Ok(value) = value.to_str() else {
-                    return Err(AuthError::InvalidRequest);
-                };
-                let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
-                if !scheme.eq_ignore_ascii_case("bearer") {
+                if !bytes[..space].eq_ignore_ascii_case(b"bearer") {
                     // Another scheme (Basic, ...) is not a bearer token.
                     continue;
                 }
-                let token = rest.trim();
-                if token.is_empty() || !token.bytes().all(is_token_char) {
+                let Ok(token) = std::str::from_utf8(bytes[space..].trim_ascii()) else {
+                    return Err(AuthError::InvalidRequest);
+                };
+                // The full character check waits for a cache miss ([`is_well_formed`]): a
+                // cached token verified once, so it is well formed.
+                if token.is_empty() || token.contains(' ') {
                     return Err(AuthError::InvalidRequest);
                 }
                 Some(token)

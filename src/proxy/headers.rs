@@ -6,22 +6,30 @@
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use pingora::http::{RequestHeader, ResponseHeader};
 
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
-const PROXY_AUTHORIZATION: &str = "proxy-authorization";
-const PROXY_AUTHENTICATE: &str = "proxy-authenticate";
+// Names as constants: a `&str` name is parsed again on every call, on every request.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authorization");
+const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
 
-/// Header names listed in `Connection`, lowercase, without `close`/`keep-alive`/`upgrade`.
+/// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
+/// anyway) and `upgrade`. Allocates only when there is such a name.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     let mut names = Vec::new();
     for value in headers.get_all(CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
-            let token = token.trim().to_ascii_lowercase();
-            if !token.is_empty() && token != "close" && token != "upgrade" {
-                names.push(token);
+            let token = token.trim();
+            let plain = ["close", "keep-alive", "upgrade"]
+                .iter()
+                .any(|t| token.eq_ignore_ascii_case(t));
+            if !token.is_empty() && !plain {
+                names.push(token.to_ascii_lowercase());
             }
         }
     }
@@ -40,7 +48,7 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
             let _ = req.insert_header(CONNECTION, "upgrade");
         }
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, PROXY_AUTHORIZATION] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHORIZATION] {
         req.remove_header(name);
     }
     req.remove_header(&TE);
@@ -60,7 +68,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             resp.remove_header(&CONNECTION);
         }
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, PROXY_AUTHENTICATE] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHENTICATE] {
         resp.remove_header(name);
     }
     if !switching {
@@ -78,53 +86,76 @@ pub fn request_host(req: &RequestHeader) -> &str {
 }
 
 /// Set `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`,
-/// and make sure `Host` is the one the client sent.
+/// and make sure `Host` is the one the client sent. Values are built without going through
+/// strings: this runs on every request.
 pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, tls: bool) {
-    let host = request_host(req).to_string();
-    if !host.is_empty() && !req.headers.contains_key(HOST) {
-        let _ = req.insert_header(HOST, host.as_str());
+    use std::io::Write;
+    let host: Option<HeaderValue> = match req.headers.get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    if let Some(h) = &host {
+        if !req.headers.contains_key(HOST) {
+            let _ = req.insert_header(HOST, h.clone());
+        }
     }
     if let Some(ip) = client_ip {
-        let previous: Vec<&str> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let value = if previous.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{}, {ip}", previous.join(", "))
-        };
-        let _ = req.insert_header("x-forwarded-for", value);
+        let mut value = Vec::with_capacity(48);
+        for previous in req.headers.get_all(&X_FORWARDED_FOR) {
+            value.extend_from_slice(previous.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+        let _ = write!(value, "{ip}");
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
+            let _ = req.insert_header("x-forwarded-for", v);
+        }
     }
-    let _ = req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" });
-    if host.is_empty() {
-        req.remove_header("x-forwarded-host");
-    } else {
-        let _ = req.insert_header("x-forwarded-host", host);
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    let _ = req.insert_header("x-forwarded-proto", proto);
+    match host {
+        Some(h) => {
+            let _ = req.insert_header("x-forwarded-host", h);
+        }
+        None => {
+            req.remove_header(&X_FORWARDED_HOST);
+        }
     }
 }
 
 /// The client's request id if it is one we can pass on safely, else a new one.
-pub fn request_id(req: &RequestHeader) -> String {
-    if let Some(v) = req.headers.get(REQUEST_ID) {
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    if let Some(v) = req.headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         let safe = !b.is_empty()
             && b.len() <= 128
             && b.iter()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'));
         if safe {
-            // Checked to be ASCII just above.
-            return String::from_utf8_lossy(b).into_owned();
+            return v.clone();
         }
     }
     new_request_id()
 }
 
 /// 128 random bits as 32 hex digits.
-pub fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for byte in out.iter_mut().rev() {
+        *byte = HEX[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A request id as text (ids are ASCII by construction).
+pub fn request_id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
 }
 
 /// Bytes of the request line and headers, as the client sent them (close enough to compare
@@ -206,6 +237,7 @@ mod tests {
         assert_eq!(request_id(&req(&[("x-request-id", "abc-123")])), "abc-123");
         let made = request_id(&req(&[("x-request-id", "bad id\"")]));
         assert_eq!(made.len(), 32);
+        assert!(request_id_str(&made).bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(new_request_id(), new_request_id());
     }
 }

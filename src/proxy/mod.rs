@@ -76,7 +76,8 @@ pub struct RequestCtx {
     runtime: Arc<Runtime>,
     route: Option<usize>,
     started: Instant,
-    request_id: String,
+    /// Sent upstream and back to the client; made once, cloned by reference count.
+    request_id: http::HeaderValue,
     /// The target now in use, as an index into the route's pool.
     target: Option<usize>,
     /// Targets that failed to connect for this request.
@@ -222,7 +223,7 @@ impl ProxyHttp for Portcullis {
             runtime: self.reloader.current(),
             route: None,
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
             target: None,
             tried: Vec::new(),
             refusal: None,
@@ -257,7 +258,7 @@ impl ProxyHttp for Portcullis {
                 ctx.refusal = Some(refusal);
                 let route = ctx.route();
                 let reply = rescue::Reply {
-                    request_id: &ctx.request_id,
+                    request_id: headers::request_id_str(&ctx.request_id),
                     scope: route
                         .and_then(|r| r.policy.as_ref())
                         .map_or("", |p| p.scope_text.as_str()),
@@ -374,7 +375,7 @@ impl ProxyHttp for Portcullis {
             }
         }
         headers::set_forwarded(upstream, client_ip(session), is_tls(session));
-        upstream.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -385,7 +386,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         headers::strip_response_hop_by_hop(response);
-        response.insert_header(headers::REQUEST_ID, ctx.request_id.as_str())?;
+        response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
         if let (Some(route), Some(t)) = (ctx.route(), &ctx.tightest) {
             if route.limits.headers_on_success {
                 response.insert_header("ratelimit-policy", route.limits.policy_header.as_str())?;
@@ -418,7 +419,7 @@ impl ProxyHttp for Portcullis {
                 ctx.request_id = headers::new_request_id();
             }
             let reply = rescue::Reply {
-                request_id: &ctx.request_id,
+                request_id: headers::request_id_str(&ctx.request_id),
                 ..Default::default()
             };
             rescue::send(session, refusal, &reply, false).await;
@@ -453,7 +454,7 @@ impl ProxyHttp for Portcullis {
                     .and_then(|i| r.pool.targets.get(i))
             });
             self.access_log.write(&AccessRecord {
-                request_id: &ctx.request_id,
+                request_id: headers::request_id_str(&ctx.request_id),
                 client: ctx.client_ip,
                 route: route.map(|r| r.name.as_str()).unwrap_or(""),
                 method: req.method.as_str(),
