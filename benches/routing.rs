@@ -168,7 +168,7 @@ fn header_rewrite(c: &mut Criterion) {
                 let id = headers::request_id(&r);
                 headers::strip_request_hop_by_hop(&mut r, false);
                 headers::set_forwarded(&mut r, Some(client), true);
-                r.insert_header(headers::REQUEST_ID, id.as_str()).unwrap();
+                r.insert_header(headers::REQUEST_ID, id).unwrap();
                 r
             },
             BatchSize::SmallInput,
