@@ -214,6 +214,11 @@ impl Pool {
     /// Pick a healthy target not in `tried`, by the pool's balance mode. `key` matters only
     /// for consistent hashing.
     pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+        // One target: nothing to balance (Pingora's selection would allocate its
+        // seen-set on every request for the same answer).
+        if let [only] = self.targets.as_slice() {
+            return (only.is_healthy() && tried.is_empty()).then_some(0);
+        }
         let accept = |b: &Backend, _: bool| {
             self.by_addr
                 .get(&b.addr)
@@ -309,6 +314,23 @@ mod tests {
             }
             assert_eq!(p.select(b"k", &[]), Some(3), "{balance:?}");
             assert_eq!(p.select(b"k", &[3]), None, "{balance:?}");
+        }
+    }
+
+    #[test]
+    fn a_single_target_pool() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::ConsistentHash,
+        ] {
+            let p = pool(balance, 1);
+            assert_eq!(p.select(b"k", &[]), Some(0));
+            assert_eq!(p.select(b"k", &[0]), None);
+            for _ in 0..3 {
+                p.targets[0].observe(false, 1, 3);
+            }
+            assert_eq!(p.select(b"k", &[]), None);
         }
     }
 
