@@ -26,7 +26,8 @@ impl Admin {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+/// A complete small response (the admin endpoint's and the demo's built-in servers').
+pub(crate) fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {

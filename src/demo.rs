@@ -11,6 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 
+use crate::admin::respond;
 use crate::reload::Reloader;
 
 /// Largest request body the echo upstream reads back.
@@ -51,15 +52,7 @@ impl ServeHttp for Echo {
             "body_truncated": truncated,
         });
         let bytes = serde_json::to_vec_pretty(&answer).unwrap_or_default();
-        let mut resp = Response::new(bytes);
-        *resp.status_mut() = StatusCode::OK;
-        if let Ok(v) = "application/json".parse() {
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-        }
-        let len = resp.body().len();
-        resp.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-        resp
+        respond(StatusCode::OK, "application/json", bytes)
     }
 }
 
@@ -88,15 +81,7 @@ impl ServeHttp for DevIssuer {
             Some(b) => (StatusCode::OK, b.to_string().into_bytes()),
             None => (StatusCode::NOT_FOUND, b"{\"error\":\"not found\"}".to_vec()),
         };
-        let mut resp = Response::new(bytes);
-        *resp.status_mut() = status;
-        if let Ok(v) = "application/json".parse() {
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-        }
-        let len = resp.body().len();
-        resp.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-        resp
+        respond(status, "application/json", bytes)
     }
 }
 

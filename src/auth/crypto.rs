@@ -68,31 +68,17 @@ impl Verifier<Vec<u8>> for RingVerifier {
         }
         match &self.key {
             PublicKey::Rsa { n, e } => {
-                let params = match self.alg {
-                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
-                    _ => return Err(sig_error(Unspecified)),
-                };
+                let params = rsa_parameters(self.alg).ok_or_else(|| sig_error(Unspecified))?;
                 sig::RsaPublicKeyComponents { n, e }
                     .verify(params, msg, signature)
                     .map_err(unspecified)
             }
             PublicKey::Bytes(bytes) => {
                 let params: &'static dyn sig::VerificationAlgorithm = match self.alg {
-                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
-                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
-                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
-                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
-                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
                     Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
                     Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
                     Algorithm::EdDSA => &sig::ED25519,
-                    _ => return Err(sig_error(Unspecified)),
+                    alg => rsa_parameters(alg).ok_or_else(|| sig_error(Unspecified))?,
                 };
                 sig::UnparsedPublicKey::new(params, bytes)
                     .verify(msg, signature)
@@ -100,6 +86,19 @@ impl Verifier<Vec<u8>> for RingVerifier {
             }
         }
     }
+}
+
+/// ring's parameters for an RSA algorithm (keys of 2048 bits and more only).
+fn rsa_parameters(alg: Algorithm) -> Option<&'static sig::RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
 }
 
 impl JwtVerifier for RingVerifier {
