@@ -294,19 +294,6 @@ impl Issuer {
         matches!(finished, Ok(Ok(_)))
     }
 
-    /// Wait until keys are installed or `timeout` passes; for start-up checks and tests.
-    pub async fn wait_for_keys(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut done = self.fetch.done.subscribe();
-        while self.keys.load().is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, done.changed()).await.is_err() {
-                return false;
-            }
-        }
-        true
-    }
-
     fn due(&self) -> bool {
         self.source.fetches()
             && (self.fetch.requested.load(Ordering::Acquire)

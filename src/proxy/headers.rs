@@ -167,16 +167,6 @@ pub fn header_bytes(req: &RequestHeader) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-/// Make a header value from a string we built, or none if it has bytes a header cannot carry.
-pub fn value(s: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(s).ok()
-}
-
-/// A header name from config, checked when the config loads.
-pub fn name(s: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(s.as_bytes()).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
