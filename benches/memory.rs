@@ -39,9 +39,10 @@ fn main() {
         "memory",
         LimitKind::PerIp,
         &LimitConfig {
+            // Slow enough that no bucket is full again (and dropped) while the store fills.
             rate: Rate {
                 count: 10,
-                per: Duration::from_secs(1),
+                per: Duration::from_secs(3600),
             },
             burst: 20,
             scope: LimitScope::Local,

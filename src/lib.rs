@@ -18,4 +18,5 @@ pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod upstream;

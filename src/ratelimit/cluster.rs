@@ -103,8 +103,8 @@ fn set_connected(limiters: &[Arc<Limiter>], up: bool, nodes: Option<u64>) {
             if !up {
                 // Nothing to report while Redis is away: keep the list from growing.
                 let dirty = std::mem::take(&mut *c.dirty.lock().unwrap_or_else(|p| p.into_inner()));
-                for (_, bucket) in dirty {
-                    bucket.pending.store(0, Ordering::Relaxed);
+                for key in dirty {
+                    l.with_bucket(key, |b| b.pending.store(0, Ordering::Relaxed));
                 }
             }
             if let Some(n) = nodes {
@@ -138,9 +138,12 @@ async fn sync_once(
         for (i, chunk) in dirty.chunks(BATCH).enumerate() {
             let mut call = script.prepare_invoke();
             call.arg(emission_us);
-            for (key, bucket) in chunk {
-                // Counted from here on belongs to the next round.
-                let n = bucket.pending.swap(0, Ordering::Relaxed);
+            for key in chunk {
+                // Counted from here on belongs to the next round. A bucket dropped since
+                // (full again) has nothing to report.
+                let n = limiter
+                    .with_bucket(*key, |b| b.pending.swap(0, Ordering::Relaxed))
+                    .unwrap_or(0);
                 call.key(redis_key(limiter, *key)).arg(n);
             }
             let ahead: Vec<i64> = match call.invoke_async(conn).await {
@@ -148,19 +151,21 @@ async fn sync_once(
                 Err(e) => {
                     // The node falls back to its local share; what it admitted meanwhile is
                     // not replayed into Redis later.
-                    for (_, bucket) in &dirty[i * BATCH..] {
-                        bucket.pending.store(0, Ordering::Relaxed);
+                    for key in &dirty[i * BATCH..] {
+                        limiter.with_bucket(*key, |b| b.pending.store(0, Ordering::Relaxed));
                     }
                     return Err(e);
                 }
             };
             let now = now_ns();
             let emission = limiter.configured_shape().emission_ns;
-            for ((_, bucket), ahead_us) in chunk.iter().zip(ahead) {
-                // Admissions since the script ran are not in Redis's answer yet.
-                let since = bucket.pending.load(Ordering::Relaxed);
+            for (key, ahead_us) in chunk.iter().zip(ahead) {
                 let ahead_ns = u64::try_from(ahead_us).unwrap_or(0).saturating_mul(1000);
-                bucket.set_ahead(now, ahead_ns.saturating_add(since.saturating_mul(emission)));
+                limiter.with_bucket(*key, |bucket| {
+                    // Admissions since the script ran are not in Redis's answer yet.
+                    let since = u64::from(bucket.pending.load(Ordering::Relaxed));
+                    bucket.set_ahead(now, ahead_ns.saturating_add(since.saturating_mul(emission)));
+                });
             }
         }
     }

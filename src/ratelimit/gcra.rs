@@ -2,7 +2,7 @@
 //! the next request, in nanoseconds on a process-local monotonic clock, updated with one
 //! compare-and-swap. No locks, no allocation, no background refill.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -13,12 +13,19 @@ pub fn now_ns() -> u64 {
     u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One bucket.
+/// One bucket: 12 bytes, held inline in its store.
 #[derive(Debug, Default)]
 pub struct Bucket {
     tat: AtomicU64,
     /// Admissions not yet reported to the cluster.
-    pub(crate) pending: AtomicU64,
+    pub(crate) pending: AtomicU32,
+}
+
+impl crate::store::Expiring for Bucket {
+    /// A bucket is full again, and as good as a new one, once its TAT has passed.
+    fn deadline(&self) -> u64 {
+        self.tat.load(Ordering::Relaxed)
+    }
 }
 
 /// The answer of one check.

@@ -1,9 +1,10 @@
 //! Rate limits: token buckets per client IP, per user, per route, and on failed token checks;
 //! and in-flight caps per upstream pool.
 //!
-//! A check is one moka lookup and one compare-and-swap: no lock, no allocation for a key seen
-//! before. Buckets are evicted only once idle long enough to be full again, so eviction never
-//! forgives a client early. Cluster-scoped limits also reconcile with Redis in the
+//! A check is one lookup under a shard's read lock and one compare-and-swap on the bucket: no
+//! allocation for a key seen before. Buckets live in a [`Store`]: one dropped there is one
+//! idle long enough to be full again, so eviction never forgives a client early (only a store
+//! at `max_keys` drops buckets before that, the fullest first). Cluster-scoped limits also reconcile with Redis in the
 //! background ([`cluster`]); no request ever waits on Redis.
 
 pub mod cluster;
@@ -14,10 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moka::sync::Cache;
-
 use crate::config::{LimitConfig, LimitScope};
 use crate::metrics::METRICS;
+use crate::store::Store;
 pub use concurrency::Concurrency;
 pub use gcra::{Bucket, Shape, Verdict};
 
@@ -46,16 +46,16 @@ impl LimitKind {
     }
 }
 
-enum Store {
+enum Buckets {
     /// One bucket for the whole route.
-    Single(Arc<Bucket>),
+    Single(Bucket),
     /// A bucket per key.
-    Keyed(Cache<u128, Arc<Bucket>, ahash::RandomState>),
+    Keyed(Store<Bucket>),
 }
 
 /// Cluster bookkeeping of a limiter: keys with admissions Redis has not heard of.
 pub(crate) struct ClusterShare {
-    pub(crate) dirty: Mutex<Vec<(u128, Arc<Bucket>)>>,
+    pub(crate) dirty: Mutex<Vec<u128>>,
     /// Nodes sharing the limit, last known; 1 until Redis says.
     pub(crate) nodes: AtomicU64,
     /// Whether Redis answered the last sync; when not, the local share applies.
@@ -71,7 +71,7 @@ pub struct Limiter {
     /// The config it was built from, to keep its buckets across reloads.
     pub config: LimitConfig,
     shape: Shape,
-    store: Store,
+    buckets: Buckets,
     /// `RateLimit-Policy` item: `"per_ip";q=100;w=2`.
     pub policy_header: String,
     allowed: prometheus::IntCounter,
@@ -97,21 +97,12 @@ impl Limiter {
             emission_ns: (per_ns / config.rate.count.max(1)).max(1),
             burst: config.burst.max(1),
         };
-        let store = if kind == LimitKind::PerRoute {
-            Store::Single(Arc::default())
+        let buckets = if kind == LimitKind::PerRoute {
+            Buckets::Single(Bucket::default())
         } else {
-            // Idle for a full refill means the bucket is full: forgetting it changes nothing.
-            let idle = Duration::from_nanos(shape.tolerance_ns()) + Duration::from_secs(1);
-            Store::Keyed(
-                Cache::builder()
-                    .max_capacity(config.max_keys)
-                    // Past `max_keys` the least recently seen key goes. Moka's default
-                    // (TinyLFU) may instead refuse to keep a new key, and then a client
-                    // that arrives at a full store gets a fresh bucket on every visit.
-                    .eviction_policy(moka::policy::EvictionPolicy::lru())
-                    .time_to_idle(idle)
-                    .build_with_hasher(ahash::RandomState::new()),
-            )
+            // A bucket's deadline is the instant it is full again; the store sweeps out
+            // such buckets once a second.
+            Buckets::Keyed(Store::new(config.max_keys, SWEEP_EVERY_NS))
         };
         let window = Duration::from_nanos(shape.tolerance_ns()).as_secs_f64();
         let policy_header = format!(
@@ -126,7 +117,7 @@ impl Limiter {
             route: route.to_string(),
             config: config.clone(),
             shape,
-            store,
+            buckets,
             policy_header,
             allowed: m.with_label_values(&[route, kind.name(), "allowed"]),
             denied: m.with_label_values(&[route, kind.name(), "denied"]),
@@ -158,40 +149,45 @@ impl Limiter {
         self.shape
     }
 
-    fn bucket(&self, key: u128) -> Arc<Bucket> {
-        match &self.store {
-            Store::Single(b) => Arc::clone(b),
-            Store::Keyed(cache) => cache.get_with(key, Arc::default),
-        }
-    }
-
     /// Take one request for `key`.
     pub fn check(&self, key: u128) -> Verdict {
-        let bucket = self.bucket(key);
-        let verdict = bucket.check(self.shape(), gcra::now_ns());
+        let shape = self.shape();
+        let now = gcra::now_ns();
+        let take = |bucket: &Bucket| {
+            let verdict = bucket.check(shape, now);
+            // The first admission since the last sync puts the key on the list to report.
+            let report = verdict.allowed
+                && self.cluster.is_some()
+                && bucket.pending.fetch_add(1, Ordering::Relaxed) == 0;
+            (verdict, report)
+        };
+        let (verdict, report) = match &self.buckets {
+            Buckets::Single(b) => take(b),
+            Buckets::Keyed(store) => store.get_or_insert(key, now, Bucket::default, take),
+        };
         if verdict.allowed {
             self.allowed.inc();
-            if let Some(c) = &self.cluster {
-                if bucket.pending.fetch_add(1, Ordering::Relaxed) == 0 {
-                    c.dirty
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((key, Arc::clone(&bucket)));
-                }
-            }
         } else {
             self.denied.inc();
         }
+        if let (true, Some(c)) = (report, &self.cluster) {
+            c.dirty.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+        }
         verdict
+    }
+
+    /// Apply `f` to the bucket of `key`, if there is one.
+    pub(crate) fn with_bucket<R>(&self, key: u128, f: impl FnOnce(&Bucket) -> R) -> Option<R> {
+        match &self.buckets {
+            Buckets::Single(b) => Some(f(b)),
+            Buckets::Keyed(store) => store.get(key, f),
+        }
     }
 
     /// For a failure guard: refuse now if `key` has nothing left, without taking anything.
     pub fn refuses(&self, key: u128) -> Option<Verdict> {
         let shape = self.shape();
-        let wait = match &self.store {
-            Store::Single(b) => b.is_empty(shape, gcra::now_ns()),
-            Store::Keyed(cache) => cache.get(&key)?.is_empty(shape, gcra::now_ns()),
-        }?;
+        let wait = self.with_bucket(key, |b| b.is_empty(shape, gcra::now_ns()))??;
         self.denied.inc();
         Some(Verdict {
             allowed: false,
@@ -218,17 +214,20 @@ impl Limiter {
             .fold(0, |key, byte| (key << 8) | u128::from(*byte))
     }
 
-    /// Keys held (after pending evictions run).
+    /// Keys held, after dropping the buckets that are full again.
     pub fn key_count(&self) -> u64 {
-        match &self.store {
-            Store::Single(_) => 1,
-            Store::Keyed(cache) => {
-                cache.run_pending_tasks();
-                cache.entry_count()
+        match &self.buckets {
+            Buckets::Single(_) => 1,
+            Buckets::Keyed(store) => {
+                store.sweep(gcra::now_ns());
+                store.len() as u64
             }
         }
     }
 }
+
+/// How often a store of buckets is swept for full ones (as inserts come).
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
 
 static USER_HASH: std::sync::LazyLock<(ahash::RandomState, ahash::RandomState)> =
     std::sync::LazyLock::new(|| (ahash::RandomState::new(), ahash::RandomState::new()));

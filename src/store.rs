@@ -1,0 +1,293 @@
+//! A bounded map from 128-bit keys to small values that expire: the store behind the
+//! verified-token cache and the rate-limit buckets.
+//!
+//! Both hold up to millions of entries on the request path, so an entry must cost tens of
+//! bytes and a lookup tens of nanoseconds. moka, the general-purpose cache, spends about
+//! 300 bytes of its own per entry (its access-order queue nodes, timestamps and `Arc`s) and
+//! records every read for its eviction policy; neither fits those budgets. This store is
+//! what remains once the policy is specific:
+//!
+//! - every value knows its **deadline** (a token's `exp`; the instant a bucket is full
+//!   again), and an entry past it is worth nothing, so it is dropped at the next sweep;
+//! - when a shard is full, the entries **nearest their deadline** go first: they are the
+//!   ones a client loses least by (a bucket almost full anyway; a token about to expire);
+//! - entries live inline in a `hashbrown` table per shard (key and value, no per-entry
+//!   allocation), behind a reader-writer lock: a lookup of a known key takes the shard's
+//!   read lock and nothing else.
+//!
+//! The keys are already keyed hashes or client addresses; the table hashes them again with a
+//! per-process random key, so no client can aim entries at one shard or one probe chain.
+
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use hashbrown::HashTable;
+
+/// A value with a deadline, in the clock of its store's caller.
+pub trait Expiring {
+    /// The instant from which the value is worth nothing (it may be dropped).
+    fn deadline(&self) -> u64;
+}
+
+/// Keys are stored as two words: a `u128` would be 16-byte aligned and pad every entry.
+type Key = [u64; 2];
+
+fn split(key: u128) -> Key {
+    [key as u64, (key >> 64) as u64]
+}
+
+struct Table<V> {
+    entries: HashTable<(Key, V)>,
+    /// When the next sweep of expired entries is due.
+    next_sweep: u64,
+}
+
+/// One shard, on its own cache line so that shards do not contend through false sharing.
+#[repr(align(64))]
+struct Shard<V>(RwLock<Table<V>>);
+
+impl<V> Shard<V> {
+    fn read(&self) -> RwLockReadGuard<'_, Table<V>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Table<V>> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The store.
+pub struct Store<V> {
+    shards: Box<[Shard<V>]>,
+    /// `log2(shards)`.
+    shard_bits: u32,
+    /// At most this many entries per shard.
+    per_shard: usize,
+    /// Sweep a shard for expired entries at most this often (caller's clock units).
+    sweep_every: u64,
+    hasher: ahash::RandomState,
+}
+
+impl<V: Expiring> Store<V> {
+    /// A store of at most `max_entries` entries (at least one), swept for expired entries at
+    /// most every `sweep_every` units of the caller's clock.
+    pub fn new(max_entries: u64, sweep_every: u64) -> Store<V> {
+        let max_entries = usize::try_from(max_entries).unwrap_or(usize::MAX).max(1);
+        // Enough shards that writers rarely meet, few enough that each holds a useful
+        // number of entries (and that small stores keep their bound exactly).
+        let shards = (max_entries / 4096).clamp(1, 64).next_power_of_two();
+        Store {
+            shards: (0..shards)
+                .map(|_| {
+                    Shard(RwLock::new(Table {
+                        entries: HashTable::new(),
+                        next_sweep: 0,
+                    }))
+                })
+                .collect(),
+            shard_bits: shards.trailing_zeros(),
+            per_shard: max_entries.div_ceil(shards),
+            sweep_every,
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    fn locate(&self, key: u128) -> (Key, u64, &Shard<V>) {
+        let key = split(key);
+        let hash = self.hasher.hash_one(key);
+        let shard = if self.shard_bits == 0 {
+            0
+        } else {
+            (hash >> (64 - self.shard_bits)) as usize
+        };
+        (key, hash, &self.shards[shard])
+    }
+
+    /// Apply `f` to the value of `key`, if held.
+    pub fn get<R>(&self, key: u128, f: impl FnOnce(&V) -> R) -> Option<R> {
+        let (key, hash, shard) = self.locate(key);
+        let table = shard.read();
+        table.entries.find(hash, |e| e.0 == key).map(|e| f(&e.1))
+    }
+
+    /// Apply `f` to the value of `key`, inserting `make()` first if it is not held.
+    pub fn get_or_insert<R>(
+        &self,
+        key: u128,
+        now: u64,
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        let (key, hash, shard) = self.locate(key);
+        {
+            let table = shard.read();
+            if let Some(e) = table.entries.find(hash, |e| e.0 == key) {
+                return f(&e.1);
+            }
+        }
+        let mut table = shard.write();
+        // Another thread may have inserted it between the two locks.
+        if let Some(e) = table.entries.find(hash, |e| e.0 == key) {
+            return f(&e.1);
+        }
+        self.make_room(&mut table, now);
+        let e = table
+            .entries
+            .insert_unique(hash, (key, make()), |e| self.hasher.hash_one(e.0));
+        f(&e.get().1)
+    }
+
+    /// Insert or replace the value of `key`.
+    pub fn insert(&self, key: u128, value: V, now: u64) {
+        let (key, hash, shard) = self.locate(key);
+        let mut table = shard.write();
+        if let Some(e) = table.entries.find_mut(hash, |e| e.0 == key) {
+            e.1 = value;
+            return;
+        }
+        self.make_room(&mut table, now);
+        table
+            .entries
+            .insert_unique(hash, (key, value), |e| self.hasher.hash_one(e.0));
+    }
+
+    /// Drop `key`.
+    pub fn remove(&self, key: u128) {
+        let (key, hash, shard) = self.locate(key);
+        let mut table = shard.write();
+        if let Ok(e) = table.entries.find_entry(hash, |e| e.0 == key) {
+            e.remove();
+        }
+    }
+
+    /// Entries held, expired ones included until their shard is swept.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().entries.len()).sum()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop every expired entry now.
+    pub fn sweep(&self, now: u64) {
+        for shard in self.shards.iter() {
+            let mut table = shard.write();
+            self.sweep_table(&mut table, now);
+        }
+    }
+
+    fn sweep_table(&self, table: &mut Table<V>, now: u64) {
+        table.entries.retain(|e| e.1.deadline() > now);
+        // Give memory back after a spike (hashbrown never shrinks by itself).
+        if table.entries.capacity() > 64 && table.entries.len() < table.entries.capacity() / 4 {
+            table.entries.shrink_to_fit(|e| self.hasher.hash_one(e.0));
+        }
+        table.next_sweep = now.saturating_add(self.sweep_every);
+    }
+
+    /// Before an insert: sweep when due, and when the shard is still full drop the eighth
+    /// of its entries nearest their deadline (at least one), so that inserts stay O(1)
+    /// amortized however many clients arrive.
+    fn make_room(&self, table: &mut Table<V>, now: u64) {
+        if now >= table.next_sweep || table.entries.len() >= self.per_shard {
+            self.sweep_table(table, now);
+        }
+        let len = table.entries.len();
+        if len < self.per_shard {
+            return;
+        }
+        let mut deadlines: Vec<u64> = table.entries.iter().map(|e| e.1.deadline()).collect();
+        let drop = (len / 8).max(1) + len - self.per_shard;
+        let (_, nth, _) = deadlines.select_nth_unstable(drop - 1);
+        let cutoff = *nth;
+        // Everything before the cutoff goes, and entries at it until `drop` have gone.
+        let mut at_cutoff = drop - deadlines.iter().filter(|d| **d < cutoff).count();
+        table.entries.retain(|e| {
+            let d = e.1.deadline();
+            if d < cutoff {
+                false
+            } else if d == cutoff && at_cutoff > 0 {
+                at_cutoff -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Expiring for u64 {
+        fn deadline(&self) -> u64 {
+            *self
+        }
+    }
+
+    #[test]
+    fn get_insert_remove() {
+        let s: Store<u64> = Store::new(100, 10);
+        assert_eq!(s.get(1, |v| *v), None);
+        assert_eq!(s.get_or_insert(1, 0, || 50, |v| *v), 50);
+        assert_eq!(s.get_or_insert(1, 0, || 99, |v| *v), 50, "kept, not remade");
+        s.insert(1, 60, 0);
+        assert_eq!(s.get(1, |v| *v), Some(60));
+        s.insert(u128::MAX, 70, 0);
+        assert_eq!(s.len(), 2);
+        s.remove(1);
+        assert_eq!(s.get(1, |v| *v), None);
+        assert_eq!(s.get(u128::MAX, |v| *v), Some(70));
+    }
+
+    #[test]
+    fn sweeps_drop_only_expired_entries() {
+        let s: Store<u64> = Store::new(100, 10);
+        for k in 0..10 {
+            s.insert(k, 100 + k as u64, 0);
+        }
+        s.sweep(105);
+        assert_eq!(s.len(), 4, "deadlines 106..=109 remain");
+        // A due sweep also runs on insert.
+        s.insert(50, 1_000, 200);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_full_store_drops_the_entries_nearest_their_deadline() {
+        // Under 4096 entries there is one shard, so the bound is exact.
+        let s: Store<u64> = Store::new(16, u64::MAX);
+        for k in 0..16 {
+            s.insert(k, 1_000 + k as u64, 0);
+        }
+        s.insert(100, 5_000, 0);
+        assert!(s.len() <= 16);
+        assert_eq!(s.get(0, |v| *v), None, "the nearest deadline went");
+        assert_eq!(s.get(100, |v| *v), Some(5_000), "the newcomer stays");
+        assert_eq!(s.get(15, |v| *v), Some(1_015), "the farthest stays");
+        // Ties at the cutoff do not empty the store.
+        let s: Store<u64> = Store::new(16, u64::MAX);
+        for k in 0..16 {
+            s.insert(k, 7, 0);
+        }
+        s.insert(100, 7, 0);
+        assert_eq!(s.len(), 15, "two of sixteen went, then the newcomer came");
+    }
+
+    #[test]
+    fn many_keys_stay_within_the_bound() {
+        let s: Store<u64> = Store::new(50_000, u64::MAX);
+        for k in 0..200_000u128 {
+            s.get_or_insert(k * 0x9E37_79B9_7F4A_7C15, 0, || k as u64, |_| ());
+        }
+        let shards = s.shards.len();
+        assert!(shards > 1);
+        assert!(s.len() <= 50_000usize.div_ceil(shards) * shards);
+        // The newest keys are the ones with the farthest deadlines: they are all held.
+        for k in 199_000..200_000u128 {
+            assert_eq!(s.get(k * 0x9E37_79B9_7F4A_7C15, |v| *v), Some(k as u64));
+        }
+    }
+}
