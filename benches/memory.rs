@@ -3,10 +3,9 @@
 //! `cargo bench --bench memory` prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis::auth::{Identity, Projection, TokenCache};
+use portcullis::auth::{Fact, Identity, Projection, TokenCache};
 use portcullis::config::{LimitConfig, LimitScope, Rate, TokenCacheConfig};
 use portcullis::ratelimit::{LimitKind, Limiter};
 
@@ -57,23 +56,9 @@ fn main() {
     let keys = limiter.key_count();
     let limiter_bytes = rss_bytes().saturating_sub(before);
 
-    let before = rss_bytes();
-    let cache = TokenCache::new(&TokenCacheConfig {
-        max_tokens: 2 * n,
-        max_ttl: portcullis::config::Dur(Duration::from_secs(3600)),
-    });
-    // A typical identity: sub and a scope list, as a route forwarding them holds.
-    let mut projection = Projection::default();
-    projection.slot_for("sub");
-    let exp = portcullis::auth::cache::unix_now() + 3600;
-    for i in 0..n {
-        let claims =
-            serde_json::json!({"sub": format!("user-{i:08}"), "scope": "orders:read orders:write"});
-        let id = Identity::project(claims.as_object().unwrap(), &projection, 1, 1, exp);
-        cache.insert(cache.key(&format!("token-{i}")), Arc::new(id));
-    }
-    let tokens = cache.len();
-    let token_bytes = rss_bytes().saturating_sub(before);
+    let short = fill_tokens(n, |i| format!("user-{i:08}"));
+    // The same with a UUID-sized `sub` (36 characters), as many identity providers issue.
+    let uuid = fill_tokens(n, |i| format!("{i:08x}-5f2c-4b7e-9a1d-3c6e8f0b2a4d"));
 
     println!("| what | entries | resident memory | per entry |");
     println!("|---|---|---|---|");
@@ -82,9 +67,36 @@ fn main() {
         mib(limiter_bytes),
         limiter_bytes / keys.max(1)
     );
-    println!(
-        "| cached tokens (sub + 2 scopes) | {tokens} | {:.1} MiB | {} B |",
-        mib(token_bytes),
-        token_bytes / tokens.max(1)
-    );
+    for (what, (tokens, bytes)) in [("13-character", short), ("36-character", uuid)] {
+        println!(
+            "| cached tokens ({what} `sub` forwarded, one scope required) | {tokens} | {:.1} MiB | {} B |",
+            mib(bytes),
+            bytes / tokens.max(1)
+        );
+    }
+}
+
+/// Fill a token cache with `n` identities whose `sub` is `sub(i)`; give back the tokens held
+/// and the resident memory they added.
+fn fill_tokens(n: u64, sub: impl Fn(u64) -> String) -> (u64, u64) {
+    let before = rss_bytes();
+    let cache = TokenCache::new(&TokenCacheConfig {
+        max_tokens: 2 * n,
+        max_ttl: portcullis::config::Dur(Duration::from_secs(3600)),
+    });
+    // A typical route: it forwards `sub` and requires one scope.
+    let mut projection = Projection::default();
+    projection.slot_for("sub");
+    projection.fact_for(Fact::Scope("orders:read".into()));
+    let exp = portcullis::auth::cache::unix_now() + 3600;
+    for i in 0..n {
+        let claims = serde_json::json!({"sub": sub(i), "scope": "orders:read orders:write"});
+        let id = Identity::project(claims.as_object().unwrap(), &projection, 1, 1, exp);
+        cache.insert(cache.key(&format!("token-{i}")), id);
+    }
+    let tokens = cache.len();
+    let bytes = rss_bytes().saturating_sub(before);
+    // Kept, so that the next fill measures only its own memory.
+    std::mem::forget(cache);
+    (tokens, bytes)
 }

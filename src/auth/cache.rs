@@ -3,16 +3,16 @@
 //!
 //! Keys are a 128-bit keyed hash of the token, not the token: memory stays bounded per entry
 //! whatever the token size, and no token text sits in memory longer than its request. The
-//! hash keys are random per process, so a client cannot aim a collision.
+//! hash keys are random per process, so a client cannot aim a collision. Entries live in a
+//! [`Store`]: a 24-byte table slot per token beside its [`Identity`]; past `max_tokens`
+//! the tokens nearest their expiry go first.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use moka::sync::Cache;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::identity::Identity;
 use crate::config::TokenCacheConfig;
 use crate::metrics::METRICS;
+use crate::store::{Expiring, Store};
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -21,25 +21,18 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-struct UntilExpiry {
-    max_ttl: Duration,
-}
-
-impl moka::Expiry<u128, Arc<Identity>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &u128,
-        value: &Arc<Identity>,
-        _at: Instant,
-    ) -> Option<Duration> {
-        let left = Duration::from_secs(value.exp.saturating_sub(unix_now()));
-        Some(left.min(self.max_ttl))
+impl Expiring for Identity {
+    fn deadline(&self) -> u64 {
+        self.until()
     }
 }
 
+/// How often a shard of the cache is swept for expired tokens (as inserts come), seconds.
+const SWEEP_EVERY_SECS: u64 = 10;
+
 /// The cache.
 pub struct TokenCache {
-    entries: Cache<u128, Arc<Identity>, ahash::RandomState>,
+    entries: Store<Identity>,
     low: ahash::RandomState,
     high: ahash::RandomState,
     /// The settings it was built with.
@@ -49,14 +42,8 @@ pub struct TokenCache {
 impl TokenCache {
     /// An empty cache.
     pub fn new(config: &TokenCacheConfig) -> TokenCache {
-        let entries = Cache::builder()
-            .max_capacity(config.max_tokens)
-            .expire_after(UntilExpiry {
-                max_ttl: config.max_ttl.0,
-            })
-            .build_with_hasher(ahash::RandomState::new());
         TokenCache {
-            entries,
+            entries: Store::new(config.max_tokens, SWEEP_EVERY_SECS),
             low: ahash::RandomState::new(),
             high: ahash::RandomState::new(),
             config: config.clone(),
@@ -68,9 +55,15 @@ impl TokenCache {
         (u128::from(self.high.hash_one(token)) << 64) | u128::from(self.low.hash_one(token))
     }
 
-    /// The identity of a token seen before.
-    pub fn get(&self, key: u128) -> Option<Arc<Identity>> {
-        let hit = self.entries.get(&key);
+    /// The identity of a token seen before and not expired since.
+    pub fn get(&self, key: u128) -> Option<Identity> {
+        let now = unix_now();
+        let hit = self
+            .entries
+            .get(key, |identity| {
+                (identity.until() > now).then(|| identity.clone())
+            })
+            .flatten();
         match &hit {
             Some(_) => METRICS.token_cache_hits.inc(),
             None => METRICS.token_cache_misses.inc(),
@@ -78,26 +71,77 @@ impl TokenCache {
         hit
     }
 
-    /// Remember a verified token.
-    pub fn insert(&self, key: u128, identity: Arc<Identity>) {
-        if identity.exp > unix_now() {
-            self.entries.insert(key, identity);
+    /// Remember a verified token, for no longer than `max_ttl`; give back its identity.
+    pub fn insert(&self, key: u128, mut identity: Identity) -> Identity {
+        let now = unix_now();
+        identity.cap_until(now.saturating_add(self.config.max_ttl.0.as_secs()));
+        if identity.until() > now {
+            self.entries.insert(key, identity.clone(), now);
         }
+        identity
     }
 
     /// Forget a token (its key left the key set).
     pub fn remove(&self, key: u128) {
-        self.entries.invalidate(&key);
+        self.entries.remove(key);
     }
 
-    /// Approximate number of tokens held.
+    /// Number of tokens held, after dropping the expired ones.
     pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.sweep(unix_now());
+        self.entries.len() as u64
     }
 
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Projection;
+    use crate::config::Dur;
+    use std::time::Duration;
+
+    fn identity(exp: u64) -> Identity {
+        let claims = serde_json::json!({"sub": "alice"});
+        Identity::project(
+            claims.as_object().unwrap(),
+            &Projection::default(),
+            1,
+            2,
+            exp,
+        )
+    }
+
+    #[test]
+    fn holds_tokens_until_expiry_or_max_ttl() {
+        let cache = TokenCache::new(&TokenCacheConfig {
+            max_tokens: 10,
+            max_ttl: Dur(Duration::from_secs(60)),
+        });
+        let now = unix_now();
+        let a = cache.key("a");
+        assert_ne!(a, cache.key("b"));
+        assert!(cache.get(a).is_none());
+        let held = cache.insert(a, identity(now + 3600));
+        assert!(
+            held.until() <= now + 61,
+            "max_ttl brings the deadline forward"
+        );
+        assert!(cache.get(a).is_some());
+        // An identity whose time has passed is never served, swept or not.
+        let b = cache.key("b");
+        cache.entries.insert(b, identity(now - 1), 0);
+        assert!(cache.get(b).is_none());
+        // Nor kept.
+        let c = cache.key("c");
+        cache.insert(c, identity(now));
+        assert!(cache.get(c).is_none());
+        assert_eq!(cache.len(), 1);
+        cache.remove(a);
+        assert!(cache.is_empty());
     }
 }

@@ -21,7 +21,7 @@ use jsonwebtoken::Algorithm;
 
 use crate::config::{AuthPolicyConfig, Config, IssuerConfig, Issues};
 pub use cache::TokenCache;
-pub use identity::{Identity, Projection};
+pub use identity::{Fact, Facts, Identity, Projection};
 pub use issuer::{Issuer, KeyRefresher, KeySource};
 use token::TokenSource;
 
@@ -85,12 +85,12 @@ impl AuthError {
 pub struct Policy {
     /// Accepted issuers.
     pub issuers: Vec<Arc<Issuer>>,
-    /// Required scopes.
-    pub scopes: Box<[Box<str>]>,
+    /// Required scopes, as facts of the projection.
+    pub scopes: Facts,
     /// The required scopes joined by spaces, for `WWW-Authenticate`.
     pub scope_text: String,
-    /// Required claims: projection slot and accepted values.
-    pub claims: Vec<(usize, Box<[Box<str>]>)>,
+    /// Required claim values, as facts of the projection.
+    pub claims: Facts,
     /// Where the token is looked for.
     pub sources: Vec<TokenSource>,
     /// Claims forwarded: projection slot and header.
@@ -105,16 +105,11 @@ impl Policy {
     /// # Errors
     /// [`AuthError::InsufficientScope`] or [`AuthError::ClaimsMismatch`].
     pub fn permits(&self, identity: &Identity) -> Result<(), AuthError> {
-        if !identity.has_scopes(&self.scopes) {
+        if !identity.holds(&self.scopes) {
             return Err(AuthError::InsufficientScope);
         }
-        for (slot, accepted) in &self.claims {
-            if !identity
-                .claim(*slot)
-                .is_some_and(|v| v.matches_any(accepted))
-            {
-                return Err(AuthError::ClaimsMismatch);
-            }
+        if !identity.holds(&self.claims) {
+            return Err(AuthError::ClaimsMismatch);
         }
         Ok(())
     }
@@ -335,6 +330,13 @@ impl Auth {
                 for claim in p.require_claims.keys().chain(p.forward_claims.keys()) {
                     projection.slot_for(claim);
                 }
+                for scope in &p.require_scopes {
+                    projection.fact_for(Fact::Scope(scope.as_str().into()));
+                }
+                for (claim, rule) in &p.require_claims {
+                    let slot = projection.slot_for(claim);
+                    projection.fact_for(claim_fact(slot, &rule.0));
+                }
                 for header in p.forward_claims.values() {
                     if let Ok(name) = HeaderName::from_bytes(header.as_bytes()) {
                         if !identity_headers.contains(&name) {
@@ -432,24 +434,23 @@ impl Auth {
                 ),
             }
         }
-        let claims = pc
-            .require_claims
-            .iter()
-            .filter_map(|(claim, rule)| {
-                let slot = self.projection.slot(claim)?;
-                Some((slot, rule.0.iter().map(|v| v.as_str().into()).collect()))
-            })
-            .collect();
+        let p = &self.projection;
+        let claims = Facts::of(
+            pc.require_claims
+                .iter()
+                .filter_map(|(claim, rule)| p.fact(&claim_fact(p.slot(claim)?, &rule.0))),
+        );
+        let scopes = Facts::of(
+            pc.require_scopes
+                .iter()
+                .filter_map(|s| p.fact(&Fact::Scope(s.as_str().into()))),
+        );
         if issues.len() != before {
             return None;
         }
         Some(Policy {
             issuers,
-            scopes: pc
-                .require_scopes
-                .iter()
-                .map(|s| s.as_str().into())
-                .collect(),
+            scopes,
             scope_text: pc.require_scopes.join(" "),
             claims,
             sources,
@@ -466,7 +467,7 @@ impl Auth {
         &self,
         policy: &Policy,
         req: &pingora::http::RequestHeader,
-    ) -> Result<Arc<Identity>, AuthError> {
+    ) -> Result<Identity, AuthError> {
         let token = token::extract(req, &policy.sources)?;
         let key = match self.check_cached(policy, token) {
             Cached::Hit(result) => return result,
@@ -481,8 +482,8 @@ impl Auth {
                 AuthError::InvalidToken("the token is malformed")
             });
         }
-        let identity = Arc::new(token::verify(token, &policy.issuers, &self.projection).await?);
-        self.cache.insert(key, Arc::clone(&identity));
+        let identity = token::verify(token, &policy.issuers, &self.projection).await?;
+        let identity = self.cache.insert(key, identity);
         policy.permits(&identity)?;
         Ok(identity)
     }
@@ -495,8 +496,12 @@ impl Auth {
         }
         let key = self.cache.key(token);
         if let Some(identity) = self.cache.get(key) {
-            match policy.issuers.iter().find(|i| i.id == identity.issuer_id) {
-                Some(issuer) if issuer.has_key(identity.key_fingerprint) => {
+            match policy
+                .issuers
+                .iter()
+                .find(|i| i.id == u64::from(identity.issuer_id()))
+            {
+                Some(issuer) if issuer.has_key(identity.key_fingerprint()) => {
                     return Cached::Hit(policy.permits(&identity).map(|()| identity));
                 }
                 // Its key left the set: forget it and verify again (which will fail).
@@ -509,10 +514,18 @@ impl Auth {
     }
 }
 
+/// The fact that the claim in `slot` is one of `accepted`.
+fn claim_fact(slot: usize, accepted: &[String]) -> Fact {
+    Fact::Claim {
+        slot,
+        accepted: accepted.iter().map(|v| v.as_str().into()).collect(),
+    }
+}
+
 /// The outcome of [`Auth::check_cached`].
 pub enum Cached {
     /// The cache decided.
-    Hit(Result<Arc<Identity>, AuthError>),
+    Hit(Result<Identity, AuthError>),
     /// Not in the cache; the token's cache key, for inserting after verification.
     Miss(u128),
 }

@@ -591,7 +591,7 @@ fn default_concurrency_max() -> usize {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCacheConfig {
-    /// Most tokens held; the least recently useful are evicted first.
+    /// Most tokens held; past it, the tokens nearest their expiry are dropped first.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u64,
     /// Longest a verified token is trusted without checking its signature again.

@@ -84,7 +84,7 @@ pub struct RequestCtx {
     tried: Vec<usize>,
     refusal: Option<Refusal>,
     /// Who the verified token says the client is, on routes with a policy.
-    identity: Option<Arc<Identity>>,
+    identity: Option<Identity>,
     /// The client address (behind trusted proxies).
     client_ip: Option<IpAddr>,
     /// The rate limit closest to refusing, for the `RateLimit` header.
@@ -175,10 +175,7 @@ impl Portcullis {
         }
         if let (Some((limiter, slot)), Some(identity)) = (&limits.per_user, &ctx.identity) {
             // A token without the claim shares one bucket with every such token.
-            let key = identity
-                .claim(*slot)
-                .and_then(|c| c.items.first())
-                .map_or(0, |v| limiter.user_key(v));
+            let key = identity.claim(*slot).map_or(0, |v| limiter.user_key(v));
             take(&mut ctx.tightest, limiter, key)?;
         }
         if let Some(limiter) = &limits.per_route {
@@ -366,7 +363,7 @@ impl ProxyHttp for Portcullis {
             (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
         {
             for (slot, header) in &policy.forward {
-                if let Some(value) = identity.claim(*slot).and_then(|c| c.header.clone()) {
+                if let Some(value) = identity.claim_header(*slot) {
                     upstream.insert_header(header.clone(), value)?;
                 }
             }
