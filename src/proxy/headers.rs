@@ -4,6 +4,9 @@
 //! whether a request is allowed.
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+use http::request::Parts as ReqParts;
+use http::response::Parts as RespParts;
+use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 // Names as constants: a `&str` name is parsed again on every call, on every request.
@@ -13,9 +16,15 @@ const PROXY_AUTHORIZATION: HeaderName = HeaderName::from_static("proxy-authoriza
 const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authenticate");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const REQUEST_ID: &str = "x-request-id";
-const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// [`REQUEST_ID`] as a header name.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
 
 /// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
 /// anyway) and `upgrade`. Allocates only when there is such a name.
@@ -36,44 +45,119 @@ fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
     names
 }
 
+/// Headers we may add to a request or response: room reserved for them up front.
+const ROOM: usize = 8;
+
+/// Edit a request through its own parts (headers, URI) and give it back without the
+/// header-case map Pingora keeps beside the headers.
+///
+/// Pingora keeps each header name's original case in a second map that must stay in step
+/// with the headers: every insert through it parses the name again and grows both maps, which
+/// are sized to exactly what the client sent, so a request with two headers grows each map on
+/// every header added (ten growths a request, the largest single cost of proxying it). Here
+/// the headers are moved out, not copied, get room for what the proxy adds once, and are
+/// edited through [`http::HeaderMap`]. Header names then go upstream in their canonical case
+/// (`Host`, `X-Forwarded-For`; others lowercase), as Envoy and HAProxy send them.
+pub fn edit_request<R>(req: &mut RequestHeader, edit: impl FnOnce(&mut ReqParts) -> R) -> R {
+    // What the parts cannot carry: a target that does not round-trip through the URI
+    // (absolute form), and the HTTP/2 end-of-stream flag.
+    let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
+    let raw = (from_uri != Some(req.raw_path())).then(|| req.raw_path().to_vec());
+    let end_stream = req.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = ReqParts::from(std::mem::replace(req, placeholder));
+    parts.headers.reserve(ROOM);
+    let out = edit(&mut parts);
+    *req = RequestHeader::from(parts);
+    if let Some(raw) = raw {
+        // It parsed once already; should it not again, the URI's form stands.
+        let _ = req.set_raw_path(&raw);
+    }
+    if let Some(end) = end_stream {
+        req.set_send_end_stream(end);
+    }
+    out
+}
+
+/// [`edit_request`] for a response going to the client.
+pub fn edit_response<R>(resp: &mut ResponseHeader, edit: impl FnOnce(&mut RespParts) -> R) -> R {
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = RespParts::from(std::mem::replace(resp, placeholder));
+    parts.headers.reserve(ROOM);
+    let out = edit(&mut parts);
+    *resp = ResponseHeader::from(parts);
+    if let Some(reason) = reason {
+        let _ = resp.set_reason_phrase(Some(&reason));
+    }
+    out
+}
+
+/// Hop-by-hop request headers, beside those `Connection` names.
+const HOP_BY_HOP_REQUEST: [HeaderName; 6] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHORIZATION,
+    TE,
+    UPGRADE,
+];
+/// Hop-by-hop response headers, beside those `Connection` names.
+const HOP_BY_HOP_RESPONSE: [HeaderName; 5] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    UPGRADE,
+];
+
+/// Remove every header named in `names`. One pass over the headers first: most requests
+/// carry none of them, and a scan of a few names is cheaper than a hashed probe per name.
+pub fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|k| names.contains(k)) {
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Remove hop-by-hop headers from a request going upstream. `upgrade` keeps `Upgrade` and
 /// `Connection: upgrade` so WebSocket handshakes pass through.
-pub fn strip_request_hop_by_hop(req: &mut RequestHeader, upgrade: bool) {
-    if req.headers.contains_key(CONNECTION) {
-        for name in connection_listed(&req.headers) {
-            req.remove_header(name.as_str());
-        }
-        req.remove_header(&CONNECTION);
-        if upgrade {
-            let _ = req.insert_header(CONNECTION, "upgrade");
-        }
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if !headers.keys().any(|k| HOP_BY_HOP_REQUEST.contains(k)) {
+        return;
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHORIZATION] {
-        req.remove_header(name);
+    for name in connection_listed(headers) {
+        headers.remove(name.as_str());
     }
-    req.remove_header(&TE);
-    if !upgrade {
-        req.remove_header(&UPGRADE);
+    let had_connection = headers.remove(CONNECTION).is_some();
+    remove_all(headers, &HOP_BY_HOP_REQUEST[1..5]);
+    if upgrade {
+        if had_connection {
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    } else {
+        headers.remove(UPGRADE);
     }
 }
 
 /// Remove hop-by-hop headers from a response going to the client.
-pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    if resp.headers.contains_key(CONNECTION) {
-        for name in connection_listed(&resp.headers) {
-            resp.remove_header(name.as_str());
-        }
-        if !switching {
-            resp.remove_header(&CONNECTION);
-        }
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCode) {
+    if !headers.keys().any(|k| HOP_BY_HOP_RESPONSE.contains(k)) {
+        return;
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &PROXY_AUTHENTICATE] {
-        resp.remove_header(name);
+    let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    for name in connection_listed(headers) {
+        headers.remove(name.as_str());
     }
     if !switching {
-        resp.remove_header(&UPGRADE);
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
     }
+    remove_all(headers, &HOP_BY_HOP_RESPONSE[1..4]);
 }
 
 /// The host the client asked for: `Host`, or the `:authority` of an HTTP/2 request.
@@ -88,39 +172,41 @@ pub fn request_host(req: &RequestHeader) -> &str {
 /// Set `X-Forwarded-For` (appending the client), `X-Forwarded-Proto` and `X-Forwarded-Host`,
 /// and make sure `Host` is the one the client sent. Values are built without going through
 /// strings: this runs on every request.
-pub fn set_forwarded(req: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, tls: bool) {
+pub fn set_forwarded(req: &mut ReqParts, client_ip: Option<std::net::IpAddr>, tls: bool) {
     use std::io::Write;
-    let host: Option<HeaderValue> = match req.headers.get(HOST) {
+    let headers = &mut req.headers;
+    let host: Option<HeaderValue> = match headers.get(HOST) {
         Some(h) => Some(h.clone()),
-        None => req
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    if let Some(h) = &host {
-        if !req.headers.contains_key(HOST) {
-            let _ = req.insert_header(HOST, h.clone());
+        None => {
+            let host = req
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(h) = &host {
+                headers.insert(HOST, h.clone());
+            }
+            host
         }
-    }
+    };
     if let Some(ip) = client_ip {
         let mut value = Vec::with_capacity(48);
-        for previous in req.headers.get_all(&X_FORWARDED_FOR) {
+        for previous in headers.get_all(&X_FORWARDED_FOR) {
             value.extend_from_slice(previous.as_bytes());
             value.extend_from_slice(b", ");
         }
         let _ = write!(value, "{ip}");
-        if let Ok(v) = HeaderValue::from_bytes(&value) {
-            let _ = req.insert_header("x-forwarded-for", v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+            headers.insert(X_FORWARDED_FOR, v);
         }
     }
     let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-    let _ = req.insert_header("x-forwarded-proto", proto);
+    headers.insert(X_FORWARDED_PROTO, proto);
     match host {
         Some(h) => {
-            let _ = req.insert_header("x-forwarded-host", h);
+            headers.insert(X_FORWARDED_HOST, h);
         }
         None => {
-            req.remove_header(&X_FORWARDED_HOST);
+            headers.remove(X_FORWARDED_HOST);
         }
     }
 }
@@ -179,9 +265,43 @@ mod tests {
         r
     }
 
+    fn parts(headers: &[(&str, &str)]) -> ReqParts {
+        ReqParts::from(req(headers))
+    }
+
+    #[test]
+    fn editing_keeps_the_request_and_drops_the_case_map() {
+        let mut r = RequestHeader::build("GET", b"http://h.example/x?a=1", None).unwrap();
+        r.append_header("X-Custom-Case", "1").unwrap();
+        assert!(r.has_case());
+        edit_request(&mut r, |p| {
+            p.headers
+                .insert(X_REQUEST_ID, HeaderValue::from_static("id"));
+        });
+        assert!(!r.has_case());
+        assert_eq!(
+            r.raw_path(),
+            b"http://h.example/x?a=1",
+            "absolute form kept"
+        );
+        assert_eq!(r.headers["x-custom-case"], "1");
+        assert_eq!(r.headers["x-request-id"], "id");
+        let mut wire = Vec::new();
+        r.header_to_h1_wire(&mut wire);
+        assert!(wire.windows(13).any(|w| w == b"x-request-id:"));
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.set_reason_phrase(Some("Fine")).unwrap();
+        resp.append_header("Server", "up").unwrap();
+        edit_response(&mut resp, |p| p.headers.remove(http::header::SERVER));
+        assert!(!resp.has_case());
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert!(resp.headers.is_empty());
+    }
+
     #[test]
     fn removes_hop_by_hop_and_connection_listed() {
-        let mut r = req(&[
+        let mut r = parts(&[
             ("connection", "close, x-secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
@@ -190,7 +310,7 @@ mod tests {
             ("proxy-authorization", "Basic abc"),
             ("x-kept", "yes"),
         ]);
-        strip_request_hop_by_hop(&mut r, false);
+        strip_request_hop_by_hop(&mut r.headers, false);
         for gone in [
             "connection",
             "x-secret",
@@ -206,15 +326,15 @@ mod tests {
 
     #[test]
     fn keeps_websocket_upgrade() {
-        let mut r = req(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        strip_request_hop_by_hop(&mut r, true);
+        let mut r = parts(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_request_hop_by_hop(&mut r.headers, true);
         assert_eq!(r.headers["connection"], "upgrade");
         assert_eq!(r.headers["upgrade"], "websocket");
     }
 
     #[test]
     fn forwarded_headers() {
-        let mut r = req(&[("host", "api.example.com"), ("x-forwarded-for", "10.0.0.1")]);
+        let mut r = parts(&[("host", "api.example.com"), ("x-forwarded-for", "10.0.0.1")]);
         set_forwarded(&mut r, Some("192.0.2.7".parse().unwrap()), true);
         assert_eq!(r.headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(r.headers["x-forwarded-proto"], "https");

@@ -354,25 +354,28 @@ impl ProxyHttp for Portcullis {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        headers::strip_request_hop_by_hop(upstream, session.is_upgrade_req());
-        // No client may send an identity header of its own, on any route.
-        for name in &ctx.runtime.auth.identity_headers {
-            upstream.remove_header(name);
-        }
-        if let (Some(identity), Some(policy)) =
-            (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
-        {
-            for (slot, header) in &policy.forward {
-                if let Some(value) = identity.claim_header(*slot) {
-                    upstream.insert_header(header.clone(), value)?;
+        let (ip, tls) = (client_ip(session), is_tls(session));
+        let upgrade = session.is_upgrade_req();
+        headers::edit_request(upstream, |parts| {
+            let map = &mut parts.headers;
+            headers::strip_request_hop_by_hop(map, upgrade);
+            // No client may send an identity header of its own, on any route.
+            headers::remove_all(map, &ctx.runtime.auth.identity_headers);
+            if let (Some(identity), Some(policy)) =
+                (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
+            {
+                for (slot, header) in &policy.forward {
+                    if let Some(value) = identity.claim_header(*slot) {
+                        map.insert(header.clone(), value);
+                    }
+                }
+                if policy.strip_authorization {
+                    map.remove(http::header::AUTHORIZATION);
                 }
             }
-            if policy.strip_authorization {
-                upstream.remove_header(&http::header::AUTHORIZATION);
-            }
-        }
-        headers::set_forwarded(upstream, client_ip(session), is_tls(session));
-        upstream.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
+            map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+            headers::set_forwarded(parts, ip, tls);
+        });
         Ok(())
     }
 
@@ -382,14 +385,21 @@ impl ProxyHttp for Portcullis {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        headers::strip_response_hop_by_hop(response);
-        response.insert_header(headers::REQUEST_ID, ctx.request_id.clone())?;
-        if let (Some(route), Some(t)) = (ctx.route(), &ctx.tightest) {
-            if route.limits.headers_on_success {
-                response.insert_header("ratelimit-policy", route.limits.policy_header.as_str())?;
-                response.insert_header("ratelimit", t.header())?;
+        headers::edit_response(response, |parts| {
+            let map = &mut parts.headers;
+            headers::strip_response_hop_by_hop(map, parts.status);
+            map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+            if let (Some(route), Some(t)) = (ctx.route(), &ctx.tightest) {
+                if route.limits.headers_on_success {
+                    if let Ok(policy) = http::HeaderValue::from_str(&route.limits.policy_header) {
+                        map.insert(headers::RATELIMIT_POLICY, policy);
+                    }
+                    if let Ok(now) = http::HeaderValue::from_str(&t.header()) {
+                        map.insert(headers::RATELIMIT, now);
+                    }
+                }
             }
-        }
+        });
         Ok(())
     }
 
