@@ -173,7 +173,6 @@ pub fn request_host(req: &RequestHeader) -> &str {
 /// and make sure `Host` is the one the client sent. Values are built without going through
 /// strings: this runs on every request.
 pub fn set_forwarded(req: &mut ReqParts, client_ip: Option<std::net::IpAddr>, tls: bool) {
-    use std::io::Write;
     let headers = &mut req.headers;
     let host: Option<HeaderValue> = match headers.get(HOST) {
         Some(h) => Some(h.clone()),
@@ -194,7 +193,7 @@ pub fn set_forwarded(req: &mut ReqParts, client_ip: Option<std::net::IpAddr>, tl
             value.extend_from_slice(previous.as_bytes());
             value.extend_from_slice(b", ");
         }
-        let _ = write!(value, "{ip}");
+        push_ip(&mut value, ip);
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -207,6 +206,31 @@ pub fn set_forwarded(req: &mut ReqParts, client_ip: Option<std::net::IpAddr>, tl
         }
         None => {
             headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Append `ip` in its usual text form. IPv4, the common case, without the formatting
+/// machinery (a third of the cost of `X-Forwarded-For` went there).
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    use std::io::Write;
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -340,6 +364,21 @@ mod tests {
         assert_eq!(r.headers["x-forwarded-proto"], "https");
         assert_eq!(r.headers["x-forwarded-host"], "api.example.com");
         assert_eq!(r.headers["host"], "api.example.com");
+    }
+
+    #[test]
+    fn ip_text() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "192.168.100.255",
+            "9.99.100.1",
+            "2001:db8::7",
+        ] {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip.parse().unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), ip);
+        }
     }
 
     #[test]
