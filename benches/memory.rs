@@ -92,7 +92,7 @@ fn fill_tokens(n: u64, sub: impl Fn(u64) -> String) -> (u64, u64) {
     for i in 0..n {
         let claims = serde_json::json!({"sub": sub(i), "scope": "orders:read orders:write"});
         let id = Identity::project(claims.as_object().unwrap(), &projection, 1, 1, exp);
-        cache.insert(cache.key(&format!("token-{i}")), id);
+        cache.insert(cache.key(format!("token-{i}")), id);
     }
     let tokens = cache.len();
     let bytes = rss_bytes().saturating_sub(before);
