@@ -50,8 +50,9 @@ impl TokenCache {
         }
     }
 
-    /// The cache key of a token.
-    pub fn key(&self, token: &str) -> u128 {
+    /// The cache key of a token (its bytes as the request carried them).
+    pub fn key(&self, token: impl AsRef<[u8]>) -> u128 {
+        let token = token.as_ref();
         (u128::from(self.high.hash_one(token)) << 64) | u128::from(self.low.hash_one(token))
     }
 

@@ -473,7 +473,10 @@ impl Auth {
             Cached::Hit(result) => return result,
             Cached::Miss(key) => key,
         };
-        if !token::is_well_formed(token) {
+        let Some(token) = std::str::from_utf8(token)
+            .ok()
+            .filter(|t| token::is_well_formed(t))
+        else {
             // RFC 6750: a malformed bearer credential is a bad request; a cookie or query
             // value that cannot be a token is just not a valid token.
             return Err(if req.headers.contains_key(http::header::AUTHORIZATION) {
@@ -481,7 +484,7 @@ impl Auth {
             } else {
                 AuthError::InvalidToken("the token is malformed")
             });
-        }
+        };
         let identity = token::verify(token, &policy.issuers, &self.projection).await?;
         let identity = self.cache.insert(key, identity);
         policy.permits(&identity)?;
@@ -490,7 +493,7 @@ impl Auth {
 
     /// The fast path: a token verified before, still signed by a key in its issuer's set.
     /// No signature check, no parsing, no allocation.
-    pub fn check_cached(&self, policy: &Policy, token: &str) -> Cached {
+    pub fn check_cached(&self, policy: &Policy, token: &[u8]) -> Cached {
         if token.len() > token::MAX_TOKEN_BYTES {
             return Cached::Hit(Err(AuthError::InvalidToken("the token is too large")));
         }

@@ -345,6 +345,19 @@ async fn scopes_and_claims() {
 }
 
 #[tokio::test]
+async fn a_malformed_bearer_credential_is_a_bad_request() {
+    let s = setup(all_keys(), "", ANY);
+    // Characters a bearer token (RFC 6750 b64token) cannot have.
+    for bad in ["a b", "a.b.c d", "a.b.c\u{e9}"] {
+        assert_eq!(
+            check(&s, bad).await.unwrap_err(),
+            AuthError::InvalidRequest,
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_repeated_token_is_served_from_the_cache() {
     let s = setup(all_keys(), "", ANY);
     let token = mint(RSA, &claims(json!({})), None, Some("rsa")).unwrap();
