@@ -483,7 +483,7 @@ pub struct LimitConfig {
     /// For `per_user`: the claim (dotted path) that names the user. Default `sub`.
     #[serde(default)]
     pub claim: Option<String>,
-    /// Most keys (clients, users) tracked; the least recently seen go first past it.
+    /// Most keys (clients, users) tracked; past it, the buckets nearest full go first.
     #[serde(default = "default_max_keys")]
     pub max_keys: u64,
 }

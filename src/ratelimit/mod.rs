@@ -352,7 +352,7 @@ mod tests {
         }
         for _ in 0..3 {
             l.check(3);
-            // Let the store make room: the newcomer stays, the least recently seen goes.
+            // Let the store make room: the newcomer stays, the bucket nearest full goes.
             assert!(l.key_count() <= 2);
             assert!(!l.check(3).allowed, "key 3 got a fresh bucket");
         }
