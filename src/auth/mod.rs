@@ -327,15 +327,15 @@ impl Auth {
                 projection.slot_for(user.claim.as_deref().unwrap_or("sub"));
             }
             if let Some(crate::config::AuthConfig::Policy(p)) = &rc.auth {
-                for claim in p.require_claims.keys().chain(p.forward_claims.keys()) {
+                for (claim, rule) in &p.require_claims {
+                    let slot = projection.slot_for(claim);
+                    projection.fact_for(claim_fact(slot, &rule.0));
+                }
+                for claim in p.forward_claims.keys() {
                     projection.slot_for(claim);
                 }
                 for scope in &p.require_scopes {
                     projection.fact_for(Fact::Scope(scope.as_str().into()));
-                }
-                for (claim, rule) in &p.require_claims {
-                    let slot = projection.slot_for(claim);
-                    projection.fact_for(claim_fact(slot, &rule.0));
                 }
                 for header in p.forward_claims.values() {
                     if let Ok(name) = HeaderName::from_bytes(header.as_bytes()) {

@@ -17,14 +17,12 @@ const PROXY_AUTHENTICATE: HeaderName = HeaderName::from_static("proxy-authentica
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// The request id header, read from the client when well formed and always sent both ways.
-pub const REQUEST_ID: &str = "x-request-id";
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// [`REQUEST_ID`] as a header name.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+/// The request id header, read from the client when well formed and always sent both ways.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
 /// anyway) and `upgrade`. Allocates only when there is such a name.
@@ -134,7 +132,9 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(name.as_str());
     }
     let had_connection = headers.remove(CONNECTION).is_some();
-    remove_all(headers, &HOP_BY_HOP_REQUEST[1..5]);
+    for name in &HOP_BY_HOP_REQUEST[1..5] {
+        headers.remove(name);
+    }
     if upgrade {
         if had_connection {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -157,7 +157,9 @@ pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCo
         headers.remove(CONNECTION);
         headers.remove(UPGRADE);
     }
-    remove_all(headers, &HOP_BY_HOP_RESPONSE[1..4]);
+    for name in &HOP_BY_HOP_RESPONSE[1..4] {
+        headers.remove(name);
+    }
 }
 
 /// The host the client asked for: `Host`, or the `:authority` of an HTTP/2 request.

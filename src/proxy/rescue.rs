@@ -8,6 +8,8 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::headers;
+
 /// Why Portcullis answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -156,7 +158,7 @@ impl Refusal {
         let _ = header.insert_header("content-length", body.len());
         let _ = header.insert_header("cache-control", "no-store");
         if !request_id.is_empty() {
-            let _ = header.insert_header("x-request-id", request_id);
+            let _ = header.insert_header(headers::X_REQUEST_ID, request_id);
         }
         if let Some(challenge) = self.challenge(scope) {
             let _ = header.insert_header("www-authenticate", challenge);
@@ -171,8 +173,8 @@ impl Refusal {
             _ => {}
         }
         if let Some((policy, state)) = &reply.rate_limit {
-            let _ = header.insert_header("ratelimit-policy", *policy);
-            let _ = header.insert_header("ratelimit", state.as_str());
+            let _ = header.insert_header(headers::RATELIMIT_POLICY, *policy);
+            let _ = header.insert_header(headers::RATELIMIT, state.as_str());
         }
         (header, body)
     }
