@@ -21,6 +21,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux `/proc`).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    // Socket inodes of listening sockets (state 0A) on that address.
+    let inodes: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 /// How to start a proxy.
 pub struct ProxyBuilder {
     body: String,
@@ -166,7 +189,10 @@ impl Proxy {
                 http.get(proxy.admin_url("/healthz")).send().await,
                 Ok(r) if r.status() == 200
             );
-            if admin_up && TcpStream::connect(proxy.addr()).is_ok() {
+            // The listener must be this process's own: a port picked as free may have gone to
+            // a proxy of another test, which would then answer this test's requests.
+            let pid = proxy.child_mut().id();
+            if admin_up && listens_on(pid, proxy.port) && TcpStream::connect(proxy.addr()).is_ok() {
                 return Ok(proxy);
             }
             if Instant::now() > deadline {
