@@ -8,6 +8,8 @@ use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{Error, ErrorKind, Result};
 use jsonwebtoken::jwk::{EllipticCurve, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use std::sync::{Arc, PoisonError, RwLock};
+
 use ring::signature::{self as sig, KeyPair};
 use signature::{Signer, Verifier};
 
@@ -49,36 +51,33 @@ fn unspecified(_: ring::error::Unspecified) -> signature::Error {
 
 /// What a verifier holds: the public key material in the form ring wants.
 enum PublicKey {
-    /// RSA modulus and exponent, big-endian.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
-    /// DER `SubjectPublicKeyInfo`-less public key bytes (EC point, Ed25519 key, RSA DER).
+    /// An RSA key, validated and prepared once ([`prepared_rsa`]).
+    Rsa(Arc<sig::RsaPreparedPublicKey>),
+    /// An EC point or Ed25519 key, as ring's `UnparsedPublicKey` takes it.
     Bytes(Vec<u8>),
+    /// An HMAC secret.
+    Hmac(ring::hmac::Key),
 }
 
 struct RingVerifier {
     alg: Algorithm,
     key: PublicKey,
-    hmac: Option<ring::hmac::Key>,
 }
 
 impl Verifier<Vec<u8>> for RingVerifier {
     fn verify(&self, msg: &[u8], signature: &Vec<u8>) -> std::result::Result<(), signature::Error> {
-        if let Some(key) = &self.hmac {
-            return ring::hmac::verify(key, msg, signature).map_err(unspecified);
-        }
         match &self.key {
-            PublicKey::Rsa { n, e } => {
+            PublicKey::Hmac(key) => ring::hmac::verify(key, msg, signature).map_err(unspecified),
+            PublicKey::Rsa(key) => {
                 let params = rsa_parameters(self.alg).ok_or_else(|| sig_error(Unspecified))?;
-                sig::RsaPublicKeyComponents { n, e }
-                    .verify(params, msg, signature)
-                    .map_err(unspecified)
+                key.verify(params, msg, signature).map_err(unspecified)
             }
             PublicKey::Bytes(bytes) => {
                 let params: &'static dyn sig::VerificationAlgorithm = match self.alg {
                     Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
                     Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
                     Algorithm::EdDSA => &sig::ED25519,
-                    alg => rsa_parameters(alg).ok_or_else(|| sig_error(Unspecified))?,
+                    _ => return Err(sig_error(Unspecified)),
                 };
                 sig::UnparsedPublicKey::new(params, bytes)
                     .verify(msg, signature)
@@ -107,12 +106,71 @@ impl JwtVerifier for RingVerifier {
     }
 }
 
+/// RSA keys prepared so far, most recent last, at most [`PREPARED_MAX`].
+///
+/// jsonwebtoken builds a verifier from the `DecodingKey` for every token, and a
+/// `DecodingKey` holds only the modulus and exponent. Preparing an RSA key (validating the
+/// modulus, computing its Montgomery constants) is a third of a 2048-bit verification, so
+/// the prepared keys are kept here, found by their exact bytes. Issuers publish a handful
+/// of keys; the bound only matters if key sets churn, and then the oldest go first.
+static PREPARED: RwLock<Vec<PreparedRsa>> = RwLock::new(Vec::new());
+const PREPARED_MAX: usize = 64;
+
+struct PreparedRsa {
+    n: Box<[u8]>,
+    e: Box<[u8]>,
+    key: Arc<sig::RsaPreparedPublicKey>,
+}
+
+/// The prepared key for modulus `n` and exponent `e` (big-endian), preparing it the first
+/// time.
+///
+/// # Errors
+/// ring's reason when it rejects the key (too small, too large, a bad exponent).
+pub fn prepared_rsa(
+    n: &[u8],
+    e: &[u8],
+) -> std::result::Result<Arc<sig::RsaPreparedPublicKey>, ring::error::KeyRejected> {
+    // Leading zero bytes do not change the key; ring refuses them, so drop them here.
+    let n = trim_zeros(n);
+    let e = trim_zeros(e);
+    let find = |held: &[PreparedRsa]| {
+        held.iter()
+            .rev()
+            .find(|p| *p.n == *n && *p.e == *e)
+            .map(|p| Arc::clone(&p.key))
+    };
+    if let Some(key) = find(&PREPARED.read().unwrap_or_else(PoisonError::into_inner)) {
+        return Ok(key);
+    }
+    let key = Arc::new(sig::RsaPreparedPublicKey::new(n, e)?);
+    let mut held = PREPARED.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(raced) = find(&held) {
+        return Ok(raced);
+    }
+    if held.len() >= PREPARED_MAX {
+        held.remove(0);
+    }
+    held.push(PreparedRsa {
+        n: n.into(),
+        e: e.into(),
+        key: Arc::clone(&key),
+    });
+    Ok(key)
+}
+
+fn trim_zeros(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
+    &v[start..]
+}
+
 fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
     use jsonwebtoken::DecodingKeyKind;
     if key.family() != alg.family() {
         return Err(ErrorKind::InvalidAlgorithm.into());
     }
-    let (public, hmac) = match (alg, key.kind()) {
+    let rejected = |e: ring::error::KeyRejected| invalid(ErrorKind::InvalidRsaKey(e.to_string()));
+    let public = match (alg, key.kind()) {
         (
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512,
             DecodingKeyKind::SecretOrDer(secret),
@@ -122,24 +180,20 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
                 Algorithm::HS384 => ring::hmac::HMAC_SHA384,
                 _ => ring::hmac::HMAC_SHA512,
             };
-            (
-                PublicKey::Bytes(Vec::new()),
-                Some(ring::hmac::Key::new(h, secret)),
-            )
+            PublicKey::Hmac(ring::hmac::Key::new(h, secret))
         }
-        (_, DecodingKeyKind::RsaModulusExponent { n, e }) => (
-            PublicKey::Rsa {
-                n: n.clone(),
-                e: e.clone(),
-            },
-            None,
-        ),
-        (_, DecodingKeyKind::SecretOrDer(bytes)) => (PublicKey::Bytes(bytes.clone()), None),
+        (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
+            PublicKey::Rsa(prepared_rsa(n, e).map_err(rejected)?)
+        }
+        (_, DecodingKeyKind::SecretOrDer(der)) if rsa_parameters(*alg).is_some() => {
+            let (n, e) = rsa_components_from_public_key(der)?;
+            PublicKey::Rsa(prepared_rsa(&n, &e).map_err(rejected)?)
+        }
+        (_, DecodingKeyKind::SecretOrDer(bytes)) => PublicKey::Bytes(bytes.clone()),
     };
     Ok(Box::new(RingVerifier {
         alg: *alg,
         key: public,
-        hmac,
     }))
 }
 
@@ -338,4 +392,138 @@ fn compute_digest(data: &[u8], hash: ThumbprintHash) -> Result<Vec<u8>> {
         _ => return Err(ErrorKind::InvalidAlgorithm.into()),
     };
     Ok(ring::digest::digest(alg, data).as_ref().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    const RSA: &str = include_str!("../../tests/keys/rsa2048.pem");
+    const RSA_B: &str = include_str!("../../tests/keys/rsa2048-b.pem");
+    const RSA_SMALL_JWK: &str = include_str!("../../tests/keys/rsa1024.jwk.json");
+    /// `openssl dgst -sha256 -sign tests/keys/rsa1024.pem` of [`SMALL_MESSAGE`].
+    const SMALL_SIGNATURE: &str = "MCK0P/uukVudMNbi/TUdUYvAiFuRnD+vqNk2MCnK+CQzApSnSEjK6oCTWEMWIMHkxGAgHup1NGW1JgZIfTMceQsxreC/w+aG7gTrGNn1G1QezvogL7RYFxiOiM8Vbltdlj8olOAYzJFTwnk3jh3Zc5yJc/q7QjYcQKLgr/+L3gY=";
+    const SMALL_MESSAGE: &[u8] = b"portcullis prepared rsa test";
+
+    fn pair(pem: &str) -> sig::RsaKeyPair {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        sig::RsaKeyPair::from_pkcs8(&der).unwrap()
+    }
+
+    fn sign(
+        pair: &sig::RsaKeyPair,
+        encoding: &'static dyn sig::RsaEncoding,
+        msg: &[u8],
+    ) -> Vec<u8> {
+        let mut out = vec![0; pair.public().modulus_len()];
+        pair.sign(encoding, &ring::rand::SystemRandom::new(), msg, &mut out)
+            .unwrap();
+        out
+    }
+
+    /// ring's own verification, which parses the key on every call: the reference.
+    fn reference(n: &[u8], e: &[u8], params: &sig::RsaParameters, msg: &[u8], s: &[u8]) -> bool {
+        sig::RsaPublicKeyComponents { n, e }
+            .verify(params, msg, s)
+            .is_ok()
+    }
+
+    #[test]
+    fn a_prepared_key_decides_as_ring_does_for_every_rsa_algorithm() {
+        let (signer, other) = (pair(RSA), pair(RSA_B));
+        let (n, e) = rsa_components(signer.public());
+        let (other_n, other_e) = rsa_components(other.public());
+        let prepared = prepared_rsa(&n, &e).unwrap();
+        let wrong_key = prepared_rsa(&other_n, &other_e).unwrap();
+        let msg = b"header.payload";
+        let cases: [(Algorithm, &'static dyn sig::RsaEncoding); 6] = [
+            (Algorithm::RS256, &sig::RSA_PKCS1_SHA256),
+            (Algorithm::RS384, &sig::RSA_PKCS1_SHA384),
+            (Algorithm::RS512, &sig::RSA_PKCS1_SHA512),
+            (Algorithm::PS256, &sig::RSA_PSS_SHA256),
+            (Algorithm::PS384, &sig::RSA_PSS_SHA384),
+            (Algorithm::PS512, &sig::RSA_PSS_SHA512),
+        ];
+        for (alg, encoding) in cases {
+            let params = rsa_parameters(alg).unwrap();
+            let good = sign(&signer, encoding, msg);
+            let mut flipped = good.clone();
+            flipped[7] ^= 1;
+            for (what, m, s, expect) in [
+                ("valid", &msg[..], &good[..], true),
+                ("another message", &b"header.payloaD"[..], &good[..], false),
+                ("a changed signature", &msg[..], &flipped[..], false),
+                ("a short signature", &msg[..], &good[..255], false),
+                ("an empty signature", &msg[..], &[][..], false),
+            ] {
+                assert_eq!(
+                    reference(&n, &e, params, m, s),
+                    expect,
+                    "{alg:?}: ring, {what}"
+                );
+                assert_eq!(
+                    prepared.verify(params, m, s).is_ok(),
+                    expect,
+                    "{alg:?}: {what}"
+                );
+            }
+            assert!(
+                wrong_key.verify(params, msg, &good).is_err(),
+                "{alg:?}: another key"
+            );
+        }
+        // The signature of one padding never passes as the other.
+        let pkcs1 = sign(&signer, &sig::RSA_PKCS1_SHA256, msg);
+        assert!(prepared
+            .verify(&sig::RSA_PSS_2048_8192_SHA256, msg, &pkcs1)
+            .is_err());
+    }
+
+    #[test]
+    fn a_prepared_key_keeps_each_algorithms_minimum_size() {
+        let jwk: serde_json::Value = serde_json::from_str(RSA_SMALL_JWK).unwrap();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let n = b64.decode(jwk["n"].as_str().unwrap()).unwrap();
+        let e = b64.decode(jwk["e"].as_str().unwrap()).unwrap();
+        let s = base64::engine::general_purpose::STANDARD
+            .decode(SMALL_SIGNATURE)
+            .unwrap();
+        let key = prepared_rsa(&n, &e).unwrap();
+        assert_eq!(key.modulus_bits(), 1024);
+        // The signature is good: ring's legacy 1024-bit parameters accept it...
+        let legacy = &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY;
+        assert!(reference(&n, &e, legacy, SMALL_MESSAGE, &s));
+        assert!(key.verify(legacy, SMALL_MESSAGE, &s).is_ok());
+        // ...and every parameter set Portcullis uses refuses a 1024-bit key, as ring does.
+        let rs256 = rsa_parameters(Algorithm::RS256).unwrap();
+        assert!(!reference(&n, &e, rs256, SMALL_MESSAGE, &s));
+        assert!(key.verify(rs256, SMALL_MESSAGE, &s).is_err());
+    }
+
+    #[test]
+    fn prepared_keys_are_found_by_their_bytes_and_bounded() {
+        let (n, e) = rsa_components(pair(RSA).public());
+        let first = prepared_rsa(&n, &e).unwrap();
+        assert!(Arc::ptr_eq(&first, &prepared_rsa(&n, &e).unwrap()));
+        // A JWK may carry a leading zero byte; it is the same key.
+        let padded = [&[0u8][..], &n].concat();
+        assert!(Arc::ptr_eq(&first, &prepared_rsa(&padded, &e).unwrap()));
+        // Not a key: even modulus, too small, exponent 1.
+        let mut even = n.clone();
+        *even.last_mut().unwrap() &= 0xfe;
+        assert!(prepared_rsa(&even, &e).is_err());
+        assert!(prepared_rsa(&n[..64], &e).is_err());
+        assert!(prepared_rsa(&n, &[1]).is_err());
+        // Many distinct moduli: the registry stays at its bound.
+        for i in 0..(PREPARED_MAX as u32 + 8) {
+            let mut m = n.clone();
+            m[8..12].copy_from_slice(&i.to_be_bytes());
+            prepared_rsa(&m, &e).unwrap();
+        }
+        assert_eq!(PREPARED.read().unwrap().len(), PREPARED_MAX);
+    }
 }
