@@ -169,11 +169,19 @@ impl<V: Expiring> Store<V> {
         self.len() == 0
     }
 
-    /// Drop every expired entry now.
-    pub fn sweep(&self, now: u64) {
+    /// Sweep the shards whose sweep is due, each at most once per `sweep_every` however
+    /// often this is called: what a metrics scrape calls before counting, so that a
+    /// scrape costs what inserts would have spent on sweeping anyway, not a pass over
+    /// every entry.
+    pub fn sweep_due(&self, now: u64) {
         for shard in self.shards.iter() {
+            if shard.read().next_sweep > now {
+                continue;
+            }
             let mut table = shard.write();
-            self.sweep_table(&mut table, now);
+            if table.next_sweep <= now {
+                self.sweep_table(&mut table, now);
+            }
         }
     }
 
@@ -248,10 +256,26 @@ mod tests {
         for k in 0..10 {
             s.insert(k, 100 + k as u64, 0);
         }
-        s.sweep(105);
+        s.sweep_due(105);
         assert_eq!(s.len(), 4, "deadlines 106..=109 remain");
         // A due sweep also runs on insert.
         s.insert(50, 1_000, 200);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_due_sweep_runs_once_per_period() {
+        let s: Store<u64> = Store::new(100, 10);
+        s.insert(1, 1_000, 100); // sweeps at 100; the next is due at 110
+        s.insert(2, 105, 100);
+        s.sweep_due(106);
+        assert_eq!(s.len(), 2, "not due before 110: the expired entry waits");
+        s.sweep_due(110);
+        assert_eq!(s.len(), 1);
+        s.insert(3, 115, 110);
+        s.sweep_due(119);
+        assert_eq!(s.len(), 2, "swept at 110: not again before 120");
+        s.sweep_due(120);
         assert_eq!(s.len(), 1);
     }
 

@@ -87,9 +87,10 @@ impl TokenCache {
         self.entries.remove(key);
     }
 
-    /// Number of tokens held, after dropping the expired ones.
+    /// Number of tokens held, after a sweep of the shards due one (each shard drops its
+    /// expired tokens at most every [`SWEEP_EVERY_SECS`], on insert or here).
     pub fn len(&self) -> u64 {
-        self.entries.sweep(unix_now());
+        self.entries.sweep_due(unix_now());
         self.entries.len() as u64
     }
 
@@ -141,6 +142,9 @@ mod tests {
         let c = cache.key("c");
         cache.insert(c, identity(now));
         assert!(cache.get(c).is_none());
+        // The expired one stays counted until its shard's next sweep.
+        assert_eq!(cache.len(), 2);
+        cache.entries.sweep_due(now + SWEEP_EVERY_SECS);
         assert_eq!(cache.len(), 1);
         cache.remove(a);
         assert!(cache.is_empty());

@@ -214,12 +214,13 @@ impl Limiter {
             .fold(0, |key, byte| (key << 8) | u128::from(*byte))
     }
 
-    /// Keys held, after dropping the buckets that are full again.
+    /// Keys held, after a sweep of the shards due one (buckets full again are dropped by
+    /// their shard's sweep, on insert or here).
     pub fn key_count(&self) -> u64 {
         match &self.buckets {
             Buckets::Single(_) => 1,
             Buckets::Keyed(store) => {
-                store.sweep(gcra::now_ns());
+                store.sweep_due(gcra::now_ns());
                 store.len() as u64
             }
         }
