@@ -900,11 +900,11 @@ fn wait_ready(p: &mut Proc, addr: SocketAddr, token: Option<&str>) -> Result<(),
     ))
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// utime and stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
 }
 
 /// Busy ticks of CPU 0 (steal included: time the hypervisor gave to someone else).
@@ -1025,6 +1025,8 @@ struct Run {
     p50_us: f64,
     p99_us: f64,
     cpu_us: f64,
+    /// The part of `cpu_us` spent in user space (the rest is the kernel's, for the proxy).
+    user_us: f64,
     rss_kib: u64,
     requests: u64,
     socket_errors: u64,
@@ -1100,7 +1102,9 @@ fn run_one(
         return Err(format!("crashed during the run: {why}"));
     }
     let r = result?;
-    let cpu_ticks = cpu_after.ok_or("cannot read /proc/<pid>/stat")? - cpu_before;
+    let (user_after, system_after) = cpu_after.ok_or("cannot read /proc/<pid>/stat")?;
+    let user_ticks = user_after - cpu_before.0;
+    let cpu_ticks = user_ticks + (system_after - cpu_before.1);
     drop(proc);
 
     if r.requests == 0 {
@@ -1132,6 +1136,7 @@ fn run_one(
         p50_us: r.p50_us,
         p99_us: r.p99_us,
         cpu_us: proxy_seconds * 1e6 / r.requests as f64,
+        user_us: user_ticks as f64 / t.clk_tck * 1e6 / r.requests as f64,
         rss_kib,
         requests: r.requests,
         socket_errors: r.socket_errors,
@@ -1164,6 +1169,7 @@ struct Summary {
     p50_us: f64,
     p99_us: f64,
     cpu_us: f64,
+    user_us: f64,
     rss_mib: f64,
     others_cpu0: f64,
     runs: usize,
@@ -1183,6 +1189,7 @@ fn summarise(runs: &[Run], case: &str, system: System) -> Option<Summary> {
         p50_us: m(|r| r.p50_us),
         p99_us: m(|r| r.p99_us),
         cpu_us: m(|r| r.cpu_us),
+        user_us: m(|r| r.user_us),
         rss_mib: m(|r| r.rss_kib as f64 / 1024.0),
         others_cpu0: m(|r| r.others_cpu0),
         runs: mine.len(),
@@ -1575,7 +1582,8 @@ fn report(
          (`examples/upstream.rs`: keep-alive, a fixed 2-byte `200`).
 - **CPU/req** is the proxy process's utime + stime from `/proc/<pid>/stat` over the run, \
          divided by the requests wrk completed: the fair figure when client, upstream and proxy \
-         share two cores. Requests/s and p50/p99 (wrk, through a Lua `done` hook) follow from it \
+         share two cores. **Of which user** is the utime part: the proxy's own code; the rest \
+         is the kernel working for it (its socket calls, loopback TCP, wake-ups). Requests/s and p50/p99 (wrk, through a Lua `done` hook) follow from it \
          and from the client. **RSS** is the proxy's peak resident memory (VmHWM).
 - Each case runs against each system in turn (Portcullis, bare Pingora, HAProxy; then again), \
          {} round(s) of {} s after a {} s warm-up, each run on a freshly started proxy; every \
@@ -1645,9 +1653,9 @@ fn report(
     let _ = writeln!(r, "\n## Results (medians)\n");
     let _ = writeln!(
         r,
-        "| case | system | what it does | req/s | p50 | p99 | CPU/req | peak RSS | others on CPU 0 | runs |"
+        "| case | system | what it does | req/s | p50 | p99 | CPU/req | of which user | peak RSS | others on CPU 0 | runs |"
     );
-    let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(r, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for case in cases {
         let conns = if case.connections == CONNS {
             String::new()
@@ -1658,7 +1666,7 @@ fn report(
             let Some(m) = summarise(runs, case.id, *sys) else {
                 let _ = writeln!(
                     r,
-                    "| {}{conns} | {} | {} | failed | | | | | | 0 |",
+                    "| {}{conns} | {} | {} | failed | | | | | | | 0 |",
                     case.id,
                     sys.name(),
                     what_it_does(case, *sys)
@@ -1672,7 +1680,7 @@ fn report(
                 });
             let _ = writeln!(
                 r,
-                "| {}{conns} | {} | {} | {}{} | {} | {} | **{:.1} µs** | {:.0} MiB | {:.0}% | {} |",
+                "| {}{conns} | {} | {} | {}{} | {} | {} | **{:.1} µs** | {:.1} µs | {:.0} MiB | {:.0}% | {} |",
                 case.id,
                 sys.name(),
                 what_it_does(case, *sys),
@@ -1681,6 +1689,7 @@ fn report(
                 latency(m.p50_us),
                 latency(m.p99_us),
                 m.cpu_us,
+                m.user_us,
                 m.rss_mib,
                 m.others_cpu0 * 100.0,
                 m.runs
