@@ -59,13 +59,33 @@ fn claims(n: u64) -> String {
     .to_string()
 }
 
+/// A token's signed bytes, its signature, and a field of its key's public JWK, decoded.
+struct Signed {
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    jwk: serde_json::Value,
+}
+
+impl Signed {
+    fn new(pem: &str, token: &str) -> Signed {
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        Signed {
+            message: message.as_bytes().to_vec(),
+            signature: B64.decode(signature).unwrap(),
+            jwk: public_jwk(pem, "k", true).unwrap(),
+        }
+    }
+
+    fn field(&self, f: &str) -> Vec<u8> {
+        B64.decode(self.jwk[f].as_str().unwrap()).unwrap()
+    }
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
 fn ring_verify(alg: &str, pem: &str, token: &str) -> impl Fn() -> bool {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (message, signature) = token.rsplit_once('.').unwrap();
-    let message = message.as_bytes().to_vec();
-    let signature = b64.decode(signature).unwrap();
-    let jwk = public_jwk(pem, "k", true).unwrap();
-    let field = |f: &str| b64.decode(jwk[f].as_str().unwrap()).unwrap();
+    let signed = Signed::new(pem, token);
+    let field = |f: &str| signed.field(f);
     let (n, e, point) = match alg {
         "RS256" => (field("n"), field("e"), Vec::new()),
         "ES256" => (
@@ -76,6 +96,9 @@ fn ring_verify(alg: &str, pem: &str, token: &str) -> impl Fn() -> bool {
         _ => (Vec::new(), Vec::new(), field("x")),
     };
     let alg = alg.to_string();
+    let Signed {
+        message, signature, ..
+    } = signed;
     move || {
         use ring::signature as sig;
         match alg.as_str() {
@@ -94,18 +117,14 @@ fn ring_verify(alg: &str, pem: &str, token: &str) -> impl Fn() -> bool {
 
 /// ring's RSA verification with the key prepared once, outside the loop.
 fn ring_prepared(pem: &str, token: &str) -> impl Fn() -> bool {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (message, signature) = token.rsplit_once('.').unwrap();
-    let message = message.as_bytes().to_vec();
-    let signature = b64.decode(signature).unwrap();
-    let jwk = public_jwk(pem, "k", true).unwrap();
-    let field = |f: &str| b64.decode(jwk[f].as_str().unwrap()).unwrap();
-    let key = ring::signature::RsaPreparedPublicKey::new(&field("n"), &field("e")).unwrap();
+    let signed = Signed::new(pem, token);
+    let key =
+        ring::signature::RsaPreparedPublicKey::new(&signed.field("n"), &signed.field("e")).unwrap();
     move || {
         key.verify(
             &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            &message,
-            &signature,
+            &signed.message,
+            &signed.signature,
         )
         .is_ok()
     }
