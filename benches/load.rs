@@ -778,19 +778,22 @@ fn lua_fixed(token: Option<&str>) -> String {
 }
 
 /// A wrk script that sends the tokens of a file in turn, one per request, from the start.
+/// The requests are formatted once, before the run, so that the client's core spends its time
+/// sending them rather than building them (it shares that core with the upstream).
 fn lua_fresh() -> String {
     String::from(
         r#"wrk.method = "GET"
-local tokens = {}
+local requests = {}
 local i = 0
 init = function(args)
-  for line in io.lines(args[1]) do tokens[#tokens + 1] = "Bearer " .. line end
+  for line in io.lines(args[1]) do
+    requests[#requests + 1] = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. line })
+  end
 end
 request = function()
   i = i + 1
-  if i > #tokens then i = 1 end
-  wrk.headers["Authorization"] = tokens[i]
-  return wrk.format()
+  if i > #requests then i = 1 end
+  return requests[i]
 end
 "#,
     ) + LUA_DONE
