@@ -14,16 +14,9 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::support::jwks::{jwk, key_set, JwksServer, DISCOVERY_PATH, JWKS_PATH};
+use crate::support::keys::{AUD, EC256, EC384, ED, ISS, RSA, RSA_B};
 use crate::support::{client, eventually, pool, Echo, Proxy, Upstream, BIN};
 
-const RSA: &str = include_str!("../keys/rsa2048.pem");
-const RSA_B: &str = include_str!("../keys/rsa2048-b.pem");
-const EC256: &str = include_str!("../keys/ec256.pem");
-const EC384: &str = include_str!("../keys/ec384.pem");
-const ED: &str = include_str!("../keys/ed25519.pem");
-
-const ISS: &str = "https://id.example.com/";
-const AUD: &str = "orders-api";
 const DECISIONS: &str = "portcullis_auth_decisions_total";
 const FETCHES: &str = "portcullis_jwks_fetches_total";
 const STALE: &str = "portcullis_jwks_stale";

@@ -15,14 +15,10 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::support::jwks::{key_set, JwksServer};
+use crate::support::keys::{AUD, ISS, RSA, RSA_B};
 use crate::support::metrics::Metrics;
 use crate::support::redis::Redis;
 use crate::support::{client, client_builder, eventually, pool, Proxy, Upstream, BIN};
-
-const RSA: &str = include_str!("../keys/rsa2048.pem");
-const RSA_B: &str = include_str!("../keys/rsa2048-b.pem");
-const ISS: &str = "https://id.example.com/";
-const AUD: &str = "orders-api";
 
 const DECISIONS: &str = "portcullis_ratelimit_decisions_total";
 const AUTH_DECISIONS: &str = "portcullis_auth_decisions_total";

@@ -7,7 +7,6 @@
 //! instead of leaving a pooled connection behind.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,8 +14,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+use super::server::Server;
 
 /// Where the key set is served.
 pub const JWKS_PATH: &str = "/jwks.json";
@@ -46,9 +45,8 @@ struct State {
 
 /// A running (or stopped) key server. Dropping it stops it.
 pub struct JwksServer {
-    addr: SocketAddr,
+    server: Server,
     state: Arc<State>,
-    running: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl JwksServer {
@@ -64,12 +62,13 @@ impl JwksServer {
             delay_ms: AtomicU64::new(0),
             fetches: Mutex::new(HashMap::new()),
         });
-        let running = Some(serve(listener, Arc::clone(&state)));
-        JwksServer {
-            addr,
-            state,
-            running,
-        }
+        let server = {
+            let state = Arc::clone(&state);
+            Server::start(listener, "key server", move |stream| {
+                answer(stream, Arc::clone(&state))
+            })
+        };
+        JwksServer { server, state }
     }
 
     /// `http://127.0.0.1:port`: the issuer URL for discovery.
@@ -120,63 +119,16 @@ impl JwksServer {
         self.fetches(JWKS_PATH)
     }
 
-    /// Stop listening and cut open connections; the port refuses connections when this returns.
+    /// Stop listening and cut every open connection; the port refuses connections when this
+    /// returns.
     pub async fn stop(&mut self) {
-        if let Some((tx, accept)) = self.running.take() {
-            let _ = tx.send(true);
-            accept.abort();
-            let _ = accept.await;
-        }
+        self.server.stop().await;
     }
 
     /// Listen again on the same port.
     pub async fn restart(&mut self) {
-        self.stop().await;
-        let listener = super::eventually(
-            "the key server's port to be free again",
-            Duration::from_secs(5),
-            || async {
-                TcpListener::bind(self.addr)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
-        self.running = Some(serve(listener, Arc::clone(&self.state)));
+        self.server.restart().await;
     }
-}
-
-impl Drop for JwksServer {
-    fn drop(&mut self) {
-        if let Some((tx, accept)) = self.running.take() {
-            let _ = tx.send(true);
-            accept.abort();
-        }
-    }
-}
-
-fn serve(listener: TcpListener, state: Arc<State>) -> (watch::Sender<bool>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(false);
-    let accept = tokio::spawn(async move {
-        let mut stop = rx.clone();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                conn = listener.accept() => {
-                    let Ok((stream, _)) = conn else { continue };
-                    let state = Arc::clone(&state);
-                    let mut stop = rx.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = stop.changed() => {}
-                            _ = answer(stream, state) => {}
-                        }
-                    });
-                }
-            }
-        }
-    });
-    (tx, accept)
 }
 
 /// Read one request head and answer it, then close.

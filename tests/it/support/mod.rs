@@ -6,10 +6,12 @@
 //! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
 
 pub mod jwks;
+pub mod keys;
 pub mod metrics;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod server;
 pub mod upstream;
 
 use std::future::Future;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+use super::server::Server;
 
 /// A request as the upstream received it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,16 +62,14 @@ struct State {
 
 /// A running (or stopped) upstream server. Dropping it stops it.
 pub struct Upstream {
-    addr: SocketAddr,
+    server: Server,
     state: Arc<State>,
-    running: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Upstream {
     /// Start an upstream named `name` on a free port of 127.0.0.1.
     pub async fn start(name: &str) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             name: name.to_string(),
             hits: AtomicUsize::new(0),
@@ -81,12 +79,13 @@ impl Upstream {
             delay_ms: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
         });
-        let running = Some(serve(listener, Arc::clone(&state)));
-        Upstream {
-            addr,
-            state,
-            running,
-        }
+        let server = {
+            let state = Arc::clone(&state);
+            Server::start(listener, "upstream", move |stream| {
+                connection(stream, Arc::clone(&state))
+            })
+        };
+        Upstream { server, state }
     }
 
     /// Start `n` upstreams named `{prefix}0`, `{prefix}1`, ...
@@ -100,7 +99,7 @@ impl Upstream {
 
     /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The name it answers with.
@@ -140,65 +139,16 @@ impl Upstream {
             .store(u64::try_from(delay.as_millis()).unwrap(), Ordering::SeqCst);
     }
 
-    /// Stop listening and cut every open connection; the port is free when this returns.
+    /// Stop listening and cut every open connection; the port refuses connections when this
+    /// returns.
     pub async fn stop(&mut self) {
-        if let Some((tx, accept)) = self.running.take() {
-            let _ = tx.send(true);
-            accept.abort();
-            let _ = accept.await;
-        }
+        self.server.stop().await;
     }
 
     /// Listen again on the same port.
     pub async fn restart(&mut self) {
-        self.stop().await;
-        // Another socket may hold the port for a moment (an outgoing connection's ephemeral
-        // port); try for a while.
-        let listener = super::eventually(
-            "upstream port to be free again",
-            Duration::from_secs(5),
-            || async {
-                TcpListener::bind(self.addr)
-                    .await
-                    .map_err(|e| e.to_string())
-            },
-        )
-        .await;
-        self.running = Some(serve(listener, Arc::clone(&self.state)));
+        self.server.restart().await;
     }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some((tx, accept)) = self.running.take() {
-            let _ = tx.send(true);
-            accept.abort();
-        }
-    }
-}
-
-fn serve(listener: TcpListener, state: Arc<State>) -> (watch::Sender<bool>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(false);
-    let accept = tokio::spawn(async move {
-        let mut stop = rx.clone();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                conn = listener.accept() => {
-                    let Ok((stream, _)) = conn else { continue };
-                    let state = Arc::clone(&state);
-                    let mut stop = rx.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = stop.changed() => {}
-                            _ = connection(stream, state) => {}
-                        }
-                    });
-                }
-            }
-        }
-    });
-    (tx, accept)
 }
 
 /// Serve one keep-alive connection until the peer closes it or asks to.
