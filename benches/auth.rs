@@ -59,7 +59,7 @@ fn claims(n: u64) -> String {
     .to_string()
 }
 
-/// A token's signed bytes, its signature, and a field of its key's public JWK, decoded.
+/// A token's signed bytes and signature, and the public JWK of the key that signed it.
 struct Signed {
     message: Vec<u8>,
     signature: Vec<u8>,

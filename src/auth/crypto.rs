@@ -4,12 +4,12 @@
 //! RustCrypto RSA). Verifiers check that the key's family matches the algorithm before any
 //! maths, so an HMAC algorithm can never be run with a public key as its secret.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{Error, ErrorKind, Result};
 use jsonwebtoken::jwk::{EllipticCurve, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
-use std::sync::{Arc, PoisonError, RwLock};
-
 use ring::signature::{self as sig, KeyPair};
 use signature::{Signer, Verifier};
 
@@ -51,9 +51,10 @@ fn unspecified(_: ring::error::Unspecified) -> signature::Error {
 
 /// What a verifier holds: the public key material in the form ring wants.
 enum PublicKey {
-    /// An RSA key, validated and prepared once ([`prepared_rsa`]).
+    /// An RSA modulus and exponent, validated and prepared once ([`prepared_rsa`]).
     Rsa(Arc<sig::RsaPreparedPublicKey>),
-    /// An EC point or Ed25519 key, as ring's `UnparsedPublicKey` takes it.
+    /// Public key bytes as ring's `UnparsedPublicKey` takes them (EC point, Ed25519 key,
+    /// RSA DER, which ring parses strictly itself).
     Bytes(Vec<u8>),
     /// An HMAC secret.
     Hmac(ring::hmac::Key),
@@ -77,7 +78,7 @@ impl Verifier<Vec<u8>> for RingVerifier {
                     Algorithm::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
                     Algorithm::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
                     Algorithm::EdDSA => &sig::ED25519,
-                    _ => return Err(sig_error(Unspecified)),
+                    alg => rsa_parameters(alg).ok_or_else(|| sig_error(Unspecified))?,
                 };
                 sig::UnparsedPublicKey::new(params, bytes)
                     .verify(msg, signature)
@@ -184,10 +185,6 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
         }
         (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
             PublicKey::Rsa(prepared_rsa(n, e).map_err(rejected)?)
-        }
-        (_, DecodingKeyKind::SecretOrDer(der)) if rsa_parameters(*alg).is_some() => {
-            let (n, e) = rsa_components_from_public_key(der)?;
-            PublicKey::Rsa(prepared_rsa(&n, &e).map_err(rejected)?)
         }
         (_, DecodingKeyKind::SecretOrDer(bytes)) => PublicKey::Bytes(bytes.clone()),
     };
@@ -336,13 +333,7 @@ fn parse_pkcs1_public(der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let (seq, _) = tlv(der, 0x30)?;
     let (n, rest) = tlv(seq, 0x02)?;
     let (e, _) = tlv(rest, 0x02)?;
-    let strip = |v: &[u8]| {
-        v.iter()
-            .skip_while(|b| **b == 0)
-            .copied()
-            .collect::<Vec<u8>>()
-    };
-    Some((strip(n), strip(e)))
+    Some((trim_zeros(n).to_vec(), trim_zeros(e).to_vec()))
 }
 
 fn ec_components_from_private_key(
