@@ -12,7 +12,7 @@
 //! per request (`/proc/<pid>/stat` utime + stime, before and after each run); requests/s and
 //! latency are shown beside it. Rounds run A B C A B C, and every figure is the median.
 //!
-//! Knobs (environment): `LOAD_SECONDS` (8), `LOAD_ROUNDS` (3), `LOAD_WARMUP` (2 s),
+//! Knobs (environment): `LOAD_SECONDS` (8), `LOAD_ROUNDS` (5), `LOAD_WARMUP` (2 s),
 //! `LOAD_TOKENS` (300,000 pre-minted RS256 tokens for the new-token case), `LOAD_CASES`
 //! (comma-separated case ids; a filtered run never overwrites `benches/results/`),
 //! `LOAD_OUT` (another report folder), `LOAD_MEMORY_TABLE` (a file holding the output of
@@ -84,7 +84,7 @@ fn settings() -> Settings {
     Settings {
         full,
         seconds: if full { env_num("LOAD_SECONDS", 8) } else { 1 },
-        rounds: if full { env_num("LOAD_ROUNDS", 3) } else { 1 },
+        rounds: if full { env_num("LOAD_ROUNDS", 5) } else { 1 },
         warmup: if full { env_num("LOAD_WARMUP", 2) } else { 0 },
         new_tokens: if full {
             env_num("LOAD_TOKENS", 300_000)
@@ -1237,6 +1237,9 @@ struct Target {
     /// The ratio must be at most (true) or at least (false) `limit`.
     at_most: bool,
     limit: f64,
+    /// The same ratio within each round (runs of one round are minutes apart at most, of one
+    /// case seconds apart): how far the machine's drift moves it.
+    rounds: Vec<f64>,
 }
 
 impl Target {
@@ -1253,17 +1256,85 @@ impl Target {
         }
     }
 
+    /// The lowest and highest of the per-round ratios, when there are two rounds or more.
+    fn spread(&self) -> Option<(f64, f64)> {
+        let r: Vec<f64> = self
+            .rounds
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
+        (r.len() >= 2).then(|| {
+            let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        })
+    }
+
+    fn spread_text(&self) -> String {
+        self.spread()
+            .map_or_else(|| "–".into(), |(lo, hi)| format!("{lo:.2}–{hi:.2}×"))
+    }
+
+    /// "holds" or "missed" by the median; "at the limit" when the rounds disagree about it
+    /// (the median's verdict follows in brackets): on this machine such a ratio is not decided
+    /// by one run.
     fn verdict(&self) -> String {
         let word = |h: bool| if h { "holds" } else { "missed" };
-        match (
-            self.holds(self.ratio),
-            self.by_cpu.and_then(|c| self.holds(c)),
-        ) {
-            (None, _) => "not measured".into(),
-            (Some(h), Some(c)) if h != c => format!("**{}** (by CPU/req: {})", word(h), word(c)),
-            (Some(h), _) => format!("**{}**", word(h)),
+        let Some(median) = self.holds(self.ratio) else {
+            return "not measured".into();
+        };
+        let split = self
+            .spread()
+            .is_some_and(|(lo, hi)| self.holds(lo) != self.holds(hi));
+        let by_cpu = self
+            .by_cpu
+            .and_then(|c| self.holds(c))
+            .filter(|c| *c != median)
+            .map(|c| format!(" (by CPU/req: {})", word(c)))
+            .unwrap_or_default();
+        if split {
+            format!("**at the limit** (median: {}){by_cpu}", word(median))
+        } else {
+            format!("**{}**{by_cpu}", word(median))
         }
     }
+}
+
+/// What a target compares.
+#[derive(Clone, Copy)]
+enum Figure {
+    Rps,
+    Cpu,
+}
+
+impl Figure {
+    fn of_run(self, r: &Run) -> f64 {
+        match self {
+            Figure::Rps => r.rps,
+            Figure::Cpu => r.cpu_us,
+        }
+    }
+
+    fn of_summary(self, s: &Summary) -> f64 {
+        match self {
+            Figure::Rps => s.rps,
+            Figure::Cpu => s.cpu_us,
+        }
+    }
+}
+
+/// `figure(a) / figure(b)` within each round both were measured in.
+fn per_round(runs: &[Run], a: (&str, System), b: (&str, System), figure: Figure) -> Vec<f64> {
+    let pick = |(case, system): (&str, System), round: usize| {
+        runs.iter()
+            .find(|r| r.case == case && r.system == system && r.round == round)
+            .map(|r| figure.of_run(r))
+    };
+    let rounds = runs.iter().map(|r| r.round).max().map_or(0, |m| m + 1);
+    (0..rounds)
+        .filter_map(|round| Some(pick(a, round)? / pick(b, round)?))
+        .collect()
 }
 
 fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
@@ -1272,14 +1343,14 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
     let mut ratio = |what: &str,
                      a: (&str, System),
                      b: (&str, System),
-                     field: fn(&Summary) -> f64,
+                     figure: Figure,
                      unit: &str,
                      at_most: bool,
                      limit: f64| {
         let (x, y) = (get(a.0, a.1), get(b.0, b.1));
         let (fx, fy) = (
-            x.map_or(f64::NAN, |s| field(&s)),
-            y.map_or(f64::NAN, |s| field(&s)),
+            x.map_or(f64::NAN, |s| figure.of_summary(&s)),
+            y.map_or(f64::NAN, |s| figure.of_summary(&s)),
         );
         let show = |v: f64| {
             if unit == "req/s" {
@@ -1307,11 +1378,11 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
             }),
             at_most,
             limit,
+            rounds: per_round(runs, a, b, figure),
         });
     };
     use System::{Bare, Haproxy, Portcullis};
-    let rps = |s: &Summary| s.rps;
-    let cpu = |s: &Summary| s.cpu_us;
+    let (rps, cpu) = (Figure::Rps, Figure::Cpu);
     ratio(
         "RS256 reused: throughput ≥ 1.5× HAProxy `jwt_verify`",
         ("rs256", Portcullis),
@@ -1447,6 +1518,7 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
             by_cpu: None,
             at_most: true,
             limit: 1.0,
+            rounds: Vec::new(),
         });
     }
     out
@@ -1723,15 +1795,23 @@ fn report(
          outside the proxy, CPU per request much less. Where the two disagree, both verdicts \
          are shown.\n"
     );
-    let _ = writeln!(r, "| target | figures | ratio | |");
-    let _ = writeln!(r, "|---|---|---:|---|");
+    let _ = writeln!(
+        r,
+        "\"Per round\" is the same ratio within each round (a case's systems run seconds \
+         apart): when the rounds fall on both sides of the limit the verdict reads **at the \
+         limit**, with the median's verdict beside it; one run of this machine does not decide \
+         such a target.\n"
+    );
+    let _ = writeln!(r, "| target | figures | ratio | per round | |");
+    let _ = writeln!(r, "|---|---|---:|---:|---|");
     for tg in targets(runs, memory.as_deref()) {
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             tg.what,
             tg.figures,
             tg.ratio_text(),
+            tg.spread_text(),
             tg.verdict()
         );
     }
@@ -1815,8 +1895,51 @@ fn report(
 // Main
 // ---------------------------------------------------------------------------------------------
 
+/// The verdict rules, checked on every run (the smoke run has one round, so its own report
+/// never shows "at the limit").
+fn check_verdicts() {
+    let target = |ratio: f64, rounds: &[f64]| Target {
+        what: String::new(),
+        figures: String::new(),
+        ratio,
+        by_cpu: None,
+        at_most: true,
+        limit: 1.1,
+        rounds: rounds.to_vec(),
+    };
+    for (ratio, rounds, expect) in [
+        (1.05, &[1.03, 1.05, 1.08][..], "**holds**"),
+        (1.15, &[1.12, 1.15, 1.2][..], "**missed**"),
+        (
+            1.05,
+            &[1.03, 1.05, 1.17][..],
+            "**at the limit** (median: holds)",
+        ),
+        (
+            1.12,
+            &[1.03, 1.12, 1.17][..],
+            "**at the limit** (median: missed)",
+        ),
+        (1.05, &[1.05][..], "**holds**"),
+        (f64::NAN, &[][..], "not measured"),
+    ] {
+        let got = target(ratio, rounds).verdict();
+        assert_eq!(got, expect, "verdict of {ratio} with rounds {rounds:?}");
+    }
+    let mut throughput = target(1.6, &[1.45, 1.6]);
+    throughput.at_most = false;
+    throughput.limit = 1.5;
+    throughput.by_cpu = Some(1.4);
+    assert_eq!(
+        throughput.verdict(),
+        "**at the limit** (median: holds) (by CPU/req: missed)"
+    );
+    assert_eq!(throughput.spread_text(), "1.45–1.60×");
+}
+
 fn main() {
     let started = Instant::now();
+    check_verdicts();
     let s = settings();
     let mut failures = Vec::new();
     let Some(t) = tools(&s, &mut failures) else {
