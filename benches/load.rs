@@ -1701,9 +1701,9 @@ fn report(
         let _ = writeln!(
             r,
             "- **Noise**: during the runs other processes (and the hypervisor) used a median \
-             {:.0}% of CPU 0, which the proxy was meant to have to itself (per run below). The \
-             machine was shared with other engineers' builds; requests/s and latency suffer \
-             from that directly, CPU per request much less.",
+             {:.0}% of CPU 0, which the proxy was meant to have to itself (per run below). \
+             Other load on the machine lowers requests/s and raises latency directly, CPU per \
+             request much less.",
             others * 100.0
         );
     }
