@@ -1845,8 +1845,8 @@ fn report(
         Some(m) => {
             let _ = writeln!(
                 r,
-                "Filled through the library API in one process, resident memory read before \
-                 and after.\n\n{}",
+                "Filled through the library API, each case in a process of its own, resident \
+                 memory read before and after.\n\n{}",
                 m.trim()
             );
         }

@@ -1,5 +1,6 @@
 //! Memory per million keys: one million rate-limit buckets and one million cached tokens,
-//! filled through the library API, measured as resident memory before and after.
+//! filled through the library API, each in a process of its own, measured as resident memory
+//! before and after.
 //! `cargo bench --bench memory` prints a Markdown table.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,8 +32,66 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// The cases, each measured in a process of its own: a fill that ran before in the same
+/// process would leave memory the allocator keeps (or hands to the next fill), and the
+/// before/after difference would no longer be the case's own.
+const CASES: [(&str, &str); 3] = [
+    ("buckets", "rate-limit buckets (per_ip)"),
+    (
+        "tokens-13",
+        "cached tokens (13-character `sub` forwarded, one scope required)",
+    ),
+    (
+        "tokens-36",
+        "cached tokens (36-character `sub` forwarded, one scope required)",
+    ),
+];
+
 fn main() {
-    let n = entries();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(case) = args
+        .iter()
+        .position(|a| a == "--case")
+        .and_then(|i| args.get(i + 1))
+    {
+        // A child: fill, then report `entries bytes` on stdout.
+        let n = entries();
+        let (held, bytes) = match case.as_str() {
+            "buckets" => fill_buckets(n),
+            "tokens-13" => fill_tokens(n, |i| format!("user-{i:08}")),
+            // A UUID-sized `sub` (36 characters), as many identity providers issue.
+            "tokens-36" => fill_tokens(n, |i| format!("{i:08x}-5f2c-4b7e-9a1d-3c6e8f0b2a4d")),
+            other => panic!("unknown case {other}"),
+        };
+        println!("{held} {bytes}");
+        return;
+    }
+    let me = std::env::current_exe().expect("the bench's own path");
+    println!("| what | entries | resident memory | per entry |");
+    println!("|---|---|---|---|");
+    for (case, what) in CASES {
+        // The child gets the same arguments (`--bench` decides the size) and the case.
+        let out = std::process::Command::new(&me)
+            .args(&args[1..])
+            .args(["--case", case])
+            .output()
+            .expect("run a memory case");
+        assert!(out.status.success(), "memory case {case} failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+        let (held, bytes) = (fields.next().unwrap(), fields.next().unwrap());
+        assert!(held > 0, "memory case {case} held nothing");
+        println!(
+            "| {what} | {held} | {:.1} MiB | {} B |",
+            mib(bytes),
+            bytes / held
+        );
+    }
+}
+
+/// Fill a per-IP limiter with `n` keys; give back the keys held and the resident memory
+/// they added.
+fn fill_buckets(n: u64) -> (u64, u64) {
     let before = rss_bytes();
     let limiter = Limiter::new(
         "memory",
@@ -54,26 +113,9 @@ fn main() {
         limiter.check(k);
     }
     let keys = limiter.key_count();
-    let limiter_bytes = rss_bytes().saturating_sub(before);
-
-    let short = fill_tokens(n, |i| format!("user-{i:08}"));
-    // The same with a UUID-sized `sub` (36 characters), as many identity providers issue.
-    let uuid = fill_tokens(n, |i| format!("{i:08x}-5f2c-4b7e-9a1d-3c6e8f0b2a4d"));
-
-    println!("| what | entries | resident memory | per entry |");
-    println!("|---|---|---|---|");
-    println!(
-        "| rate-limit buckets (per_ip) | {keys} | {:.1} MiB | {} B |",
-        mib(limiter_bytes),
-        limiter_bytes / keys.max(1)
-    );
-    for (what, (tokens, bytes)) in [("13-character", short), ("36-character", uuid)] {
-        println!(
-            "| cached tokens ({what} `sub` forwarded, one scope required) | {tokens} | {:.1} MiB | {} B |",
-            mib(bytes),
-            bytes / tokens.max(1)
-        );
-    }
+    let bytes = rss_bytes().saturating_sub(before);
+    std::mem::forget(limiter);
+    (keys, bytes)
 }
 
 /// Fill a token cache with `n` identities whose `sub` is `sub(i)`; give back the tokens held
@@ -96,7 +138,6 @@ fn fill_tokens(n: u64, sub: impl Fn(u64) -> String) -> (u64, u64) {
     }
     let tokens = cache.len();
     let bytes = rss_bytes().saturating_sub(before);
-    // Kept, so that the next fill measures only its own memory.
     std::mem::forget(cache);
     (tokens, bytes)
 }
