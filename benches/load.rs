@@ -10,7 +10,8 @@
 //! The proxy under test runs on CPU 0, wrk and the upstream on CPU 1 (`taskset`), one worker
 //! thread each. The figure that is fair on a shared two-core machine is the proxy's own CPU time
 //! per request (`/proc/<pid>/stat` utime + stime, before and after each run); requests/s and
-//! latency are shown beside it. Rounds run A B C A B C, and every figure is the median.
+//! latency are shown beside it. Each round runs every case against every system (A B C, case
+//! after case), and every figure is the median of the rounds.
 //!
 //! Knobs (environment): `LOAD_SECONDS` (8), `LOAD_ROUNDS` (5), `LOAD_WARMUP` (2 s),
 //! `LOAD_TOKENS` (300,000 pre-minted RS256 tokens for the new-token case), `LOAD_CASES`
@@ -304,6 +305,8 @@ fn cases() -> Vec<Case> {
         routes,
         connections,
     };
+    // Cases compared with each other run next to each other: a target comparing two cases
+    // (10,000 routes against one, limits on against off) pairs runs seconds apart.
     vec![
         case(
             "passthrough",
@@ -315,11 +318,29 @@ fn cases() -> Vec<Case> {
             CONNS,
         ),
         case(
+            "routes-10k",
+            "passthrough, 10,000 routes",
+            None,
+            false,
+            false,
+            10_000,
+            CONNS,
+        ),
+        case(
             "rs256",
             "RS256 token reused over keep-alive",
             Some(Alg::Rs256),
             false,
             false,
+            1,
+            CONNS,
+        ),
+        case(
+            "limits",
+            "RS256 reused + per-IP and per-user limits",
+            Some(Alg::Rs256),
+            false,
+            true,
             1,
             CONNS,
         ),
@@ -339,24 +360,6 @@ fn cases() -> Vec<Case> {
             true,
             false,
             1,
-            CONNS,
-        ),
-        case(
-            "limits",
-            "RS256 reused + per-IP and per-user limits",
-            Some(Alg::Rs256),
-            false,
-            true,
-            1,
-            CONNS,
-        ),
-        case(
-            "routes-10k",
-            "passthrough, 10,000 routes",
-            None,
-            false,
-            false,
-            10_000,
             CONNS,
         ),
         case(
@@ -1663,9 +1666,10 @@ fn report(
          share two cores. **Of which user** is the utime part: the proxy's own code; the rest \
          is the kernel working for it (its socket calls, loopback TCP, wake-ups). Requests/s and p50/p99 (wrk, through a Lua `done` hook) follow from it \
          and from the client. **RSS** is the proxy's peak resident memory (VmHWM).
-- Each case runs against each system in turn (Portcullis, bare Pingora, HAProxy; then again), \
-         {} round(s) of {} s after a {} s warm-up, each run on a freshly started proxy; every \
-         figure is the median of the rounds. {} connections unless the case says otherwise; \
+- Each round runs every case against each system in turn (Portcullis, bare Pingora, \
+         HAProxy), cases compared with each other next to each other; {} round(s) of {} s \
+         runs after a {} s warm-up, each run on a freshly started proxy; every figure is the \
+         median of the rounds. {} connections unless the case says otherwise; \
          every request `GET {PATH}`.
 - Portcullis: `access_log: \"off\"`, one issuer from a `jwks_file` (RS256 + ES256 keys), \
          `audiences: [api]`, the token cache at its defaults; the route says `auth: none` or \
@@ -1797,7 +1801,7 @@ fn report(
     );
     let _ = writeln!(
         r,
-        "\"Per round\" is the same ratio within each round (a case's systems run seconds \
+        "\"Per round\" is the same ratio within each round (the runs it compares are seconds \
          apart): when the rounds fall on both sides of the limit the verdict reads **at the \
          limit**, with the median's verdict beside it; one run of this machine does not decide \
          such a target.\n"
@@ -2002,8 +2006,10 @@ fn main() {
     let total = cases.len() * systems.len() * s.rounds;
     let mut runs = Vec::new();
     let mut n = 0;
-    for case in &cases {
-        for round in 0..s.rounds {
+    // Round by round, every case in each: the drift of the machine over a run then shows as
+    // a difference between rounds, which the per-round ratios see, not between cases.
+    for round in 0..s.rounds {
+        for case in &cases {
             for sys in &systems {
                 n += 1;
                 match run_one(&s, &t, &w, case, *sys, round) {
