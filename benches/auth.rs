@@ -188,7 +188,7 @@ fn bench(c: &mut Criterion) {
         let ring = ring_verify(alg, pem, &token);
         group.bench_function(format!("{alg}/ring"), |b| b.iter(|| assert!(ring())));
         if alg == "RS256" {
-            // What Portcullis runs: the key prepared once (vendor/ring/PORTCULLIS-PATCH.md).
+            // What Portcullis runs: the key prepared once (vendor/README.md).
             let prepared = ring_prepared(pem, &token);
             group.bench_function(format!("{alg}/ring_prepared_key"), |b| {
                 b.iter(|| assert!(prepared()))

@@ -222,7 +222,7 @@ pub(crate) fn verify_rsa_(
     verify_with_key(params, &key, msg, signature, cpu_features)
 }
 
-// Portcullis patch (see PORTCULLIS-PATCH.md): the steps of `verify_rsa_` after the key is
+// Portcullis patch (see vendor/README.md in Portcullis): the steps of `verify_rsa_` after the key is
 // parsed, shared with `RsaPreparedPublicKey::verify`.
 fn verify_with_key(
     params: &RsaParameters,
@@ -244,7 +244,7 @@ fn verify_with_key(
 
 /// An RSA public key validated and prepared once, for verifying many signatures.
 ///
-/// Portcullis patch (see PORTCULLIS-PATCH.md). `RsaPublicKeyComponents::verify` and
+/// Portcullis patch (see vendor/README.md in Portcullis). `RsaPublicKeyComponents::verify` and
 /// `UnparsedPublicKey::verify` validate the modulus and compute its Montgomery constant
 /// (R² mod n) on every call: about a third of a 2048-bit verification. This type does that
 /// once, in `new`, with the same checks `verify_rsa_` makes, and its `verify` runs the same
