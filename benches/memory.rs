@@ -32,44 +32,48 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// A case: its id (how the parent names it to the child), its row's label, and the fill that
+/// gives back the entries held and the resident memory they added.
+type Case = (&'static str, &'static str, fn(u64) -> (u64, u64));
+
 /// The cases, each measured in a process of its own: a fill that ran before in the same
 /// process would leave memory the allocator keeps (or hands to the next fill), and the
 /// before/after difference would no longer be the case's own.
-const CASES: [(&str, &str); 3] = [
-    ("buckets", "rate-limit buckets (per_ip)"),
+const CASES: [Case; 3] = [
+    ("buckets", "rate-limit buckets (per_ip)", fill_buckets),
     (
         "tokens-13",
         "cached tokens (13-character `sub` forwarded, one scope required)",
+        |n| fill_tokens(n, |i| format!("user-{i:08}")),
     ),
     (
         "tokens-36",
         "cached tokens (36-character `sub` forwarded, one scope required)",
+        // A UUID-sized `sub`, as many identity providers issue.
+        |n| fill_tokens(n, |i| format!("{i:08x}-5f2c-4b7e-9a1d-3c6e8f0b2a4d")),
     ),
 ];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(case) = args
+    if let Some(id) = args
         .iter()
         .position(|a| a == "--case")
         .and_then(|i| args.get(i + 1))
     {
         // A child: fill, then report `entries bytes` on stdout.
-        let n = entries();
-        let (held, bytes) = match case.as_str() {
-            "buckets" => fill_buckets(n),
-            "tokens-13" => fill_tokens(n, |i| format!("user-{i:08}")),
-            // A UUID-sized `sub` (36 characters), as many identity providers issue.
-            "tokens-36" => fill_tokens(n, |i| format!("{i:08x}-5f2c-4b7e-9a1d-3c6e8f0b2a4d")),
-            other => panic!("unknown case {other}"),
-        };
+        let (_, _, fill) = CASES
+            .iter()
+            .find(|(case, _, _)| case == id)
+            .unwrap_or_else(|| panic!("unknown case {id}"));
+        let (held, bytes) = fill(entries());
         println!("{held} {bytes}");
         return;
     }
     let me = std::env::current_exe().expect("the bench's own path");
     println!("| what | entries | resident memory | per entry |");
     println!("|---|---|---|---|");
-    for (case, what) in CASES {
+    for (case, what, _) in CASES {
         // The child gets the same arguments (`--bench` decides the size) and the case.
         let out = std::process::Command::new(&me)
             .args(&args[1..])
@@ -113,9 +117,7 @@ fn fill_buckets(n: u64) -> (u64, u64) {
         limiter.check(k);
     }
     let keys = limiter.key_count();
-    let bytes = rss_bytes().saturating_sub(before);
-    std::mem::forget(limiter);
-    (keys, bytes)
+    (keys, rss_bytes().saturating_sub(before))
 }
 
 /// Fill a token cache with `n` identities whose `sub` is `sub(i)`; give back the tokens held
@@ -137,7 +139,5 @@ fn fill_tokens(n: u64, sub: impl Fn(u64) -> String) -> (u64, u64) {
         cache.insert(cache.key(format!("token-{i}")), id);
     }
     let tokens = cache.len();
-    let bytes = rss_bytes().saturating_sub(before);
-    std::mem::forget(cache);
-    (tokens, bytes)
+    (tokens, rss_bytes().saturating_sub(before))
 }
