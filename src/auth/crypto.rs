@@ -398,10 +398,7 @@ mod tests {
     const SMALL_MESSAGE: &[u8] = b"portcullis prepared rsa test";
 
     fn pair(pem: &str) -> sig::RsaKeyPair {
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .unwrap();
+        let (_, der) = crate::auth::tools::pem_der(pem).unwrap();
         sig::RsaKeyPair::from_pkcs8(&der).unwrap()
     }
 

@@ -31,7 +31,7 @@ pub enum ToolError {
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// The DER inside the first PEM block of `pem`.
-fn pem_der(pem: &str) -> Result<(String, Vec<u8>), ToolError> {
+pub(crate) fn pem_der(pem: &str) -> Result<(String, Vec<u8>), ToolError> {
     let begin = pem
         .find("-----BEGIN ")
         .ok_or_else(|| ToolError::Key("no PEM block".into()))?;
