@@ -10,8 +10,9 @@
 //! The proxy under test runs on CPU 0, wrk and the upstream on CPU 1 (`taskset`), one worker
 //! thread each. The figure that is fair on a shared two-core machine is the proxy's own CPU time
 //! per request (`/proc/<pid>/stat` utime + stime, before and after each run); requests/s and
-//! latency are shown beside it. Each round runs every case against every system (A B C, case
-//! after case), and every figure is the median of the rounds.
+//! latency are shown beside it. Each round runs every 64-connection case against every system
+//! (A B C, case after case), the 5,000-connection case's rounds come after them all, and every
+//! figure is the median of the rounds.
 //!
 //! Knobs (environment): `LOAD_SECONDS` (8), `LOAD_ROUNDS` (5), `LOAD_WARMUP` (2 s),
 //! `LOAD_TOKENS` (300,000 pre-minted RS256 tokens for the new-token case), `LOAD_CASES`
