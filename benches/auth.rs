@@ -13,6 +13,10 @@ use portcullis::auth::{token, Cached};
 use portcullis::runtime::Runtime;
 use serde_json::json;
 
+/// The allocator the `portcullis` binary runs with, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ISS: &str = "https://id.example.com/";
 
 fn keys() -> [(&'static str, &'static str, &'static str); 3] {

@@ -10,6 +10,10 @@ use portcullis::auth::{Fact, Identity, Projection, TokenCache};
 use portcullis::config::{LimitConfig, LimitScope, Rate, TokenCacheConfig};
 use portcullis::ratelimit::{LimitKind, Limiter};
 
+/// The allocator the `portcullis` binary runs with, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A million under `cargo bench`; a thousand as the smoke run of `cargo test --all-targets`.
 fn entries() -> u64 {
     if std::env::args().any(|a| a == "--bench") {

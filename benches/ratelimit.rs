@@ -8,6 +8,10 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use portcullis::config::{LimitConfig, LimitScope, Rate};
 use portcullis::ratelimit::{LimitKind, Limiter};
 
+/// The allocator the `portcullis` binary runs with, so that the figures are the binary's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn config() -> LimitConfig {
     LimitConfig {
         // Generous, so the benchmark measures allowed checks.

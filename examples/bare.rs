@@ -17,6 +17,11 @@ use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
+/// The allocator Portcullis runs with, so that the floor differs from Portcullis only in what
+/// the proxy does, not in how it allocates.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Bare {
     upstream: SocketAddr,
 }
