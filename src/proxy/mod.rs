@@ -214,6 +214,11 @@ fn take(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result
 impl ProxyHttp for Portcullis {
     type CTX = RequestCtx;
 
+    /// None. Pingora's default adds its response-compression module, disabled, and every
+    /// request then builds and consults its context for nothing (1.4% of a proxied
+    /// request's instructions): Portcullis forwards bodies as the upstream sent them.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             _in_flight: InFlight::start(),
