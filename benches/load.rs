@@ -1684,7 +1684,9 @@ fn report(
          PEM compared with `-m int 1` (the same checks as Portcullis). Limits: stick tables \
          on `src` and on the token's `sub`.
 - Bare Pingora (`examples/bare.rs`): Pingora's defaults, forwards every request to the \
-         upstream whatever it carries; it is the floor the framework allows.
+         upstream whatever it carries; it is the floor the framework allows. It runs on the \
+         allocator Portcullis runs on (mimalloc 2.x), so the two differ in what they do, not \
+         in how they allocate.
 - Every token new: wrk sends the tokens of a file of {} pre-minted RS256 tokens (one user \
          each) in turn; a system that completes more requests than that in a run sees tokens \
          again (marked below).",
