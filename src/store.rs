@@ -86,7 +86,7 @@ fn shard_count(max_entries: usize) -> usize {
         return 1;
     }
     (least..=least * 2)
-        .min_by_key(|&shards| shards * buckets_for(max_entries.div_ceil(shards)))
+        .min_by_key(|&shards| shards.saturating_mul(buckets_for(max_entries.div_ceil(shards))))
         .unwrap_or(least)
 }
 
@@ -360,9 +360,10 @@ mod tests {
     fn a_full_store_fills_its_tables_and_churn_does_not_grow_them() {
         let max = 200_000;
         let s: Store<u64> = Store::new(max as u64, u64::MAX);
-        let slot = std::mem::size_of::<(Key, u64)>() + 1; // and its control byte
-                                                          // Three times the bound, each key with a later deadline than the last: the store
-                                                          // evicts all along, leaving tombstones behind.
+        // A slot and its control byte.
+        let slot = std::mem::size_of::<(Key, u64)>() + 1;
+        // Three times the bound, each key with a later deadline than the last: the store
+        // evicts all along, leaving tombstones behind.
         for k in 0..3 * max as u128 {
             s.insert(k * 0x9E37_79B9_7F4A_7C15, k as u64, 0);
         }
@@ -376,14 +377,19 @@ mod tests {
 
     #[test]
     fn shard_counts_fit_the_tables() {
+        // The sizing follows hashbrown's own.
+        for n in [15, 100, 1_000, 1_792, 1_793, 14_286, 14_337] {
+            let table = HashTable::<(Key, u64)>::with_capacity(n);
+            assert_eq!(table.capacity(), buckets_for(n) / 8 * 7, "{n}");
+        }
         assert_eq!(shard_count(100), 1);
         assert_eq!(shard_count(8_191), 1);
         // Large stores, where the memory is (a power-of-two count gives 1.3x to 2.1x).
-        for max in [100_000, 123_457, 1_000_000, 10_000_000] {
+        for max in [100_000, 123_457, 1_000_000, 10_000_000, usize::MAX] {
             let shards = shard_count(max);
-            let buckets = shards * buckets_for(max.div_ceil(shards));
+            let buckets = shards.saturating_mul(buckets_for(max.div_ceil(shards)));
             assert!(
-                buckets as f64 <= max as f64 * 1.2,
+                max == usize::MAX || buckets as f64 <= max as f64 * 1.2,
                 "{max}: {shards} shards, {buckets} buckets"
             );
         }
