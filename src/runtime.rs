@@ -422,7 +422,7 @@ fn build_limits(
         .collect::<Vec<_>>()
         .join(", ");
     limits.headers_on_success = headers;
-    limits.policy_header = policy_header;
+    limits.policy_header = http::HeaderValue::from_str(&policy_header).ok();
     Some(limits)
 }
 

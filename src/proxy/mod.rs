@@ -266,7 +266,7 @@ impl ProxyHttp for Portcullis {
                         .map_or("", |p| p.scope_text.as_str()),
                     rate_limit: match (route, &ctx.tightest) {
                         (Some(r), Some(t)) if matches!(refusal, Refusal::RateLimited(_)) => {
-                            Some((r.limits.policy_header.as_str(), t.header()))
+                            Some((r.limits.policy_header.as_ref(), t.header()))
                         }
                         _ => None,
                     },
@@ -396,8 +396,8 @@ impl ProxyHttp for Portcullis {
             map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
             if let (Some(route), Some(t)) = (ctx.route(), &ctx.tightest) {
                 if route.limits.headers_on_success {
-                    if let Ok(policy) = http::HeaderValue::from_str(&route.limits.policy_header) {
-                        map.insert(headers::RATELIMIT_POLICY, policy);
+                    if let Some(policy) = &route.limits.policy_header {
+                        map.insert(headers::RATELIMIT_POLICY, policy.clone());
                     }
                     if let Ok(now) = http::HeaderValue::from_str(&t.header()) {
                         map.insert(headers::RATELIMIT, now);

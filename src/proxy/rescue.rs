@@ -173,7 +173,9 @@ impl Refusal {
             _ => {}
         }
         if let Some((policy, state)) = &reply.rate_limit {
-            let _ = header.insert_header(headers::RATELIMIT_POLICY, *policy);
+            if let Some(policy) = policy {
+                let _ = header.insert_header(headers::RATELIMIT_POLICY, (*policy).clone());
+            }
             let _ = header.insert_header(headers::RATELIMIT, state.as_str());
         }
         (header, body)
@@ -196,7 +198,7 @@ pub struct Reply<'a> {
     /// The route's required scopes, for 403 `insufficient_scope`.
     pub scope: &'a str,
     /// `RateLimit-Policy` and `RateLimit` values.
-    pub rate_limit: Option<(&'a str, String)>,
+    pub rate_limit: Option<(Option<&'a http::HeaderValue>, String)>,
 }
 
 /// Send `refusal` as the whole response.

@@ -252,8 +252,9 @@ pub struct RouteLimits {
     pub per_route: Option<Arc<Limiter>>,
     /// Failed token checks per client IP.
     pub auth_failures_per_ip: Option<Arc<Limiter>>,
-    /// `RateLimit-Policy` for the route's limits that send headers, joined.
-    pub policy_header: String,
+    /// `RateLimit-Policy` for the route's limits that send headers, joined; made once with
+    /// the route, not per response.
+    pub policy_header: Option<http::HeaderValue>,
     /// Whether allowed responses carry the headers.
     pub headers_on_success: bool,
 }
