@@ -174,7 +174,6 @@ impl<V: Expiring> Store<V> {
             return f(&e.1);
         }
         self.make_room(&mut table, now);
-        self.reserve_one(&mut table);
         let e = table
             .entries
             .insert_unique(hash, (key, make()), |e| self.hasher.hash_one(e.0));
@@ -190,7 +189,6 @@ impl<V: Expiring> Store<V> {
             return;
         }
         self.make_room(&mut table, now);
-        self.reserve_one(&mut table);
         table
             .entries
             .insert_unique(hash, (key, value), |e| self.hasher.hash_one(e.0));
@@ -240,17 +238,24 @@ impl<V: Expiring> Store<V> {
         table.next_sweep = now.saturating_add(self.sweep_every);
     }
 
-    /// Before an insert: sweep when due, and when the shard is still full drop the eighth
-    /// of its entries nearest their deadline (at least one), so that inserts stay O(1)
-    /// amortized however many clients arrive.
+    /// Before an insert: sweep when due; when the shard is still full, drop the eighth of its
+    /// entries nearest their deadline (at least one), so that inserts stay O(1) amortized
+    /// however many clients arrive; then see that the table holds one more entry without
+    /// hashbrown growing it ([`Store::reserve_one`]).
     fn make_room(&self, table: &mut Table<V>, now: u64) {
         if now >= table.next_sweep || table.entries.len() >= self.per_shard {
             self.sweep_table(table, now);
         }
-        let len = table.entries.len();
-        if len < self.per_shard {
-            return;
+        if table.entries.len() >= self.per_shard {
+            self.evict_nearest(table);
         }
+        self.reserve_one(table);
+    }
+
+    /// Drop the eighth of a full table's entries nearest their deadline (at least one), and
+    /// any above `per_shard`.
+    fn evict_nearest(&self, table: &mut Table<V>) {
+        let len = table.entries.len();
         let mut deadlines: Vec<u64> = table.entries.iter().map(|e| e.1.deadline()).collect();
         let drop = (len / 8).max(1) + len - self.per_shard;
         let (_, nth, _) = deadlines.select_nth_unstable(drop - 1);
