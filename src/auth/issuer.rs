@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{watch, Notify};
@@ -97,7 +97,6 @@ pub struct Issuer {
     pub source: KeySource,
     /// Algorithms allowed at all.
     pub allowed: Vec<Algorithm>,
-    validations: Vec<(Algorithm, Validation)>,
     /// Clock skew in seconds.
     pub leeway: u64,
     keys: ArcSwapOption<KeySet>,
@@ -145,25 +144,6 @@ impl Issuer {
         secret: Option<&[u8]>,
     ) -> Result<Issuer, String> {
         let leeway = config.leeway.0.as_secs();
-        let validations = allowed
-            .iter()
-            .map(|&alg| {
-                let mut v = Validation::new(alg);
-                v.leeway = leeway;
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                v.set_issuer(&[config.issuer.as_str()]);
-                let mut required = vec!["exp", "iss"];
-                if config.audiences.is_empty() {
-                    v.validate_aud = false;
-                } else {
-                    v.set_audience(&config.audiences);
-                    required.push("aud");
-                }
-                v.set_required_spec_claims(&required);
-                (alg, v)
-            })
-            .collect();
         let (done, _) = watch::channel(0);
         let issuer = Issuer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -173,7 +153,6 @@ impl Issuer {
             secret_fingerprint: secret.map(secret_fingerprint),
             source,
             allowed,
-            validations,
             leeway,
             keys: ArcSwapOption::empty(),
             fetch: FetchState {
@@ -207,14 +186,6 @@ impl Issuer {
     /// same secret), keeping its keys across a reload.
     pub fn same_as(&self, config: &IssuerConfig, secret: Option<&[u8]>) -> bool {
         self.config == *config && self.secret_fingerprint == secret.map(secret_fingerprint)
-    }
-
-    /// The validation for tokens signed with `alg`, if the issuer allows it.
-    pub fn validation(&self, alg: Algorithm) -> Option<&Validation> {
-        self.validations
-            .iter()
-            .find(|(a, _)| *a == alg)
-            .map(|(_, v)| v)
     }
 
     /// The keys now in use; `None` until the first fetch succeeds.

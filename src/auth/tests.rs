@@ -23,6 +23,11 @@ struct Setup {
 
 /// A runtime with one issuer whose JWKS file holds `jwks`, and a route `r` with `policy`.
 fn setup(jwks: Value, issuer_extra: &str, policy: &str) -> Setup {
+    setup_for(jwks, "[api]", issuer_extra, policy)
+}
+
+/// [`setup`], the issuer naming `audiences` (YAML).
+fn setup_for(jwks: Value, audiences: &str, issuer_extra: &str, policy: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jwks.json");
     std::fs::write(&file, jwks.to_string()).unwrap();
@@ -35,7 +40,7 @@ issuers:
   - name: corp
     issuer: \"{ISS}\"
     jwks_file: {file}
-    audiences: [api]
+    audiences: {audiences}
     leeway: 30s
 {issuer_extra}
 routes:
@@ -416,4 +421,187 @@ routes:
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Sign the claims text `claims` exactly as written (repeated names, fractions, nulls) with
+/// the ES256 key under kid `ec256`.
+fn sign_raw(claims: &str) -> String {
+    super::crypto::install();
+    let header = base64_url(br#"{"alg":"ES256","kid":"ec256"}"#);
+    let message = format!("{header}.{}", base64_url(claims.as_bytes()));
+    let key = EncodingKey::from_ec_pem(EC256.as_bytes()).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
+/// What verification said before it did its own claim checks: jsonwebtoken's `decode` with
+/// the `Validation` the issuer built (required `exp`, `iss` and, with audiences, `aud`;
+/// `exp` and `nbf` within the leeway), after the `iss` peek that picked the issuer, then
+/// the `iat` check.
+fn jsonwebtoken_says(token: &str, audiences: &[&str]) -> Result<(), &'static str> {
+    use jsonwebtoken::errors::ErrorKind;
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1).unwrap();
+    let peeked = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Peek>(&b).ok())
+        .and_then(|p| p.iss);
+    match peeked {
+        None => return Err("the token is malformed"),
+        Some(iss) if iss != ISS => return Err("the token issuer is not accepted"),
+        Some(_) => {}
+    }
+    let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
+    v.leeway = 30;
+    v.validate_nbf = true;
+    v.set_issuer(&[ISS]);
+    let mut required = vec!["exp", "iss"];
+    if audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    let public = public_jwk(EC256, "ec256", true).unwrap();
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(public).unwrap()).unwrap();
+    let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &v)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => "the token has expired",
+            ErrorKind::ImmatureSignature => "the token is not valid yet",
+            ErrorKind::InvalidAudience => "the token is not for this audience",
+            ErrorKind::InvalidIssuer => "the token issuer is not accepted",
+            ErrorKind::InvalidSignature => "the token signature is invalid",
+            ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+            _ => "the token is malformed",
+        })?
+        .claims;
+    let now = super::cache::unix_now();
+    match claims.get("iat").map(Value::as_f64) {
+        None => Ok(()),
+        Some(Some(iat)) if iat <= (now + 30) as f64 => Ok(()),
+        Some(Some(_)) => Err("the token was issued in the future"),
+        Some(None) => Err("the token is malformed"),
+    }
+}
+
+/// The claim checks are Portcullis's own (one parse of the claims, not jsonwebtoken's
+/// three); they must say what jsonwebtoken's `Validation` said, token for token.
+#[tokio::test]
+async fn claims_are_checked_as_jsonwebtoken_checks_them() {
+    let now = super::cache::unix_now();
+    let (soon, past, late, early) = (now + 600, now - 3600, now + 3600, now - 10);
+    let cases: Vec<String> = [
+        format!(r#""exp":{soon}"#),
+        String::new(),
+        r#""exp":null"#.into(),
+        format!(r#""exp":"{soon}""#),
+        format!(r#""exp":{soon}.4"#),
+        format!(r#""exp":{soon}e0"#),
+        "\"exp\":-5".into(),
+        r#""exp":1e300"#.into(),
+        r#""exp":18446744073709551615"#.into(),
+        format!(r#""exp":{past}"#),
+        format!(r#""exp":{}"#, now - 20),
+        format!(r#""exp":{}"#, now - 45),
+        format!(r#""exp":{soon},"nbf":{late}"#),
+        format!(r#""exp":{soon},"nbf":{}"#, now + 15),
+        format!(r#""exp":{soon},"nbf":null"#),
+        format!(r#""exp":{soon},"nbf":"{early}""#),
+        format!(r#""exp":{soon},"nbf":{early}.7"#),
+        format!(r#""exp":{past},"nbf":null"#),
+        format!(r#""exp":{past},"nbf":{late}"#),
+        format!(r#""exp":{soon},"iat":{late}"#),
+        format!(r#""exp":{soon},"iat":{early}"#),
+        format!(r#""exp":{soon},"iat":"{early}""#),
+        format!(r#""exp":{soon},"sub":42"#),
+        format!(r#""exp":{soon},"iss":"https://evil.example/""#),
+        format!(r#""exp":{soon},"iss":["{ISS}"]"#),
+        format!(r#""exp":{soon},"iss":null"#),
+    ]
+    .iter()
+    .map(|extra| {
+        let iss = if extra.contains(r#""iss""#) {
+            String::new()
+        } else {
+            format!(r#","iss":"{ISS}""#)
+        };
+        let sep = if extra.is_empty() { "" } else { "," };
+        format!(r#"{{"sub":"alice"{iss}{sep}{extra}}}"#)
+    })
+    .collect();
+    let audiences = [
+        r#","aud":"api""#,
+        "",
+        r#","aud":null"#,
+        r#","aud":"billing""#,
+        r#","aud":["billing","api"]"#,
+        r#","aud":[]"#,
+        r#","aud":["api",1]"#,
+        r#","aud":5"#,
+        r#","aud":{"api":true}"#,
+    ];
+    let with_audiences = setup_for(all_keys(), "[api]", "", ANY);
+    let without = setup_for(all_keys(), "[]", "", ANY);
+    let mut compared = 0;
+    for claims in &cases {
+        for aud in audiences {
+            let text = format!("{}{aud}}}", &claims[..claims.len() - 1]);
+            let token = sign_raw(&text);
+            for (s, audiences) in [(&with_audiences, &["api"][..]), (&without, &[][..])] {
+                let ours = match check(s, &token).await {
+                    Ok(_) => Ok(()),
+                    Err(AuthError::InvalidToken(why)) => Err(why),
+                    Err(e) => panic!("{text}: {e:?}"),
+                };
+                assert_eq!(
+                    ours,
+                    jsonwebtoken_says(&token, audiences),
+                    "{text} {audiences:?}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, cases.len() * audiences.len() * 2);
+    // Payloads that are not one JSON object.
+    for text in ["[1]", "null", r#"{"exp":1"#, "{}x"] {
+        let token = sign_raw(text);
+        assert_eq!(
+            check(&with_audiences, &token).await.unwrap_err(),
+            AuthError::InvalidToken("the token is malformed"),
+            "{text}"
+        );
+        assert_eq!(
+            jsonwebtoken_says(&token, &["api"]),
+            Err("the token is malformed")
+        );
+    }
+}
+
+/// A claim named twice is refused, whichever claim it is (jsonwebtoken refused only its own
+/// five): two parsers must not read two different values from one token.
+#[tokio::test]
+async fn a_repeated_claim_is_refused() {
+    let s = setup(all_keys(), "", ANY);
+    let soon = super::cache::unix_now() + 600;
+    let good = format!(r#"{{"iss":"{ISS}","aud":"api","exp":{soon},"tenant":"acme""#);
+    check(&s, &sign_raw(&format!("{good}}}"))).await.unwrap();
+    for twice in [
+        r#","tenant":"globex""#.to_string(),
+        format!(r#","iss":"{ISS}""#),
+        r#","aud":"api""#.into(),
+        format!(r#","exp":{soon}"#),
+    ] {
+        let text = format!("{good}{twice}}}");
+        assert_eq!(
+            check(&s, &sign_raw(&text)).await.unwrap_err(),
+            AuthError::InvalidToken("the token is malformed"),
+            "{text}"
+        );
+    }
 }

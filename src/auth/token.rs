@@ -7,10 +7,15 @@
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Algorithm;
 use pingora::http::RequestHeader;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use super::identity::{Identity, Projection};
 use super::issuer::Issuer;
@@ -55,13 +60,22 @@ impl TokenSource {
 
 /// Whether `token` has only RFC 6750 `b64token` characters (a JWT's base64url and dots).
 pub fn is_well_formed(token: &str) -> bool {
-    !token.is_empty() && token.bytes().all(is_token_char)
+    !token.is_empty() && token.bytes().all(|b| TOKEN_CHARS[usize::from(b)])
 }
 
-fn is_token_char(b: u8) -> bool {
-    // RFC 6750 b64token, which covers a JWT's base64url and dots.
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
-}
+/// RFC 6750's `b64token` characters, which cover a JWT's base64url and dots; a table
+/// because every new token (500 bytes and more) is scanned.
+static TOKEN_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+        b += 1;
+    }
+    table
+};
 
 /// The token of a request, from the first source in `sources` that has one.
 ///
@@ -119,55 +133,170 @@ pub fn extract<'r>(req: &'r RequestHeader, sources: &[TokenSource]) -> Result<&'
     Err(AuthError::MissingToken)
 }
 
+/// The JOSE header fields verification reads; the others (`typ`, `jku`, `jwk`, `x5u`, `x5c`,
+/// ...) are ignored, never acted on.
 #[derive(Deserialize)]
-struct Peek {
-    iss: Option<String>,
+struct JoseHeader<'a> {
+    alg: Algorithm,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+    /// Any `crit` is refused: we implement no extension.
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+    /// RFC 7797's unencoded payload: `false` is refused, anything but a boolean is malformed.
+    #[serde(default)]
+    b64: Option<bool>,
 }
 
-/// Read `iss` from a token's payload without verifying anything, to pick the issuer.
-fn peek_iss(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    serde_json::from_slice::<Peek>(&bytes).ok()?.iss
+/// A token's claims, each name once: a JSON object with a repeated member is refused, so
+/// that no two parsers can read different values from one token (RFC 7519 section 4).
+struct Claims(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Claims, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Claims, A::Error> {
+                let mut claims = Map::new();
+                while let Some((name, value)) = members.next_entry::<String, Value>()? {
+                    if claims.contains_key(&name) {
+                        return Err(serde::de::Error::custom("a claim is repeated"));
+                    }
+                    claims.insert(name, value);
+                }
+                Ok(Claims(claims))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+const MALFORMED: AuthError = AuthError::InvalidToken("the token is malformed");
+const NOT_ALLOWED: AuthError = AuthError::InvalidToken("the token algorithm is not allowed");
+const LACKS_CLAIM: AuthError = AuthError::InvalidToken("the token lacks a required claim");
+
+fn b64_decode(part: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()
 }
 
 /// Whether the header decodes to JSON with a string `alg`.
-fn header_names_alg(token: &str) -> bool {
-    token
-        .split('.')
-        .next()
-        .and_then(|h| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(h)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.get("alg").is_some_and(|a| a.is_string()))
+fn header_names_alg(header: &str) -> bool {
+    b64_decode(header)
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v.get("alg").is_some_and(Value::is_string))
 }
 
 fn describe(kind: &ErrorKind) -> AuthError {
     AuthError::InvalidToken(match kind {
-        ErrorKind::ExpiredSignature => "the token has expired",
-        ErrorKind::ImmatureSignature => "the token is not valid yet",
-        ErrorKind::InvalidAudience => "the token is not for this audience",
-        ErrorKind::InvalidIssuer => "the token issuer is not accepted",
         ErrorKind::InvalidSignature => "the token signature is invalid",
         ErrorKind::InvalidAlgorithm => "the token algorithm is not allowed",
-        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
         _ => "the token is malformed",
     })
 }
 
-fn find_key<'k>(keys: &'k super::keys::KeySet, header: &jsonwebtoken::Header) -> Option<&'k Key> {
-    match &header.kid {
+fn find_key<'k>(
+    keys: &'k super::keys::KeySet,
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Option<&'k Key> {
+    match kid {
         Some(kid) => keys.by_kid(kid),
-        None => keys.only_key_for(header.alg),
+        None => keys.only_key_for(alg),
     }
 }
 
+/// A NumericDate (RFC 7519) as whole seconds: a non-negative integer, or a non-negative
+/// fraction rounded; anything else (a string, `null`, a negative number) is `None`.
+fn numeric_date(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    n.as_u64().or_else(|| {
+        let f = n.as_f64().filter(|_| n.is_f64())?;
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+    })
+}
+
+/// Whether `aud` (a string or an array of strings) names one of `audiences`; `None` when it
+/// is neither.
+fn audience_matches(aud: &Value, audiences: &[String]) -> Option<bool> {
+    let accepted = |a: &str| audiences.iter().any(|x| x == a);
+    match aud {
+        Value::String(a) => Some(accepted(a)),
+        Value::Array(all) => all
+            .iter()
+            .try_fold(false, |hit, a| Some(hit | accepted(a.as_str()?))),
+        _ => None,
+    }
+}
+
+/// Check a verified token's claims against its issuer: `exp`, `iss` and (when the issuer
+/// names audiences) `aud` are required; `exp`, `nbf` and `iat` are held to the clock within
+/// the issuer's leeway. Returns `exp`.
+///
+/// The checks and their order are jsonwebtoken's `Validation` (a test holds them to it),
+/// done on the one parse of the claims that the identity is built from.
+fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Result<u64, AuthError> {
+    let audiences = &issuer.config.audiences;
+    let exp = claims.get("exp").and_then(numeric_date);
+    let iss_present = claims.get("iss").is_some_and(Value::is_string);
+    let aud = claims.get("aud").filter(|a| !a.is_null());
+    let aud_present = aud.is_some_and(|a| audience_matches(a, audiences).is_some());
+    let (Some(exp), true) = (exp, iss_present) else {
+        return Err(LACKS_CLAIM);
+    };
+    if !audiences.is_empty() && !aud_present {
+        return Err(LACKS_CLAIM);
+    }
+    let nbf = match claims.get("nbf") {
+        None => None,
+        Some(v) => Some(numeric_date(v).ok_or(MALFORMED)?),
+    };
+    if exp < now.saturating_sub(issuer.leeway) {
+        return Err(AuthError::InvalidToken("the token has expired"));
+    }
+    if nbf.is_some_and(|nbf| nbf > now + issuer.leeway) {
+        return Err(AuthError::InvalidToken("the token is not valid yet"));
+    }
+    // `iss` picked the issuer, so it is the issuer's own.
+    if let Some(aud) = aud.filter(|_| !audiences.is_empty()) {
+        if audience_matches(aud, audiences) != Some(true) {
+            return Err(AuthError::InvalidToken(
+                "the token is not for this audience",
+            ));
+        }
+    }
+    match claims.get("iat") {
+        None => {}
+        Some(iat) => match iat.as_f64() {
+            #[allow(clippy::cast_precision_loss)]
+            Some(iat) if iat <= (now + issuer.leeway) as f64 => {}
+            Some(_) => {
+                return Err(AuthError::InvalidToken(
+                    "the token was issued in the future",
+                ))
+            }
+            None => return Err(MALFORMED),
+        },
+    }
+    Ok(exp)
+}
+
 /// Verify `token` against `issuers` and reduce it to `projection`.
+///
+/// The token is split, and its header and claims decoded, once. The claims pick the issuer
+/// before any crypto; the key comes from that issuer's set by `kid` and fixes the
+/// algorithm; jsonwebtoken (on ring, [`super::crypto`]) checks the signature; the claims
+/// are checked only after it holds.
 ///
 /// # Errors
 /// [`AuthError::InvalidToken`] with a short reason that leaks nothing of the token or keys;
@@ -180,12 +309,19 @@ pub async fn verify(
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::InvalidToken("the token is too large"));
     }
-    let header = jsonwebtoken::decode_header(token).map_err(|_| {
+    let mut parts = token.split('.');
+    let (Some(header_part), Some(claims_part), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(MALFORMED);
+    };
+    let header_json = b64_decode(header_part).ok_or(MALFORMED)?;
+    let header = serde_json::from_slice::<JoseHeader>(&header_json).map_err(|_| {
         // An `alg` we do not implement (`none` among them) fails the header parse; say so.
-        if header_names_alg(token) {
-            AuthError::InvalidToken("the token algorithm is not allowed")
+        if header_names_alg(header_part) {
+            NOT_ALLOWED
         } else {
-            AuthError::InvalidToken("the token is malformed")
+            MALFORMED
         }
     })?;
     if header.crit.is_some() {
@@ -193,60 +329,42 @@ pub async fn verify(
             "the token has an unsupported critical header",
         ));
     }
-    let iss = peek_iss(token).ok_or(AuthError::InvalidToken("the token is malformed"))?;
+    if header.b64 == Some(false) {
+        return Err(MALFORMED);
+    }
+    let claims = b64_decode(claims_part)
+        .and_then(|json| serde_json::from_slice::<Claims>(&json).ok())
+        .ok_or(MALFORMED)?
+        .0;
+    let iss = claims.get("iss").and_then(Value::as_str).ok_or(MALFORMED)?;
     let issuer = issuers
         .iter()
         .find(|i| i.iss == iss)
         .ok_or(AuthError::InvalidToken("the token issuer is not accepted"))?;
-    if !issuer.allowed.contains(&header.alg) {
-        return Err(AuthError::InvalidToken(
-            "the token algorithm is not allowed",
-        ));
+    let alg = header.alg;
+    if !issuer.allowed.contains(&alg) {
+        return Err(NOT_ALLOWED);
     }
+    let kid = header.kid.as_deref();
     let mut keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
-    if find_key(&keys, &header).is_none() && header.kid.is_some() {
+    if find_key(&keys, kid, alg).is_none() && kid.is_some() {
         issuer.refresh_for_unknown_kid().await;
         // Load again even when this request did not wait: the fetch it needed may have
         // finished between reading `keys` and asking.
         keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
     }
-    let key = find_key(&keys, &header)
+    let key = find_key(&keys, kid, alg)
         .ok_or(AuthError::InvalidToken("the token signing key is unknown"))?;
-    if !key.algorithms.contains(&header.alg) {
-        return Err(AuthError::InvalidToken(
-            "the token algorithm is not allowed",
-        ));
+    if !key.algorithms.contains(&alg) {
+        return Err(NOT_ALLOWED);
     }
-    let validation = issuer
-        .validation(header.alg)
-        .ok_or(AuthError::InvalidToken(
-            "the token algorithm is not allowed",
-        ))?;
-    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-        token,
-        &key.decoding,
-        validation,
-    )
-    .map_err(|e| describe(e.kind()))?;
-    let claims = data.claims;
-    let now = super::cache::unix_now();
-    match claims.get("iat") {
-        None => {}
-        Some(iat) => match iat.as_f64() {
-            Some(iat) if iat <= (now + issuer.leeway) as f64 => {}
-            Some(_) => {
-                return Err(AuthError::InvalidToken(
-                    "the token was issued in the future",
-                ))
-            }
-            None => return Err(AuthError::InvalidToken("the token is malformed")),
-        },
+    let signed = &token[..header_part.len() + 1 + claims_part.len()];
+    match jsonwebtoken::crypto::verify(signature, signed.as_bytes(), &key.decoding, alg) {
+        Ok(true) => {}
+        Ok(false) => return Err(describe(&ErrorKind::InvalidSignature)),
+        Err(e) => return Err(describe(e.kind())),
     }
-    let exp = claims
-        .get("exp")
-        .and_then(|v| v.as_f64())
-        .filter(|v| *v >= 0.0)
-        .ok_or(AuthError::InvalidToken("the token lacks a required claim"))? as u64;
+    let exp = check_claims(&claims, issuer, super::cache::unix_now())?;
     Ok(Identity::project(
         &claims,
         projection,
