@@ -65,8 +65,34 @@ struct RingVerifier {
     key: PublicKey,
 }
 
+/// A key made ready, once, to check one algorithm's signatures: an RSA key validated and
+/// its Montgomery constants computed, an EC or Ed25519 key's bytes held as ring takes them.
+pub struct KeyVerifier(RingVerifier);
+
+impl KeyVerifier {
+    /// Prepare `key` for `alg`.
+    ///
+    /// # Errors
+    /// jsonwebtoken's error when the key is not of `alg`'s family (`InvalidAlgorithm`) or
+    /// ring rejects it (an RSA key under 2048 bits, a bad exponent).
+    pub fn new(alg: Algorithm, key: &DecodingKey) -> Result<KeyVerifier> {
+        ring_verifier(alg, key).map(KeyVerifier)
+    }
+
+    /// Whether `signature` (raw bytes, not base64) signs `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.0.check(message, signature).is_ok()
+    }
+}
+
 impl Verifier<Vec<u8>> for RingVerifier {
     fn verify(&self, msg: &[u8], signature: &Vec<u8>) -> std::result::Result<(), signature::Error> {
+        self.check(msg, signature)
+    }
+}
+
+impl RingVerifier {
+    fn check(&self, msg: &[u8], signature: &[u8]) -> std::result::Result<(), signature::Error> {
         match &self.key {
             PublicKey::Hmac(key) => ring::hmac::verify(key, msg, signature).map_err(unspecified),
             PublicKey::Rsa(key) => {
@@ -166,6 +192,10 @@ fn trim_zeros(v: &[u8]) -> &[u8] {
 }
 
 fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+    Ok(Box::new(ring_verifier(*alg, key)?))
+}
+
+fn ring_verifier(alg: Algorithm, key: &DecodingKey) -> Result<RingVerifier> {
     use jsonwebtoken::DecodingKeyKind;
     if key.family() != alg.family() {
         return Err(ErrorKind::InvalidAlgorithm.into());
@@ -188,10 +218,7 @@ fn new_verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifie
         }
         (_, DecodingKeyKind::SecretOrDer(bytes)) => PublicKey::Bytes(bytes.clone()),
     };
-    Ok(Box::new(RingVerifier {
-        alg: *alg,
-        key: public,
-    }))
+    Ok(RingVerifier { alg, key: public })
 }
 
 enum SigningKey {

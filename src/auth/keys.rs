@@ -14,6 +14,8 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+use super::crypto::KeyVerifier;
+
 /// Most keys taken from one set; providers publish a handful.
 pub const MAX_KEYS: usize = 64;
 /// Largest key set document accepted.
@@ -23,10 +25,9 @@ pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 pub struct Key {
     /// `kid`, when the set gives one.
     pub kid: Option<String>,
-    /// Algorithms this key verifies: from the key, within the issuer's allow-list.
-    pub algorithms: Vec<Algorithm>,
-    /// The key, ready for jsonwebtoken.
-    pub decoding: DecodingKey,
+    /// The algorithms this key verifies (from the key, within the issuer's allow-list),
+    /// each with the key prepared for it.
+    verifiers: Vec<(Algorithm, KeyVerifier)>,
     /// Identifies the key material, so cached tokens of a key that left the set are dropped.
     pub fingerprint: u64,
 }
@@ -150,10 +151,34 @@ fn parse_key(value: &serde_json::Value, allowed: &[Algorithm]) -> Result<Key, St
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unusable key: {e}"))?;
     Ok(Key {
         kid: jwk.common.key_id.clone(),
-        algorithms,
-        decoding,
+        verifiers: prepare(&decoding, &algorithms).map_err(|e| format!("unusable key: {e}"))?,
         fingerprint: fingerprint(value),
     })
+}
+
+/// `key` prepared for each of `algorithms`.
+fn prepare(
+    key: &DecodingKey,
+    algorithms: &[Algorithm],
+) -> Result<Vec<(Algorithm, KeyVerifier)>, jsonwebtoken::errors::Error> {
+    algorithms
+        .iter()
+        .map(|&alg| Ok((alg, KeyVerifier::new(alg, key)?)))
+        .collect()
+}
+
+impl Key {
+    /// Whether this key verifies `alg`.
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.verifiers.iter().any(|(a, _)| *a == alg)
+    }
+
+    /// The key prepared for `alg`, if it verifies `alg`.
+    pub fn verifier(&self, alg: Algorithm) -> Option<&KeyVerifier> {
+        self.verifiers
+            .iter()
+            .find_map(|(a, v)| (*a == alg).then_some(v))
+    }
 }
 
 impl KeySet {
@@ -207,8 +232,8 @@ impl KeySet {
             .map_err(|e| KeySetError::NoUsableKey(e.to_string()))?;
         let key = Key {
             kid: None,
-            algorithms: allowed.to_vec(),
-            decoding,
+            verifiers: prepare(&decoding, allowed)
+                .map_err(|e| KeySetError::NoUsableKey(e.to_string()))?,
             fingerprint: h.finish(),
         };
         Ok(KeySet::new(vec![key]))
@@ -235,7 +260,7 @@ impl KeySet {
     /// The only key that verifies `alg`, for tokens without a `kid`. `None` when there are
     /// none or several: trying several keys per token would let a client multiply our work.
     pub fn only_key_for(&self, alg: Algorithm) -> Option<&Key> {
-        let mut found = self.keys.iter().filter(|k| k.algorithms.contains(&alg));
+        let mut found = self.keys.iter().filter(|k| k.allows(alg));
         match (found.next(), found.next()) {
             (Some(k), None) => Some(k),
             _ => None,
