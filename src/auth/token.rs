@@ -14,6 +14,7 @@ use jsonwebtoken::Algorithm;
 use pingora::http::RequestHeader;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
 use super::identity::{Identity, Projection};
@@ -162,10 +163,14 @@ impl<'de> Deserialize<'de> for Claims {
             fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Claims, A::Error> {
                 let mut claims = Map::new();
                 while let Some((name, value)) = members.next_entry::<String, Value>()? {
-                    if claims.contains_key(&name) {
-                        return Err(serde::de::Error::custom("a claim is repeated"));
+                    match claims.entry(name) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(value);
+                        }
+                        Entry::Occupied(_) => {
+                            return Err(serde::de::Error::custom("a claim is repeated"));
+                        }
                     }
-                    claims.insert(name, value);
                 }
                 Ok(Claims(claims))
             }
