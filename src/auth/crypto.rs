@@ -74,7 +74,8 @@ impl KeyVerifier {
     ///
     /// # Errors
     /// jsonwebtoken's error when the key is not of `alg`'s family (`InvalidAlgorithm`) or
-    /// ring rejects it (an RSA key under 2048 bits, a bad exponent).
+    /// ring rejects it (a modulus outside 1024–8192 bits, a bad exponent). A key under 2048
+    /// bits is refused when its set is read (`keys.rs`), and by every verification.
     pub fn new(alg: Algorithm, key: &DecodingKey) -> Result<KeyVerifier> {
         ring_verifier(alg, key).map(KeyVerifier)
     }

@@ -5,9 +5,8 @@
 //! Header fields that would make us fetch or trust keys the token points at (`jku`, `x5u`,
 //! `jwk`, `x5c`) are ignored; `crit` is refused since we implement no extension.
 
-use std::sync::Arc;
-
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
