@@ -170,7 +170,7 @@ fn prepare(
 impl Key {
     /// Whether this key verifies `alg`.
     pub fn allows(&self, alg: Algorithm) -> bool {
-        self.verifiers.iter().any(|(a, _)| *a == alg)
+        self.verifier(alg).is_some()
     }
 
     /// The key prepared for `alg`, if it verifies `alg`.

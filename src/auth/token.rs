@@ -234,22 +234,27 @@ fn audience_matches(aud: &Value, audiences: &[String]) -> Option<bool> {
     }
 }
 
-/// Check a verified token's claims against its issuer: `exp`, `iss` and (when the issuer
-/// names audiences) `aud` are required; `exp`, `nbf` and `iat` are held to the clock within
-/// the issuer's leeway. Returns `exp`.
+/// Check a verified token's claims against its issuer: `exp` and (when the issuer names
+/// audiences) `aud` are required; `exp`, `nbf` and `iat` are held to the clock within the
+/// issuer's leeway. Returns `exp`. `iss`, also required, was checked when it picked the
+/// issuer.
 ///
 /// The checks and their order are jsonwebtoken's `Validation` (a test holds them to it),
 /// done on the one parse of the claims that the identity is built from.
 fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Result<u64, AuthError> {
     let audiences = &issuer.config.audiences;
-    let exp = claims.get("exp").and_then(numeric_date);
-    let iss_present = claims.get("iss").is_some_and(Value::is_string);
-    let aud = claims.get("aud").filter(|a| !a.is_null());
-    let aud_present = aud.is_some_and(|a| audience_matches(a, audiences).is_some());
-    let (Some(exp), true) = (exp, iss_present) else {
-        return Err(LACKS_CLAIM);
-    };
-    if !audiences.is_empty() && !aud_present {
+    let exp = claims
+        .get("exp")
+        .and_then(numeric_date)
+        .ok_or(LACKS_CLAIM)?;
+    // `None` when there is no `aud` (or it is neither a string nor strings), else whether it
+    // names one of the issuer's audiences; only asked when the issuer names some.
+    let aud = (!audiences.is_empty()).then(|| {
+        claims
+            .get("aud")
+            .and_then(|a| audience_matches(a, audiences))
+    });
+    if aud == Some(None) {
         return Err(LACKS_CLAIM);
     }
     let nbf = match claims.get("nbf") {
@@ -262,13 +267,10 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Resul
     if nbf.is_some_and(|nbf| nbf > now + issuer.leeway) {
         return Err(AuthError::InvalidToken("the token is not valid yet"));
     }
-    // `iss` picked the issuer, so it is the issuer's own.
-    if let Some(aud) = aud.filter(|_| !audiences.is_empty()) {
-        if audience_matches(aud, audiences) != Some(true) {
-            return Err(AuthError::InvalidToken(
-                "the token is not for this audience",
-            ));
-        }
+    if aud == Some(Some(false)) {
+        return Err(AuthError::InvalidToken(
+            "the token is not for this audience",
+        ));
     }
     match claims.get("iat") {
         None => {}
@@ -290,8 +292,8 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Resul
 ///
 /// The token is split, and its header and claims decoded, once. The claims pick the issuer
 /// before any crypto; the key comes from that issuer's set by `kid` and fixes the
-/// algorithm; jsonwebtoken (on ring, [`super::crypto`]) checks the signature; the claims
-/// are checked only after it holds.
+/// algorithm; the key's [`super::crypto::KeyVerifier`], prepared when the key set was read,
+/// checks the signature; the claims are checked only after it holds.
 ///
 /// # Errors
 /// [`AuthError::InvalidToken`] with a short reason that leaks nothing of the token or keys;
