@@ -416,11 +416,7 @@ impl ProxyHttp for Portcullis {
     ) -> FailToProxy {
         let refusal = ctx.refusal.unwrap_or_else(|| rescue::from_error(e));
         ctx.refusal = Some(refusal);
-        let client_gone = matches!(e.esource(), pingora::ErrorSource::Downstream)
-            && matches!(
-                e.etype(),
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-            );
+        let client_gone = rescue::client_gone(e);
         let code = if let Some(sent) = session.response_written() {
             // Headers already went out: the status stands; the connection is cut.
             sent.status.as_u16()

@@ -28,8 +28,11 @@ pub enum Refusal {
     UpstreamUnreachable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
-    /// The upstream broke the exchange.
+    /// The upstream broke the exchange (closed or reset it before answering).
     UpstreamError,
+    /// The upstream answered something that is not a valid HTTP response: not HTTP at all,
+    /// a header too large, conflicting `Content-Length` values (RFC 9112 section 6.3).
+    UpstreamInvalidResponse,
     /// Something inside the proxy failed.
     Internal,
     /// The route needs a token and the request has none (401 without an error code).
@@ -57,7 +60,10 @@ impl Refusal {
             Refusal::BadRequest | Refusal::BadPath => 400,
             Refusal::HeadersTooLarge => 431,
             Refusal::NoRoute => 404,
-            Refusal::NoHealthyTarget | Refusal::UpstreamUnreachable | Refusal::UpstreamError => 502,
+            Refusal::NoHealthyTarget
+            | Refusal::UpstreamUnreachable
+            | Refusal::UpstreamError
+            | Refusal::UpstreamInvalidResponse => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::Internal => 500,
             Refusal::MissingToken | Refusal::InvalidToken(_) => 401,
@@ -79,6 +85,7 @@ impl Refusal {
             Refusal::UpstreamUnreachable => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamError => "upstream_error",
+            Refusal::UpstreamInvalidResponse => "upstream_invalid_response",
             Refusal::Internal => "internal_error",
             Refusal::MissingToken => "unauthorized",
             Refusal::InvalidCredentials => "invalid_request",
@@ -101,6 +108,7 @@ impl Refusal {
             Refusal::UpstreamUnreachable => "the upstream could not be reached",
             Refusal::UpstreamTimeout => "the upstream did not answer in time",
             Refusal::UpstreamError => "the upstream failed to answer",
+            Refusal::UpstreamInvalidResponse => "the upstream sent an invalid response",
             Refusal::Internal => "internal error",
             Refusal::MissingToken => "a bearer token is required",
             Refusal::InvalidCredentials => "the credentials are malformed",
@@ -241,29 +249,216 @@ impl From<crate::auth::AuthError> for Refusal {
     }
 }
 
-/// Map a Pingora error at the end of a failed request to a refusal.
+/// Map a Pingora error at the end of a failed request to a refusal, by the side it came from
+/// first and its kind second: the same `InvalidHTTPHeader` is a client's malformed request
+/// (400) when it comes from downstream and an upstream's malformed response (502) when it
+/// comes from upstream.
+///
+/// - `Upstream`: connect failures are `upstream_unreachable` (502), read and write timeouts
+///   `upstream_timeout` (504), a response that does not parse or frame (not HTTP, a header
+///   over Pingora's 1 MiB, two `Content-Length` values, bad HTTP/2) `upstream_invalid_response`
+///   (502), anything else (closed, reset) `upstream_error` (502).
+/// - `Downstream`: `bad_request` (400); [`client_gone`] says when no answer is sent at all.
+/// - `Internal`: `internal_error` (500).
+/// - `Unset`: Pingora leaves unmarked the errors of writing to the client (as the client's
+///   I/O errors, so [`client_gone`]) and those of our own hooks (500).
+///
+/// An `HTTPStatus(n)` error is one this proxy or Pingora chose the status of: it keeps it.
 pub fn from_error(e: &pingora::Error) -> Refusal {
     use pingora::{ErrorSource, ErrorType};
-    match e.etype() {
-        ErrorType::HTTPStatus(502) => Refusal::UpstreamUnreachable,
-        ErrorType::HTTPStatus(504) => Refusal::UpstreamTimeout,
-        ErrorType::HTTPStatus(400) => Refusal::BadRequest,
-        ErrorType::ConnectTimedout
-        | ErrorType::ConnectRefused
-        | ErrorType::ConnectNoRoute
-        | ErrorType::ConnectError
-        | ErrorType::BindError
-        | ErrorType::SocketError
-        | ErrorType::TLSHandshakeFailure => Refusal::UpstreamUnreachable,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => match e.esource() {
-            ErrorSource::Upstream => Refusal::UpstreamTimeout,
-            _ => Refusal::BadRequest,
-        },
-        ErrorType::InvalidHTTPHeader => Refusal::BadRequest,
-        _ => match e.esource() {
-            ErrorSource::Upstream => Refusal::UpstreamError,
-            ErrorSource::Downstream => Refusal::BadRequest,
+    if let ErrorType::HTTPStatus(status) = e.etype() {
+        return match status {
+            502 => Refusal::UpstreamUnreachable,
+            504 => Refusal::UpstreamTimeout,
+            400..=499 => Refusal::BadRequest,
             _ => Refusal::Internal,
+        };
+    }
+    match e.esource() {
+        ErrorSource::Upstream => match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::ConnectProxyFailure
+            | ErrorType::BindError
+            | ErrorType::SocketError
+            | ErrorType::TLSWantX509Lookup
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError => Refusal::UpstreamUnreachable,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Refusal::UpstreamTimeout,
+            ErrorType::InvalidHTTPHeader
+            | ErrorType::H1Error
+            | ErrorType::H2Error
+            | ErrorType::InvalidH2
+            | ErrorType::H2Downgrade => Refusal::UpstreamInvalidResponse,
+            _ => Refusal::UpstreamError,
         },
+        ErrorSource::Downstream => Refusal::BadRequest,
+        ErrorSource::Unset if client_io(e.etype()) => Refusal::BadRequest,
+        ErrorSource::Internal | ErrorSource::Unset => Refusal::Internal,
+    }
+}
+
+/// Whether `e` says the client's connection broke, so that no answer can reach it.
+pub fn client_gone(e: &pingora::Error) -> bool {
+    matches!(
+        e.esource(),
+        pingora::ErrorSource::Downstream | pingora::ErrorSource::Unset
+    ) && client_io(e.etype())
+}
+
+/// I/O failures that, left unmarked by Pingora, come from writing the response to the client
+/// (`write_response_tasks` does not mark its errors; every upstream I/O error is marked).
+fn client_io(etype: &pingora::ErrorType) -> bool {
+    use pingora::ErrorType;
+    matches!(
+        etype,
+        ErrorType::ReadError
+            | ErrorType::WriteError
+            | ErrorType::ConnectionClosed
+            | ErrorType::WriteTimedout
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::{Error, ErrorSource, ErrorType};
+
+    /// Every error type Pingora has, with what it means coming from the upstream.
+    /// (`HTTPStatus` keeps its status: see below.)
+    const UPSTREAM: [(ErrorType, Refusal); 31] = [
+        (ErrorType::ConnectTimedout, Refusal::UpstreamUnreachable),
+        (ErrorType::ConnectRefused, Refusal::UpstreamUnreachable),
+        (ErrorType::ConnectNoRoute, Refusal::UpstreamUnreachable),
+        (ErrorType::TLSWantX509Lookup, Refusal::UpstreamUnreachable),
+        (ErrorType::TLSHandshakeFailure, Refusal::UpstreamUnreachable),
+        (
+            ErrorType::TLSHandshakeTimedout,
+            Refusal::UpstreamUnreachable,
+        ),
+        (ErrorType::InvalidCert, Refusal::UpstreamUnreachable),
+        (ErrorType::HandshakeError, Refusal::UpstreamUnreachable),
+        (ErrorType::ConnectError, Refusal::UpstreamUnreachable),
+        (ErrorType::BindError, Refusal::UpstreamUnreachable),
+        (ErrorType::AcceptError, Refusal::UpstreamError),
+        (ErrorType::SocketError, Refusal::UpstreamUnreachable),
+        (ErrorType::ConnectProxyFailure, Refusal::UpstreamUnreachable),
+        (
+            ErrorType::InvalidHTTPHeader,
+            Refusal::UpstreamInvalidResponse,
+        ),
+        (ErrorType::H1Error, Refusal::UpstreamInvalidResponse),
+        (ErrorType::H2Error, Refusal::UpstreamInvalidResponse),
+        (ErrorType::H2Downgrade, Refusal::UpstreamInvalidResponse),
+        (ErrorType::InvalidH2, Refusal::UpstreamInvalidResponse),
+        (ErrorType::ReadError, Refusal::UpstreamError),
+        (ErrorType::WriteError, Refusal::UpstreamError),
+        (ErrorType::ReadTimedout, Refusal::UpstreamTimeout),
+        (ErrorType::WriteTimedout, Refusal::UpstreamTimeout),
+        (ErrorType::ConnectionClosed, Refusal::UpstreamError),
+        (ErrorType::FileOpenError, Refusal::UpstreamError),
+        (ErrorType::FileCreateError, Refusal::UpstreamError),
+        (ErrorType::FileReadError, Refusal::UpstreamError),
+        (ErrorType::FileWriteError, Refusal::UpstreamError),
+        (ErrorType::InternalError, Refusal::UpstreamError),
+        (ErrorType::UnknownError, Refusal::UpstreamError),
+        (ErrorType::Custom("custom"), Refusal::UpstreamError),
+        (ErrorType::CustomCode("custom", 7), Refusal::UpstreamError),
+    ];
+
+    /// Error types that, unmarked, are the client's connection failing.
+    const CLIENT_IO: [ErrorType; 4] = [
+        ErrorType::ReadError,
+        ErrorType::WriteError,
+        ErrorType::ConnectionClosed,
+        ErrorType::WriteTimedout,
+    ];
+
+    fn error(etype: ErrorType, source: ErrorSource) -> Box<Error> {
+        let mut e = Error::explain(etype, "test");
+        e.esource = source;
+        e
+    }
+
+    #[test]
+    fn every_error_type_from_every_side() {
+        let sources = [
+            ErrorSource::Upstream,
+            ErrorSource::Downstream,
+            ErrorSource::Internal,
+            ErrorSource::Unset,
+        ];
+        for (etype, upstream) in UPSTREAM {
+            for source in sources.clone() {
+                let e = error(etype.clone(), source.clone());
+                let client_io = CLIENT_IO.contains(&etype);
+                let want = match source {
+                    ErrorSource::Upstream => upstream,
+                    ErrorSource::Downstream => Refusal::BadRequest,
+                    ErrorSource::Unset if client_io => Refusal::BadRequest,
+                    ErrorSource::Internal | ErrorSource::Unset => Refusal::Internal,
+                };
+                assert_eq!(from_error(&e), want, "{etype:?} from {source:?}");
+                let gone =
+                    client_io && matches!(source, ErrorSource::Downstream | ErrorSource::Unset);
+                assert_eq!(client_gone(&e), gone, "{etype:?} from {source:?}");
+            }
+        }
+        // The cases the penetration test found, and their statuses.
+        let invalid = error(ErrorType::InvalidHTTPHeader, ErrorSource::Upstream);
+        assert_eq!(from_error(&invalid).status(), 502);
+        assert_eq!(from_error(&invalid).code(), "upstream_invalid_response");
+        let timeout = error(ErrorType::ReadTimedout, ErrorSource::Upstream);
+        assert_eq!(from_error(&timeout).status(), 504);
+        let malformed = error(ErrorType::InvalidHTTPHeader, ErrorSource::Downstream);
+        assert_eq!(from_error(&malformed).status(), 400);
+        // A client that sends bytes after its request: Pingora calls it a ConnectError.
+        let extra = error(ErrorType::ConnectError, ErrorSource::Downstream);
+        assert_eq!(from_error(&extra).status(), 400);
+    }
+
+    #[test]
+    fn a_chosen_status_is_kept_whatever_the_side() {
+        for source in [
+            ErrorSource::Upstream,
+            ErrorSource::Downstream,
+            ErrorSource::Unset,
+        ] {
+            for (status, want) in [
+                (502, Refusal::UpstreamUnreachable),
+                (504, Refusal::UpstreamTimeout),
+                (400, Refusal::BadRequest),
+                (413, Refusal::BadRequest),
+                (500, Refusal::Internal),
+            ] {
+                let e = error(ErrorType::HTTPStatus(status), source.clone());
+                assert_eq!(from_error(&e), want, "{status} from {source:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_refusals_are_5xx_with_their_codes() {
+        for (refusal, status, code) in [
+            (Refusal::UpstreamError, 502, "upstream_error"),
+            (
+                Refusal::UpstreamInvalidResponse,
+                502,
+                "upstream_invalid_response",
+            ),
+            (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
+            (Refusal::UpstreamUnreachable, 502, "upstream_unreachable"),
+        ] {
+            assert_eq!(refusal.status(), status);
+            assert_eq!(refusal.code(), code);
+            let (header, body) = refusal.response(&Reply::default());
+            assert_eq!(header.status.as_u16(), status);
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], code);
+        }
     }
 }

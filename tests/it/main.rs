@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod auth;
 mod cli;
+mod faults;
 mod hygiene;
 mod lifecycle;
 mod ratelimit;
