@@ -16,6 +16,7 @@ use crate::config::{
 };
 use crate::config::{LimitConfig, LimitScope, RouteConfig};
 use crate::metrics::RouteMetrics;
+use crate::proxy::headers::OwnedHeaders;
 use crate::ratelimit::{Concurrency, LimitKind, Limiter, RouteLimits};
 use crate::routing::{Methods, RouteMatch, RouteTable};
 use crate::upstream::health::ProbeKind;
@@ -55,6 +56,8 @@ pub struct Runtime {
     pub auth: Arc<crate::auth::Auth>,
     /// Finds the client address behind trusted proxies.
     pub client_ips: ClientIps,
+    /// The client headers removed from every request (identity headers, spellings with `_`).
+    pub owned_headers: OwnedHeaders,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -192,6 +195,10 @@ impl Runtime {
             }
         };
         let max_request_header_bytes = config.server.max_request_header_bytes;
+        let owned_headers = OwnedHeaders::new(
+            &auth.identity_headers,
+            config.server.headers_with_underscores,
+        );
         issues.finish(Runtime {
             generation,
             config: config.clone(),
@@ -202,6 +209,7 @@ impl Runtime {
             max_request_header_bytes,
             auth: Arc::new(auth),
             client_ips,
+            owned_headers,
         })
     }
 

@@ -423,6 +423,12 @@ impl Auth {
                         format!("`{header}` cannot carry a claim"),
                     );
                 }
+                // CGI and its heirs read `X_User` as `X-User`: a client could send the other
+                // spelling, and many proxies drop such names on the way.
+                Ok(name) if name.as_str().contains('_') => issues.push(
+                    format!("{path}.forward_claims.{claim}"),
+                    format!("`{header}` cannot carry a claim: write it with `-`, not `_`"),
+                ),
                 Ok(name) => {
                     if let Some(slot) = self.projection.slot(claim) {
                         forward.push((slot, name));

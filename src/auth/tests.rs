@@ -401,7 +401,7 @@ routes:
   - name: s
     match: { path_prefix: /s }
     upstream: u
-    auth: { issuers: [nobody], token_from: [body], forward_claims: { sub: Authorization } }
+    auth: { issuers: [nobody], token_from: [body], forward_claims: { sub: Authorization, name: X_User } }
 ";
     let err = Runtime::from_yaml(yaml).unwrap_err().to_string();
     for expected in [
@@ -413,6 +413,7 @@ routes:
         "routes[1].auth.issuers[0]: no issuer named `nobody`",
         "routes[1].auth.token_from[0]: unknown token source `body`",
         "routes[1].auth.forward_claims.sub: `Authorization` cannot carry a claim",
+        "routes[1].auth.forward_claims.name: `X_User` cannot carry a claim: write it with `-`",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }

@@ -398,4 +398,20 @@ routes:
         assert_eq!(err.issues()[0].path, "route");
         assert_eq!(err.issues()[0].line, Some(1));
     }
+
+    #[test]
+    fn headers_with_underscores_is_drop_unless_allowed() {
+        let config = Config::from_yaml("").unwrap();
+        assert_eq!(
+            config.server.headers_with_underscores,
+            HeadersWithUnderscores::Drop
+        );
+        let config = Config::from_yaml("server:\n  headers_with_underscores: allow\n").unwrap();
+        assert_eq!(
+            config.server.headers_with_underscores,
+            HeadersWithUnderscores::Allow
+        );
+        let err = Config::from_yaml("server:\n  headers_with_underscores: keep\n").unwrap_err();
+        assert_eq!(err.issues()[0].path, "server.headers_with_underscores");
+    }
 }

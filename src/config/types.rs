@@ -80,6 +80,23 @@ pub struct ServerConfig {
     /// Request line plus headers larger than this are refused with 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// What happens to client headers whose names contain `_`.
+    #[serde(default)]
+    pub headers_with_underscores: HeadersWithUnderscores,
+}
+
+/// What happens to client request headers whose names contain `_`
+/// (`server.headers_with_underscores`). CGI, WSGI, Rack and PHP read `X_User_Id` and
+/// `X-User-Id` as the same variable, `HTTP_X_USER_ID`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersWithUnderscores {
+    /// Remove every one before forwarding (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// Forward them, except those that, with `_` read as `-`, name a header Portcullis sets
+    /// or strips: those are always removed.
+    Allow,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +105,7 @@ impl Default for ServerConfig {
             threads: None,
             grace_period: default_grace_period(),
             max_request_header_bytes: default_max_request_header_bytes(),
+            headers_with_underscores: HeadersWithUnderscores::default(),
         }
     }
 }

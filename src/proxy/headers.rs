@@ -1,13 +1,15 @@
 //! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1; `Trailer`
-//! is end-to-end there and passes, so trailers still work), the
-//! `X-Forwarded-*` set, and the request id. Pure functions over header maps; they never decide
-//! whether a request is allowed.
+//! is end-to-end there and passes, so trailers still work), the headers Portcullis owns (no
+//! client may send them, in any spelling), the `X-Forwarded-*` set, and the request id. Pure
+//! functions over header maps; they never decide whether a request is allowed.
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use http::request::Parts as ReqParts;
 use http::response::Parts as RespParts;
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::config::HeadersWithUnderscores;
 
 // Names as constants: a `&str` name is parsed again on every call, on every request.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -23,6 +25,110 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request headers Portcullis sets or strips, beside the identity headers of the config and
+/// every `X-Forwarded-*`: the one list of them. A client header that names one of these with
+/// `_` read as `-` (`X_Request_Id`, `proxy_authorization`) never reaches the upstream, whatever
+/// `server.headers_with_underscores` says: CGI, WSGI, Rack and PHP read both spellings as the
+/// same `HTTP_*` variable (the bug class of CVE-2024-45614). Lowercase, with `-`.
+pub const OWNED: &[&str] = &[
+    "x-request-id",
+    // RFC 7239: removed from every request; Portcullis speaks `X-Forwarded-*` only.
+    "forwarded",
+    // Hop-by-hop and framing: Pingora and Portcullis set or strip them.
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "upgrade",
+    "transfer-encoding",
+    "content-length",
+    // Method overrides.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Every client header name starting with this is Portcullis's: `X-Forwarded-For` (the chain
+/// it appends the client to), `-Proto` and `-Host` (it sets them from what it sees), and any
+/// other (`X-Forwarded-Port`, `-Prefix`, `-Ssl`), which it removes.
+const X_FORWARDED_PREFIX: &str = "x-forwarded-";
+
+/// The client request headers Portcullis owns, compiled once per config: [`Self::strip`]
+/// removes them from each request in one pass over its headers.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedHeaders {
+    /// The headers routes forward claims in, as the config spells them.
+    identity: Vec<HeaderName>,
+    /// [`OWNED`] and the identity headers, lowercase, with `-`: what an underscore spelling
+    /// is compared with under `allow`.
+    owned: Vec<Box<str>>,
+    underscores: HeadersWithUnderscores,
+}
+
+impl OwnedHeaders {
+    /// The owned set for a config whose routes forward claims in `identity` (names without
+    /// `_`, which the config refuses).
+    pub fn new(identity: &[HeaderName], underscores: HeadersWithUnderscores) -> Self {
+        let mut owned: Vec<Box<str>> = OWNED.iter().map(|n| Box::from(*n)).collect();
+        for name in identity {
+            if !owned.iter().any(|o| **o == *name.as_str()) {
+                owned.push(name.as_str().into());
+            }
+        }
+        OwnedHeaders {
+            identity: identity.to_vec(),
+            owned,
+            underscores,
+        }
+    }
+
+    /// Remove every client header Portcullis owns from a request going upstream: the identity
+    /// headers, `Forwarded`, any `X-Forwarded-*` but the three it sets, and the names spelled
+    /// with `_` (all of them under `drop`; under `allow`, those naming an owned header).
+    /// One pass over the names first: most requests carry none of them.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if !headers.keys().any(|k| self.owns(k)) {
+            return;
+        }
+        let owned: Vec<HeaderName> = headers.keys().filter(|k| self.owns(k)).cloned().collect();
+        for name in owned {
+            headers.remove(name);
+        }
+    }
+
+    /// Whether a client may not send `name`.
+    fn owns(&self, name: &HeaderName) -> bool {
+        let text = name.as_str();
+        if text.as_bytes().contains(&b'_') {
+            return match self.underscores {
+                HeadersWithUnderscores::Drop => true,
+                HeadersWithUnderscores::Allow => {
+                    starts_as(text, X_FORWARDED_PREFIX)
+                        || self
+                            .owned
+                            .iter()
+                            .any(|o| text.len() == o.len() && starts_as(text, o))
+                }
+            };
+        }
+        if let Some(rest) = text.strip_prefix(X_FORWARDED_PREFIX) {
+            return !matches!(rest, "for" | "proto" | "host");
+        }
+        text == "forwarded" || self.identity.contains(name)
+    }
+}
+
+/// Whether `name` starts with `owned` when each `_` in it is read as `-`. Both lowercase.
+fn starts_as(name: &str, owned: &str) -> bool {
+    name.len() >= owned.len()
+        && name
+            .bytes()
+            .zip(owned.bytes())
+            .all(|(n, o)| n == o || (n == b'_' && o == b'-'))
+}
 
 /// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
 /// anyway) and `upgrade`. Allocates only when there is such a name.
@@ -348,6 +454,88 @@ mod tests {
             assert!(!r.headers.contains_key(gone), "{gone} kept");
         }
         assert_eq!(r.headers["x-kept"], "yes");
+    }
+
+    fn owned(underscores: HeadersWithUnderscores) -> OwnedHeaders {
+        OwnedHeaders::new(
+            &[
+                HeaderName::from_static("x-user-id"),
+                HeaderName::from_static("x-tenant"),
+            ],
+            underscores,
+        )
+    }
+
+    /// Headers a client sends that name what Portcullis owns, in every spelling a CGI-style
+    /// server reads as the same variable.
+    const FORGED: [&str; 17] = [
+        "x-user-id",
+        "x_user_id",
+        "X_User-Id",
+        "x-tenant",
+        "X_TENANT",
+        "x_request_id",
+        "x_forwarded_for",
+        "x-forwarded_proto",
+        "x_forwarded_host",
+        "x-forwarded-port",
+        "x_forwarded_prefix",
+        "forwarded",
+        "proxy_authorization",
+        "keep_alive",
+        "transfer_encoding",
+        "content_length",
+        "x_http_method_override",
+    ];
+
+    #[test]
+    fn owned_headers_never_pass_in_any_spelling() {
+        for mode in [HeadersWithUnderscores::Drop, HeadersWithUnderscores::Allow] {
+            let mut sent: Vec<(&str, &str)> = FORGED.iter().map(|n| (*n, "mallory")).collect();
+            sent.extend([
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "h"),
+                ("x-request-id", "id-1"),
+                ("x-kept", "1"),
+                ("x_plain_underscore", "1"),
+            ]);
+            let mut r = parts(&sent);
+            owned(mode).strip(&mut r.headers);
+            for name in FORGED {
+                assert!(
+                    !r.headers.contains_key(name.to_ascii_lowercase().as_str()),
+                    "{name} passed under {mode:?}"
+                );
+            }
+            // Those Portcullis reads or replaces itself stay for it to do so.
+            for name in [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-request-id",
+                "x-kept",
+            ] {
+                assert!(
+                    r.headers.contains_key(name),
+                    "{name} removed under {mode:?}"
+                );
+            }
+            let plain = r.headers.contains_key("x_plain_underscore");
+            assert_eq!(plain, mode == HeadersWithUnderscores::Allow, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn owned_headers_leave_a_clean_request_alone() {
+        let mut r = parts(&[("host", "h"), ("accept", "*/*"), ("x-user-idx", "1")]);
+        let before = r.headers.clone();
+        owned(HeadersWithUnderscores::Drop).strip(&mut r.headers);
+        assert_eq!(r.headers, before);
+        // Close spellings that are other names pass under `allow`.
+        let mut r = parts(&[("x_user_idx", "1"), ("x_user", "1"), ("x_forwarded", "1")]);
+        owned(HeadersWithUnderscores::Allow).strip(&mut r.headers);
+        assert_eq!(r.headers.len(), 3, "{:?}", r.headers);
     }
 
     #[test]

@@ -364,8 +364,9 @@ impl ProxyHttp for Portcullis {
         headers::edit_request(upstream, |parts| {
             let map = &mut parts.headers;
             headers::strip_request_hop_by_hop(map, upgrade);
-            // No client may send an identity header of its own, on any route.
-            headers::remove_all(map, &ctx.runtime.auth.identity_headers);
+            // No client may send an identity header of its own, on any route, nor any other
+            // header Portcullis owns, in any spelling.
+            ctx.runtime.owned_headers.strip(map);
             if let (Some(identity), Some(policy)) =
                 (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
             {

@@ -699,6 +699,64 @@ async fn identity_headers_cannot_be_forged() {
     assert!(!seen.has("x-user-scopes"), "{:?}", seen.headers);
 }
 
+/// CGI, WSGI, Rack and PHP read `x_user_id` as `X-User-Id` (`HTTP_X_USER_ID`): an identity
+/// header spelled with `_` must not reach the upstream beside the real one, under either
+/// setting of `server.headers_with_underscores`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_cannot_be_forged_with_underscores() {
+    let up = Upstream::start("app").await;
+    let jwks = JwksServer::start(key_set(&[(ED, "ed")])).await;
+    let routes = [
+        route("open", "/open", "app", "none"),
+        route(
+            "api",
+            "/api",
+            "app",
+            &format!("{{ issuers: [corp], {FORWARD} }}"),
+        ),
+    ]
+    .concat();
+    let body = config(&up, &issuer("corp", &jwks, "60s", "5s"), &routes);
+    let forged = [
+        ("x_user_id", "mallory"),
+        ("X_User-Id", "mallory"),
+        ("x-user_scopes", "admin:all"),
+        ("X_USER_SCOPES", "admin:all"),
+        ("x_other", "plain"),
+    ];
+    let t = token(ED, "ed", json!({"sub": "alice", "scope": "orders:read"}));
+    for (setting, plain_passes) in [("", false), ("headers_with_underscores: allow", true)] {
+        let mut builder = Proxy::builder(&body);
+        if !setting.is_empty() {
+            builder = builder.server(setting);
+        }
+        let proxy = builder.start().await;
+        wait_for_keys(&proxy, "corp").await;
+        let http = client();
+        for (path, token) in [("/open", None), ("/api", Some(t.as_str()))] {
+            let seen = get(&http, &proxy.url(path), token, &forged).await.echo();
+            let mut spelled: Vec<&str> = seen
+                .headers
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| k.replace('_', "-").starts_with("x-user-"))
+                .collect();
+            spelled.sort_unstable();
+            let want: &[&str] = if token.is_some() {
+                &["x-user-id", "x-user-scopes"]
+            } else {
+                &[]
+            };
+            assert_eq!(spelled, want, "{path} {setting:?}: {:?}", seen.headers);
+            if token.is_some() {
+                assert_eq!(seen.header("x-user-id").as_deref(), Some("alice"));
+                assert_eq!(seen.header("x-user-scopes").as_deref(), Some("orders:read"));
+            }
+            assert_eq!(seen.has("x_other"), plain_passes, "{path} {setting:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_is_picked_up_on_the_first_unknown_kid() {
     let up = Upstream::start("app").await;

@@ -70,6 +70,76 @@ async fn forwarded_headers_and_host_reach_the_upstream() {
     assert_eq!(echo.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
 }
 
+/// Headers Portcullis sets or strips cannot be sent under another spelling (`_` for `-`, as
+/// CGI-style servers read them) nor through `Forwarded` (RFC 7239) or another
+/// `X-Forwarded-*`: a client cannot forge its address, scheme, host or request id that way.
+/// Under the default every header spelled with `_` is dropped (as nginx does); under
+/// `headers_with_underscores: allow` only those naming an owned header are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_headers_cannot_be_sent_in_another_spelling() {
+    let up = Upstream::start("up").await;
+    let forged = "GET /spell HTTP/1.1\r\n\
+        Host: shop.example\r\n\
+        x_forwarded_for: 198.51.100.66\r\n\
+        X-Forwarded_Proto: https\r\n\
+        x_forwarded_host: admin.internal\r\n\
+        X-Forwarded-Port: 443\r\n\
+        x_forwarded_prefix: /admin\r\n\
+        X-Forwarded-Ssl: on\r\n\
+        Forwarded: for=198.51.100.66;proto=https;host=admin.internal\r\n\
+        x_request_id: forged-id\r\n\
+        X-Request-Id: real-id\r\n\
+        proxy_authorization: Basic bWFsbG9yeQ==\r\n\
+        keep_alive: timeout=5\r\n\
+        Transfer_Encoding: chunked\r\n\
+        content_length: 9\r\n\
+        x_http_method_override: DELETE\r\n\
+        X_Method_Override: DELETE\r\n\
+        x_tenant_hint: blue\r\n\
+        Connection: close\r\n\
+        \r\n";
+    for (setting, plain_passes) in [("", false), ("headers_with_underscores: allow", true)] {
+        let mut builder = Proxy::builder(&one_route(&up));
+        if !setting.is_empty() {
+            builder = builder.server(setting);
+        }
+        let proxy = builder.start().await;
+        let resp = raw::send(proxy.addr(), forged.as_bytes()).await;
+        assert_eq!(resp.status, 200, "{setting:?}: {resp:?}");
+        let echo: Echo = serde_json::from_slice(&resp.body).unwrap();
+        let names: Vec<&str> = echo.headers.iter().map(|(k, _)| k.as_str()).collect();
+        for (name, _) in &echo.headers {
+            let read = name.replace('_', "-");
+            assert!(
+                !read.starts_with("x-forwarded-")
+                    || ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                        .contains(&name.as_str()),
+                "{name} reached the upstream ({setting:?}): {names:?}"
+            );
+            assert!(
+                name == &read || name == "x_tenant_hint",
+                "{name} reached the upstream ({setting:?}): {names:?}"
+            );
+        }
+        assert!(!echo.has("forwarded"), "{setting:?}: {names:?}");
+        assert_eq!(echo.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+        assert_eq!(echo.header("x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(
+            echo.header("x-forwarded-host").as_deref(),
+            Some("shop.example")
+        );
+        assert_eq!(echo.header("x-request-id").as_deref(), Some("real-id"));
+        assert!(!echo.has("transfer-encoding"), "{setting:?}: {names:?}");
+        assert_eq!(echo.method, "GET");
+        assert_eq!(
+            echo.has("x_tenant_hint"),
+            plain_passes,
+            "{setting:?}: {names:?}"
+        );
+        assert_eq!(resp.header("x-request-id").as_deref(), Some("real-id"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_made_or_kept_and_returned() {
     let up = Upstream::start("up").await;
