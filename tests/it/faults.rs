@@ -14,7 +14,7 @@ use crate::support::{pool, raw, Proxy};
 
 /// What the upstream answers to `path`, or `None` to close without a word.
 fn answer(path: &str) -> Option<Vec<u8>> {
-    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-upstream: fault\r\n\r\nok".to_vec();
+    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_vec();
     Some(match path {
         "/ok" => ok,
         "/garbage" => b"THIS IS NOT HTTP AT ALL\r\n\r\n".to_vec(),
