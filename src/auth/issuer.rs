@@ -3,6 +3,10 @@
 //! Only the [`KeyRefresher`] background service fetches. Requests that meet an unknown `kid`
 //! ask it for a refresh (at most one per `jwks_min_refresh` per issuer) and wait on the same
 //! fetch; they never start their own. A failed fetch keeps the last good keys serving.
+//!
+//! Every URL a fetch touches passes [`check_fetch_url`]'s rule: the configured one, each
+//! redirect hop (at most [`MAX_REDIRECTS`], never from https down to plain http) and the
+//! `jwks_uri` a discovery document names. A hop that breaks it fails the fetch.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -355,7 +359,7 @@ impl Issuer {
             },
             _ => return Err("not a remote key source".into()),
         };
-        let (body, max_age) = get(&uri, timeout).await?;
+        let (body, max_age, _) = get(&uri, timeout).await?;
         let (set, skipped) = KeySet::from_jwks(&body, &self.allowed).map_err(|e| e.to_string())?;
         for why in skipped {
             tracing::warn!(issuer = %self.name, key = %why, "key skipped");
@@ -368,7 +372,7 @@ impl Issuer {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let (body, _) = get(&url, timeout).await?;
+        let (body, _, fetched_from) = get(&url, timeout).await?;
         let doc: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("discovery document: {e}"))?;
         // OpenID Connect Discovery 1.0, section 4.3: the document must name the same issuer.
@@ -380,6 +384,9 @@ impl Issuer {
             .and_then(|v| v.as_str())
             .ok_or("discovery document has no jwks_uri")?;
         check_fetch_url(uri)?;
+        // Read over https, it may not send us to plain http.
+        let parsed = reqwest::Url::parse(uri).map_err(|e| format!("invalid jwks_uri: {e}"))?;
+        check_hop(&[fetched_from], &parsed).map_err(|why| format!("jwks_uri {why}"))?;
         *self
             .fetch
             .discovered
@@ -400,16 +407,24 @@ fn read_file(path: &std::path::Path, allowed: &[Algorithm]) -> Result<KeySet, St
     Ok(set)
 }
 
+/// Most redirects one fetch follows.
+pub const MAX_REDIRECTS: usize = 3;
+
 /// Key sets are fetched over HTTPS; plain HTTP only to a loopback address (tests, sidecars).
 ///
 /// # Errors
 /// A message when the URL is not allowed.
 pub fn check_fetch_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
-    match parsed.scheme() {
+    check_url(&parsed).map_err(|why| format!("`{url}` {why}"))
+}
+
+/// [`check_fetch_url`] on a parsed URL; the reason does not name the URL.
+fn check_url(url: &reqwest::Url) -> Result<(), String> {
+    match url.scheme() {
         "https" => Ok(()),
         "http" => {
-            let loopback = match parsed.host() {
+            let loopback = match url.host() {
                 Some(url::Host::Domain(d)) => d == "localhost",
                 Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
                 Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -418,25 +433,68 @@ pub fn check_fetch_url(url: &str) -> Result<(), String> {
             if loopback {
                 Ok(())
             } else {
-                Err(format!(
-                    "`{url}` must use https (plain http only to loopback)"
-                ))
+                Err("must use https (plain http only to loopback)".into())
             }
         }
-        other => Err(format!("`{url}`: unsupported scheme `{other}`")),
+        other => Err(format!("has unsupported scheme `{other}`")),
     }
+}
+
+/// Whether a fetch that has been at `previous` (the URL asked for first) may go on to `next`:
+/// `next` passes [`check_fetch_url`]'s rule, and after https never plain http.
+fn check_hop(previous: &[reqwest::Url], next: &reqwest::Url) -> Result<(), String> {
+    let shown = redacted(next);
+    check_url(next).map_err(|why| format!("`{shown}` refused: {why}"))?;
+    if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
+        return Err(format!(
+            "`{shown}` refused: no step down from https to plain http"
+        ));
+    }
+    Ok(())
+}
+
+/// `url` without user, password, query or fragment: what a log may show of a URL that a
+/// server chose.
+fn redacted(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Follow a redirect only as far as [`MAX_REDIRECTS`] hops, each passing [`check_hop`].
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        // `previous` holds every URL requested so far, the first one included.
+        let verdict = if attempt.previous().len() > MAX_REDIRECTS {
+            Err(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            check_hop(attempt.previous(), attempt.url()).map_err(|why| format!("redirect to {why}"))
+        };
+        match verdict {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
+        }
+    })
 }
 
 static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
     reqwest::Client::builder()
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(redirect_policy())
+        .referer(false)
         .build()
         .ok()
 });
 
-/// GET a small document, bounded in time and size. Gives the body and any `max-age`.
-async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>), String> {
+/// GET a small document, bounded in time and size, following redirects as
+/// [`redirect_policy`] allows. Gives the body, any `max-age` and the URL it came from.
+async fn get(
+    url: &str,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Option<Duration>, reqwest::Url), String> {
     let client = CLIENT.as_ref().ok_or("HTTP client unavailable")?;
     let fetch = async {
         let mut resp = client
@@ -453,6 +511,7 @@ async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>)
             .get(reqwest::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age);
+        let fetched_from = resp.url().clone();
         let mut body = Vec::new();
         while let Some(chunk) = resp
             .chunk()
@@ -466,7 +525,7 @@ async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>)
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((body, max_age))
+        Ok((body, max_age, fetched_from))
     };
     tokio::time::timeout(timeout, fetch)
         .await
@@ -476,6 +535,7 @@ async fn get(url: &str, timeout: Duration) -> Result<(Vec<u8>, Option<Duration>)
 fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(url) = e.url() {
+        s = s.replace(&format!(" for url ({url})"), "");
         s = s.replace(url.as_str(), "");
     }
     let mut source = std::error::Error::source(e);
@@ -558,6 +618,81 @@ mod tests {
         assert!(check_fetch_url("http://localhost/keys").is_ok());
         assert!(check_fetch_url("http://id.example.com/keys").is_err());
         assert!(check_fetch_url("file:///etc/passwd").is_err());
+    }
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn each_hop_passes_the_rule_of_the_configured_url() {
+        let https = url("https://id.example.com/keys");
+        let local = url("http://127.0.0.1:8080/keys");
+        assert!(check_hop(std::slice::from_ref(&local), &url("http://localhost:9/k")).is_ok());
+        assert!(check_hop(std::slice::from_ref(&local), &https).is_ok());
+        assert!(check_hop(
+            std::slice::from_ref(&https),
+            &url("https://cdn.example.net/k")
+        )
+        .is_ok());
+        for (from, to) in [
+            (&local, "http://198.18.0.2:8000/jwks.json"),
+            (&local, "http://id.example.com/keys"),
+            (&local, "file:///etc/passwd"),
+            (&https, "http://id.example.com/keys"),
+            // Plain http to loopback passes alone, but not after https.
+            (&https, "http://127.0.0.1:8080/keys"),
+        ] {
+            assert!(
+                check_hop(std::slice::from_ref(from), &url(to)).is_err(),
+                "{from} -> {to}"
+            );
+        }
+        // Anywhere after https in the chain, not only the hop just before.
+        assert!(check_hop(&[https.clone(), local.clone()], &local).is_err());
+        // The message shows no credentials or query a server put in the location.
+        let why = check_hop(&[local], &url("http://user:pw@10.0.0.1/k?token=abc")).unwrap_err();
+        assert!(why.contains("http://10.0.0.1/k"), "{why}");
+        assert!(!why.contains("pw") && !why.contains("abc"), "{why}");
+    }
+
+    /// A loopback server where `/hop/N` redirects to `/hop/N-1` and `/hop/0` answers 200.
+    async fn redirect_chain() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let n: u32 = path.trim_start_matches("/hop/").parse().unwrap_or(0);
+                let answer = if n == 0 {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".into()
+                } else {
+                    format!(
+                        "HTTP/1.1 302 Found\r\nlocation: /hop/{}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        n - 1
+                    )
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_fetch_follows_at_most_max_redirects() {
+        let addr = redirect_chain().await;
+        let timeout = Duration::from_secs(5);
+        let start = format!("http://{addr}/hop/{MAX_REDIRECTS}");
+        let (body, _, from) = get(&start, timeout).await.unwrap();
+        assert_eq!(body, b"{}");
+        assert_eq!(from.path(), "/hop/0");
+        let start = format!("http://{addr}/hop/{}", MAX_REDIRECTS + 1);
+        let why = get(&start, timeout).await.unwrap_err();
+        assert!(why.contains("more than 3 redirects"), "{why}");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! The algorithm a token may use is decided here, from the key (`kty`, `crv`, `alg`) and the
 //! issuer's allow-list, never from the token. Keys that cannot be used safely are left out
 //! with a reason: RSA under 2048 bits, `use: enc`, unknown types. Nothing here fetches.
+//!
+//! A token may have several candidate keys: providers list an old and a new key under one
+//! `kid` during some rotations, and a token without `kid` may be signed by any key of its
+//! algorithm. Each is tried, in the order the set lists them, but never more than
+//! [`MAX_CANDIDATES`], so that a hostile key set cannot make one token cost many signature
+//! checks.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -20,6 +26,38 @@ use super::crypto::KeyVerifier;
 pub const MAX_KEYS: usize = 64;
 /// Largest key set document accepted.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// Most keys tried for one token: keys under one `kid` past this many are left out of the
+/// set, and a token without `kid` is tried against the first this many keys of its algorithm.
+pub const MAX_CANDIDATES: usize = 4;
+
+/// Where in [`KeySet::keys`] the candidates for one `kid` or one algorithm are, in set order;
+/// inline, so that finding them allocates nothing.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slots {
+    len: u8,
+    at: [u8; MAX_CANDIDATES],
+}
+
+impl Slots {
+    /// Add index `i`; false when full (or `i` too large, which [`MAX_KEYS`] rules out).
+    fn push(&mut self, i: usize) -> bool {
+        match (self.at.get_mut(usize::from(self.len)), u8::try_from(i)) {
+            (Some(slot), Ok(i)) => {
+                *slot = i;
+                self.len += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn indexes(self) -> impl Iterator<Item = usize> {
+        self.at
+            .into_iter()
+            .take(usize::from(self.len))
+            .map(usize::from)
+    }
+}
 
 /// One verification key.
 pub struct Key {
@@ -35,7 +73,10 @@ pub struct Key {
 /// The keys of one issuer at one time.
 pub struct KeySet {
     keys: Vec<Key>,
-    by_kid: HashMap<String, usize>,
+    /// The keys under each `kid` (at most [`MAX_CANDIDATES`], see [`KeySet::from_jwks`]).
+    by_kid: HashMap<String, Slots>,
+    /// The first [`MAX_CANDIDATES`] keys of each algorithm, for tokens without `kid`.
+    by_alg: Vec<(Algorithm, Slots)>,
     /// When the set was fetched or read.
     pub loaded_at: SystemTime,
 }
@@ -182,7 +223,9 @@ impl Key {
 }
 
 impl KeySet {
-    /// Parse a JWKS document, keeping the keys usable with `allowed`.
+    /// Parse a JWKS document, keeping the keys usable with `allowed`. A key listed twice
+    /// under one `kid`, and keys under one `kid` past the first [`MAX_CANDIDATES`], are left
+    /// out.
     ///
     /// # Errors
     /// [`KeySetError`] when the document is not a key set or holds no usable key. Single bad
@@ -207,7 +250,21 @@ impl KeySet {
                 skipped.push(format!("keys past the first {MAX_KEYS} are ignored"));
                 break;
             }
-            match parse_key(value, allowed) {
+            let key = parse_key(value, allowed).and_then(|key| {
+                let mut same_kid = keys.iter().filter(|k: &&Key| k.kid == key.kid);
+                if key.kid.is_none() {
+                    Ok(key)
+                } else if same_kid.clone().any(|k| k.fingerprint == key.fingerprint) {
+                    Err("the same key is listed before under this kid".to_string())
+                } else if same_kid.nth(MAX_CANDIDATES - 1).is_some() {
+                    Err(format!(
+                        "more than {MAX_CANDIDATES} keys under one kid: it would never be tried"
+                    ))
+                } else {
+                    Ok(key)
+                }
+            });
+            match key {
                 Ok(key) => keys.push(key),
                 Err(why) => {
                     let kid = value.get("kid").and_then(|k| k.as_str()).unwrap_or("");
@@ -240,31 +297,59 @@ impl KeySet {
     }
 
     fn new(keys: Vec<Key>) -> KeySet {
-        let by_kid = keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, k)| k.kid.clone().map(|kid| (kid, i)))
-            .collect();
+        let mut by_kid: HashMap<String, Slots> = HashMap::new();
+        let mut by_alg: Vec<(Algorithm, Slots)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(kid) = &key.kid {
+                // Never full: `from_jwks` keeps at most MAX_CANDIDATES keys per kid.
+                by_kid.entry(kid.clone()).or_default().push(i);
+            }
+            for (alg, _) in &key.verifiers {
+                match by_alg.iter_mut().find(|(a, _)| a == alg) {
+                    Some((_, slots)) => {
+                        slots.push(i);
+                    }
+                    None => {
+                        let mut slots = Slots::default();
+                        slots.push(i);
+                        by_alg.push((*alg, slots));
+                    }
+                }
+            }
+        }
         KeySet {
             keys,
             by_kid,
+            by_alg,
             loaded_at: SystemTime::now(),
         }
     }
 
-    /// The key with this `kid`.
-    pub fn by_kid(&self, kid: &str) -> Option<&Key> {
-        self.by_kid.get(kid).map(|&i| &self.keys[i])
+    /// Whether some key is listed under `kid` (for any algorithm).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.by_kid.contains_key(kid)
     }
 
-    /// The only key that verifies `alg`, for tokens without a `kid`. `None` when there are
-    /// none or several: trying several keys per token would let a client multiply our work.
-    pub fn only_key_for(&self, alg: Algorithm) -> Option<&Key> {
-        let mut found = self.keys.iter().filter(|k| k.allows(alg));
-        match (found.next(), found.next()) {
-            (Some(k), None) => Some(k),
-            _ => None,
-        }
+    /// The keys a token of `alg` naming `kid` may be signed with, each prepared for `alg`, in
+    /// set order and at most [`MAX_CANDIDATES`]: the keys under `kid`, or without a `kid` the
+    /// keys of `alg`. Allocates nothing.
+    pub fn candidates(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = (&Key, &KeyVerifier)> + '_ {
+        let slots = match kid {
+            Some(kid) => self.by_kid.get(kid).copied(),
+            None => self
+                .by_alg
+                .iter()
+                .find_map(|(a, slots)| (*a == alg).then_some(*slots)),
+        };
+        slots
+            .unwrap_or_default()
+            .indexes()
+            .filter_map(|i| self.keys.get(i))
+            .filter_map(move |key| key.verifier(alg).map(|v| (key, v)))
     }
 
     /// Whether a key with this fingerprint is still in the set.
@@ -280,5 +365,72 @@ impl KeySet {
     /// Whether the set is empty (never true for a set built by this module).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::tools::generate_es256;
+    use serde_json::json;
+
+    const ES256: [Algorithm; 1] = [Algorithm::ES256];
+
+    /// `n` fresh P-256 public keys under `kid(i)`.
+    fn keys(n: usize, kid: impl Fn(usize) -> String) -> Vec<serde_json::Value> {
+        (0..n).map(|i| generate_es256(&kid(i)).unwrap().1).collect()
+    }
+
+    fn fingerprints<'a>(it: impl Iterator<Item = (&'a Key, &'a KeyVerifier)>) -> Vec<u64> {
+        it.map(|(k, _)| k.fingerprint).collect()
+    }
+
+    #[test]
+    fn keys_under_one_kid_are_candidates_in_set_order_up_to_the_bound() {
+        let listed = keys(6, |_| "k".into());
+        let doc = json!({ "keys": listed }).to_string();
+        let (set, skipped) = KeySet::from_jwks(doc.as_bytes(), &ES256).unwrap();
+        assert_eq!(set.len(), MAX_CANDIDATES);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].contains("more than 4 keys under one kid"),
+            "{skipped:?}"
+        );
+        let want: Vec<u64> = listed[..MAX_CANDIDATES].iter().map(fingerprint).collect();
+        assert_eq!(
+            fingerprints(set.candidates(Some("k"), Algorithm::ES256)),
+            want
+        );
+        // Without a kid: the keys of the algorithm, the same bound.
+        assert_eq!(fingerprints(set.candidates(None, Algorithm::ES256)), want);
+        // A kid with keys, none for the algorithm; an unknown kid.
+        assert!(set.has_kid("k"));
+        assert_eq!(set.candidates(Some("k"), Algorithm::RS256).count(), 0);
+        assert!(!set.has_kid("other"));
+        assert_eq!(set.candidates(Some("other"), Algorithm::ES256).count(), 0);
+    }
+
+    #[test]
+    fn a_key_listed_twice_under_one_kid_counts_once() {
+        let one = generate_es256("k").unwrap().1;
+        let doc = json!({ "keys": [one, one, generate_es256("k").unwrap().1] }).to_string();
+        let (set, skipped) = KeySet::from_jwks(doc.as_bytes(), &ES256).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(skipped[0].contains("listed before"), "{skipped:?}");
+    }
+
+    #[test]
+    fn tokens_without_kid_try_at_most_the_bound_of_many_kids() {
+        let listed = keys(6, |i| format!("k{i}"));
+        let doc = json!({ "keys": listed }).to_string();
+        let (set, skipped) = KeySet::from_jwks(doc.as_bytes(), &ES256).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(set.len(), 6);
+        let want: Vec<u64> = listed[..MAX_CANDIDATES].iter().map(fingerprint).collect();
+        assert_eq!(fingerprints(set.candidates(None, Algorithm::ES256)), want);
+        assert_eq!(
+            fingerprints(set.candidates(Some("k5"), Algorithm::ES256)),
+            [fingerprint(&listed[5])]
+        );
     }
 }

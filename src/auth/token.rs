@@ -1,7 +1,7 @@
 //! Finding a token in a request and verifying it.
 //!
 //! Verification order matters: the token's `iss` picks the issuer before any crypto, the
-//! key comes from the issuer's set by `kid`, and the algorithm must be one the key allows.
+//! keys come from the issuer's set by `kid`, and the algorithm must be one the key allows.
 //! Header fields that would make us fetch or trust keys the token points at (`jku`, `x5u`,
 //! `jwk`, `x5c`) are ignored; `crit` is refused since we implement no extension.
 
@@ -18,7 +18,6 @@ use serde_json::{Map, Value};
 
 use super::identity::{Identity, Projection};
 use super::issuer::Issuer;
-use super::keys::Key;
 use super::AuthError;
 
 /// Tokens longer than this are refused before any parsing.
@@ -195,17 +194,6 @@ fn header_names_alg(header: &str) -> bool {
         .is_some_and(|v| v.get("alg").is_some_and(Value::is_string))
 }
 
-fn find_key<'k>(
-    keys: &'k super::keys::KeySet,
-    kid: Option<&str>,
-    alg: Algorithm,
-) -> Option<&'k Key> {
-    match kid {
-        Some(kid) => keys.by_kid(kid),
-        None => keys.only_key_for(alg),
-    }
-}
-
 /// A NumericDate (RFC 7519) as whole seconds: a non-negative integer, or a non-negative
 /// fraction rounded; anything else (a string, `null`, a negative number) is `None`.
 fn numeric_date(v: &Value) -> Option<u64> {
@@ -291,9 +279,11 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Resul
 /// Verify `token` against `issuers` and reduce it to `projection`.
 ///
 /// The token is split, and its header and claims decoded, once. The claims pick the issuer
-/// before any crypto; the key comes from that issuer's set by `kid` and fixes the
-/// algorithm; the key's [`super::crypto::KeyVerifier`], prepared when the key set was read,
-/// checks the signature; the claims are checked only after it holds.
+/// before any crypto; the candidate keys come from that issuer's set by `kid` (or, without
+/// one, by algorithm) and must allow the algorithm; each candidate's
+/// [`super::crypto::KeyVerifier`], prepared when the key set was read, is tried in set order
+/// until one holds (at most [`super::keys::MAX_CANDIDATES`]); the claims are checked only
+/// after that.
 ///
 /// # Errors
 /// [`AuthError::InvalidToken`] with a short reason that leaks nothing of the token or keys;
@@ -344,20 +334,26 @@ pub async fn verify(
     }
     let kid = header.kid.as_deref();
     let mut keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
-    if find_key(&keys, kid, alg).is_none() && kid.is_some() {
+    if kid.is_some_and(|kid| !keys.has_kid(kid)) {
         issuer.refresh_for_unknown_kid().await;
         // Load again even when this request did not wait: the fetch it needed may have
         // finished between reading `keys` and asking.
         keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
     }
-    let key = find_key(&keys, kid, alg)
-        .ok_or(AuthError::InvalidToken("the token signing key is unknown"))?;
-    let verifier = key.verifier(alg).ok_or(NOT_ALLOWED)?;
-    let signed = &token[..header_part.len() + 1 + claims_part.len()];
-    let signature = b64_decode(signature).ok_or(MALFORMED)?;
-    if !verifier.verify(signed.as_bytes(), &signature) {
-        return Err(AuthError::InvalidToken("the token signature is invalid"));
+    let mut candidates = keys.candidates(kid, alg).peekable();
+    if candidates.peek().is_none() {
+        return Err(match kid {
+            // Keys under this kid, none for this algorithm.
+            Some(kid) if keys.has_kid(kid) => NOT_ALLOWED,
+            _ => AuthError::InvalidToken("the token signing key is unknown"),
+        });
     }
+    let signed = &token.as_bytes()[..header_part.len() + 1 + claims_part.len()];
+    let signature = b64_decode(signature).ok_or(MALFORMED)?;
+    // Usually one key; during some rotations two under one kid (see `keys::MAX_CANDIDATES`).
+    let (key, _) = candidates
+        .find(|(_, verifier)| verifier.verify(signed, &signature))
+        .ok_or(AuthError::InvalidToken("the token signature is invalid"))?;
     let exp = check_claims(&claims, issuer, super::cache::unix_now())?;
     Ok(Identity::project(
         &claims,

@@ -1,6 +1,7 @@
 //! Integration tests of Portcullis: the real binary, real upstream servers, a real client,
-//! all on 127.0.0.1. Each test starts its own processes on its own ports, so they run
-//! concurrently.
+//! all on 127.0.0.1 (or, where a test needs a host that is not loopback, in a network
+//! namespace it creates: `support::netns`). Each test starts its own processes on its own
+//! ports, so they run concurrently.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -10,6 +11,7 @@ mod auth;
 mod cli;
 mod faults;
 mod hygiene;
+mod key_sets;
 mod lifecycle;
 mod ratelimit;
 mod reload;

@@ -1,7 +1,8 @@
 //! A real identity provider's key endpoint on tokio: it serves `/jwks.json` and
 //! `/.well-known/openid-configuration`, counts every fetch per path, and can swap its key set
 //! (rotation), answer slowly, send `Cache-Control: max-age`, name another issuer in its
-//! discovery document, stop listening and come back on the same port.
+//! discovery document, answer a path with a redirect, stop listening and come back on the
+//! same port.
 //!
 //! Every response closes its connection, so a stopped server refuses the very next fetch
 //! instead of leaving a pooled connection behind.
@@ -39,6 +40,8 @@ struct State {
     /// The `issuer` the discovery document names; `None`: the server's own base URL.
     discovery_issuer: Mutex<Option<String>>,
     max_age: Mutex<Option<u64>>,
+    /// Paths answered with `302 Found` to this location instead.
+    redirects: Mutex<HashMap<String, String>>,
     delay_ms: AtomicU64,
     fetches: Mutex<HashMap<String, usize>>,
 }
@@ -59,6 +62,7 @@ impl JwksServer {
             keys: Mutex::new(keys),
             discovery_issuer: Mutex::new(None),
             max_age: Mutex::new(None),
+            redirects: Mutex::new(HashMap::new()),
             delay_ms: AtomicU64::new(0),
             fetches: Mutex::new(HashMap::new()),
         });
@@ -94,6 +98,15 @@ impl JwksServer {
     /// Send `Cache-Control: max-age=N` with the key set (`None`: no such header).
     pub fn set_max_age(&self, seconds: Option<u64>) {
         *self.state.max_age.lock().unwrap() = seconds;
+    }
+
+    /// Answer `path` with `302 Found` to `location` from now on (`None`: serve it again).
+    pub fn set_redirect(&self, path: &str, location: Option<&str>) {
+        let mut redirects = self.state.redirects.lock().unwrap();
+        match location {
+            Some(l) => redirects.insert(path.to_string(), l.to_string()),
+            None => redirects.remove(path),
+        };
     }
 
     /// Wait this long before answering each request (counted at once, on arrival).
@@ -160,7 +173,12 @@ async fn answer(mut stream: TcpStream, state: Arc<State>) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let mut extra = String::new();
+    let redirect = state.redirects.lock().unwrap().get(&path).cloned();
     let (status, body) = match path.as_str() {
+        _ if redirect.is_some() => {
+            extra = format!("location: {}\r\n", redirect.as_deref().unwrap_or(""));
+            (302, String::new())
+        }
         JWKS_PATH => {
             if let Some(age) = *state.max_age.lock().unwrap() {
                 extra = format!("cache-control: public, max-age={age}\r\n");
@@ -185,7 +203,11 @@ async fn answer(mut stream: TcpStream, state: Arc<State>) {
     };
     let head = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
-        if status == 200 { "OK" } else { "Not Found" },
+        match status {
+            200 => "OK",
+            302 => "Found",
+            _ => "Not Found",
+        },
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;

@@ -2,12 +2,14 @@
 //!
 //! - [`Upstream`]: an HTTP/1.1 server that echoes what it received as JSON.
 //! - [`Proxy`]: `portcullis run` on free ports, with its config file, access log and metrics.
+//! - [`netns::NetnsServer`]: an HTTP server at a non-loopback address, in a namespace of its own.
 //! - [`eventually`]: wait for health checks and reloads instead of sleeping fixed times.
 //! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
 
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
+pub mod netns;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
