@@ -23,7 +23,6 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 /// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
 /// anyway) and `upgrade`. Allocates only when there is such a name.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
@@ -57,10 +56,13 @@ const ROOM: usize = 8;
 /// edited through [`http::HeaderMap`]. Header names then go upstream in their canonical case
 /// (`Host`, `X-Forwarded-For`; others lowercase), as Envoy and HAProxy send them.
 pub fn edit_request<R>(req: &mut RequestHeader, edit: impl FnOnce(&mut ReqParts) -> R) -> R {
-    // What the parts cannot carry: a target that does not round-trip through the URI
-    // (absolute form), and the HTTP/2 end-of-stream flag.
+    // What the parts cannot carry: an origin-form target that does not round-trip through
+    // the URI (bytes that are not UTF-8), and the HTTP/2 end-of-stream flag. An absolute-form
+    // target is not kept: it goes upstream in origin form, the path and query the URI holds
+    // (RFC 9112 section 3.2.1), and its host as `Host`.
     let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
-    let raw = (from_uri != Some(req.raw_path())).then(|| req.raw_path().to_vec());
+    let raw = (req.raw_path().starts_with(b"/") && from_uri != Some(req.raw_path()))
+        .then(|| req.raw_path().to_vec());
     let end_stream = req.send_end_stream();
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = ReqParts::from(std::mem::replace(req, placeholder));
@@ -305,11 +307,7 @@ mod tests {
                 .insert(X_REQUEST_ID, HeaderValue::from_static("id"));
         });
         assert!(!r.has_case());
-        assert_eq!(
-            r.raw_path(),
-            b"http://h.example/x?a=1",
-            "absolute form kept"
-        );
+        assert_eq!(r.raw_path(), b"/x?a=1", "origin form upstream");
         assert_eq!(r.headers["x-custom-case"], "1");
         assert_eq!(r.headers["x-request-id"], "id");
         let mut wire = Vec::new();

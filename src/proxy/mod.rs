@@ -87,6 +87,8 @@ pub struct RequestCtx {
     identity: Option<Identity>,
     /// The client address (behind trusted proxies).
     client_ip: Option<IpAddr>,
+    /// The host of an absolute-form target, sent upstream as `Host`.
+    authority: Option<http::HeaderValue>,
     /// The rate limit closest to refusing, for the `RateLimit` header.
     tightest: Option<Tightest>,
     /// A place in the upstream pool's in-flight cap.
@@ -117,19 +119,32 @@ impl Portcullis {
         if headers::header_bytes(req) > ctx.runtime.max_request_header_bytes {
             return Err(Refusal::HeadersTooLarge);
         }
-        let path = routing::match_path(req.uri.path()).map_err(|_| Refusal::BadPath)?;
-        let raw_host = headers::request_host(req);
+        // The target as the client sent it: `uri` has already lost what it could not hold.
+        let target =
+            routing::request_target(req.raw_path(), &req.method).map_err(|_| Refusal::BadPath)?;
+        let raw_host = match target.authority {
+            // RFC 9112 section 3.2.2: the target's host is the one asked for. Pingora refuses
+            // a `Host` that differs; checked again here, where the routing depends on it.
+            Some(authority) => {
+                let host = headers::request_host(req);
+                if !host.is_empty() && !host.eq_ignore_ascii_case(authority) {
+                    return Err(Refusal::BadRequest);
+                }
+                ctx.authority = http::HeaderValue::from_str(authority).ok();
+                authority
+            }
+            None => headers::request_host(req),
+        };
         // RFC 9112 section 3.2: an HTTP/1.1 request without Host gets 400.
         if raw_host.is_empty() && req.version == http::Version::HTTP_11 {
             return Err(Refusal::BadRequest);
         }
         let host = routing::host_key(raw_host);
-        let route = ctx
-            .runtime
-            .table
-            .lookup(&host, &path, &req.method)
-            .ok_or(Refusal::NoRoute)?;
-        ctx.route = Some(route);
+        let table = &ctx.runtime.table;
+        let route = table
+            .route(&host, target.path, &req.method)
+            .map_err(|_| Refusal::BadPath)?;
+        ctx.route = Some(route.ok_or(Refusal::NoRoute)?);
         Ok(())
     }
 
@@ -231,6 +246,7 @@ impl ProxyHttp for Portcullis {
             refusal: None,
             identity: None,
             client_ip: None,
+            authority: None,
             tightest: None,
             permit: None,
         }
@@ -366,6 +382,9 @@ impl ProxyHttp for Portcullis {
             headers::strip_request_hop_by_hop(map, upgrade);
             // No client may send an identity header of its own, on any route.
             headers::remove_all(map, &ctx.runtime.auth.identity_headers);
+            if let Some(authority) = &ctx.authority {
+                map.insert(http::header::HOST, authority.clone());
+            }
             if let (Some(identity), Some(policy)) =
                 (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
             {
