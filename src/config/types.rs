@@ -80,6 +80,23 @@ pub struct ServerConfig {
     /// Request line plus headers larger than this are refused with 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`: removed, or used
+    /// for routing and forwarded.
+    #[serde(default)]
+    pub method_override_headers: MethodOverrideHeaders,
+}
+
+/// What Portcullis does with the headers that ask a backend to take a request as another
+/// method (Symfony, Laravel and others honour them on `POST`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodOverrideHeaders {
+    /// Removed before the request goes upstream, so a method policy cannot be walked
+    /// around.
+    #[default]
+    Strip,
+    /// Forwarded; the route is matched, and its policy applied, with the overriding method.
+    Honor,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +105,7 @@ impl Default for ServerConfig {
             threads: None,
             grace_period: default_grace_period(),
             max_request_header_bytes: default_max_request_header_bytes(),
+            method_override_headers: MethodOverrideHeaders::default(),
         }
     }
 }

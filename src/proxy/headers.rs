@@ -23,6 +23,39 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Headers that ask a backend to take a `POST` as another method (Symfony, Laravel, Rails,
+/// ASP.NET): stripped unless `server.method_override_headers` is `honor`.
+pub const METHOD_OVERRIDE: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// [`METHOD_OVERRIDE`] values that disagree or are not a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadOverride;
+
+/// The method the [`METHOD_OVERRIDE`] headers ask for, upper-cased as the frameworks that
+/// honour them do; `Ok(None)` without any.
+///
+/// # Errors
+/// When the values (all lines of all three names) disagree, or one is not a method token.
+pub fn override_method(headers: &HeaderMap) -> Result<Option<http::Method>, BadOverride> {
+    let mut found: Option<http::Method> = None;
+    for name in &METHOD_OVERRIDE {
+        for value in headers.get_all(name) {
+            let method = http::Method::from_bytes(&value.as_bytes().to_ascii_uppercase())
+                .map_err(|_| BadOverride)?;
+            match &found {
+                Some(m) if *m != method => return Err(BadOverride),
+                Some(_) => {}
+                None => found = Some(method),
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
 /// anyway) and `upgrade`. Allocates only when there is such a name.
 fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
@@ -378,6 +411,36 @@ mod tests {
             let mut out = Vec::new();
             push_ip(&mut out, ip.parse().unwrap());
             assert_eq!(String::from_utf8(out).unwrap(), ip);
+        }
+    }
+
+    #[test]
+    fn method_overrides() {
+        let map = |pairs: &[(&str, &str)]| parts(pairs).headers;
+        assert_eq!(override_method(&map(&[])), Ok(None));
+        assert_eq!(
+            override_method(&map(&[("x-http-method", "delete")])),
+            Ok(Some(http::Method::DELETE))
+        );
+        assert_eq!(
+            override_method(&map(&[
+                ("x-http-method-override", "PATCH"),
+                ("x-method-override", "patch"),
+                ("x-method-override", "Patch"),
+            ])),
+            Ok(Some(http::Method::PATCH))
+        );
+        for bad in [
+            &[
+                ("x-http-method-override", "PUT"),
+                ("x-http-method", "DELETE"),
+            ][..],
+            &[("x-method-override", "PUT"), ("x-method-override", "GET")],
+            &[("x-http-method", "")],
+            &[("x-http-method", "DE LETE")],
+            &[("x-http-method", "(GET)")],
+        ] {
+            assert_eq!(override_method(&map(bad)), Err(BadOverride), "{bad:?}");
         }
     }
 

@@ -21,6 +21,7 @@ use pingora::{Error, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
+use crate::config::MethodOverrideHeaders;
 use crate::metrics::METRICS;
 use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
@@ -141,9 +142,26 @@ impl Portcullis {
         }
         let host = routing::host_key(raw_host);
         let table = &ctx.runtime.table;
+        let overridden = match ctx.runtime.method_override {
+            MethodOverrideHeaders::Strip => None,
+            MethodOverrideHeaders::Honor => {
+                headers::override_method(&req.headers).map_err(|_| Refusal::BadRequest)?
+            }
+        };
+        let method = overridden.as_ref().unwrap_or(&req.method);
         let route = table
-            .route(&host, target.path, &req.method)
+            .route(&host, target.path, method)
             .map_err(|_| Refusal::BadPath)?;
+        if method != req.method && req.method != http::Method::POST {
+            // Frameworks honour an override on POST only: on another method the backend may
+            // take the request as either, so both must land on the same route.
+            let own = table
+                .route(&host, target.path, &req.method)
+                .map_err(|_| Refusal::BadPath)?;
+            if own != route {
+                return Err(Refusal::BadRequest);
+            }
+        }
         ctx.route = Some(route.ok_or(Refusal::NoRoute)?);
         Ok(())
     }
@@ -382,6 +400,9 @@ impl ProxyHttp for Portcullis {
             headers::strip_request_hop_by_hop(map, upgrade);
             // No client may send an identity header of its own, on any route.
             headers::remove_all(map, &ctx.runtime.auth.identity_headers);
+            if ctx.runtime.method_override == MethodOverrideHeaders::Strip {
+                headers::remove_all(map, &headers::METHOD_OVERRIDE);
+            }
             if let Some(authority) = &ctx.authority {
                 map.insert(http::header::HOST, authority.clone());
             }
