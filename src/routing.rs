@@ -181,8 +181,8 @@ impl RouteTable {
 
 impl RouteTable {
     /// Check a request path and route it: [`match_path`], then [`RouteTable::lookup`],
-    /// and for a path with `%` or `;` the same lookup for each common backend reading of it,
-    /// which must all give the same answer. A clean path costs a scan for those two bytes
+    /// and for a path with `%`, `;` or `\` the same lookup for each common backend reading
+    /// of it, which must all give the same answer. A clean path costs a scan for those bytes
     /// and nothing else.
     ///
     /// # Errors
@@ -196,7 +196,7 @@ impl RouteTable {
     ) -> Result<Option<usize>, BadPath> {
         let canonical = match_path(path)?;
         let route = self.lookup(host, &canonical, method);
-        if path.bytes().any(|b| b == b'%' || b == b';') {
+        if path.bytes().any(|b| matches!(b, b'%' | b';' | b'\\')) {
             for reading in readings(path, &canonical)? {
                 if self.lookup(host, &reading, method) != route {
                     return Err(BadPath::Ambiguous);
@@ -283,6 +283,8 @@ pub struct Target<'a> {
     pub authority: Option<&'a str>,
     /// The path, without the query: `/`-rooted, or `*` for `OPTIONS *`.
     pub path: &'a str,
+    /// The query, without the `?`; empty when there is none.
+    pub query: &'a str,
 }
 
 /// Check a request target as the client sent it (path and query; Pingora's
@@ -300,18 +302,19 @@ pub fn request_target<'a>(raw: &'a [u8], method: &http::Method) -> Result<Target
     }
     // Only ASCII is left, which is UTF-8.
     let raw = std::str::from_utf8(raw).map_err(|_| BadPath::IllegalByte)?;
-    let path_of = |pq: &'a str| pq.split_once('?').map_or(pq, |(path, _)| path);
+    let split = |authority, pq: &'a str| {
+        let (path, query) = pq.split_once('?').unwrap_or((pq, ""));
+        Target {
+            authority,
+            path: if path.is_empty() { "/" } else { path },
+            query,
+        }
+    };
     if raw.starts_with('/') {
-        return Ok(Target {
-            authority: None,
-            path: path_of(raw),
-        });
+        return Ok(split(None, raw));
     }
     if raw == "*" && method == http::Method::OPTIONS {
-        return Ok(Target {
-            authority: None,
-            path: raw,
-        });
+        return Ok(split(None, raw));
     }
     let (scheme, rest) = raw.split_once("://").ok_or(BadPath::NotAbsolute)?;
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -322,11 +325,7 @@ pub fn request_target<'a>(raw: &'a [u8], method: &http::Method) -> Result<Target
     if authority.is_empty() || authority.contains('@') {
         return Err(BadPath::NotAbsolute);
     }
-    let path = path_of(path_and_query);
-    Ok(Target {
-        authority: Some(authority),
-        path: if path.is_empty() { "/" } else { path },
-    })
+    Ok(split(Some(authority), path_and_query))
 }
 
 /// Check a request path and give the form used for matching, which is how upstream servers
@@ -425,7 +424,7 @@ fn decode_unreserved(path: &str) -> Result<std::borrow::Cow<'_, str>, BadPath> {
 /// Every well-formed `%XX` decoded, once, as a server that decodes the path before using
 /// it does. Bytes that are not UTF-8 afterwards become U+FFFD: such a path matches no
 /// prefix that the original did not.
-fn decode_once(path: &str) -> String {
+pub(crate) fn decode_once(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -636,7 +635,8 @@ mod tests {
             t("/a/b?x=1&y=%20"),
             Ok(Target {
                 authority: None,
-                path: "/a/b"
+                path: "/a/b",
+                query: "x=1&y=%20"
             })
         );
         assert_eq!(t("/a?b[]=1").map(|t| t.path), Ok("/a"));
@@ -672,14 +672,16 @@ mod tests {
             t("http://App.test:8080/x/y?q=1"),
             Ok(Target {
                 authority: Some("App.test:8080"),
-                path: "/x/y"
+                path: "/x/y",
+                query: "q=1"
             })
         );
         assert_eq!(
             t("HTTPS://app.test?q"),
             Ok(Target {
                 authority: Some("app.test"),
-                path: "/"
+                path: "/",
+                query: "q"
             })
         );
         assert_eq!(t("http://app.test").map(|t| t.path), Ok("/"));

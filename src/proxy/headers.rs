@@ -35,25 +35,57 @@ pub const METHOD_OVERRIDE: [HeaderName; 3] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadOverride;
 
-/// The method the [`METHOD_OVERRIDE`] headers ask for, upper-cased as the frameworks that
-/// honour them do; `Ok(None)` without any.
+/// The method the [`METHOD_OVERRIDE`] headers and `_method` query parameters (see
+/// [`override_params`]) ask for, upper-cased as the frameworks that honour them do;
+/// `Ok(None)` without any.
 ///
 /// # Errors
-/// When the values (all lines of all three names) disagree, or one is not a method token.
-pub fn override_method(headers: &HeaderMap) -> Result<Option<http::Method>, BadOverride> {
+/// When the values (all lines of all three names, all parameters) disagree, or one is not a
+/// method token.
+pub fn override_method(
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<Option<http::Method>, BadOverride> {
     let mut found: Option<http::Method> = None;
-    for name in &METHOD_OVERRIDE {
-        for value in headers.get_all(name) {
-            let method = http::Method::from_bytes(&value.as_bytes().to_ascii_uppercase())
-                .map_err(|_| BadOverride)?;
-            match &found {
-                Some(m) if *m != method => return Err(BadOverride),
-                Some(_) => {}
-                None => found = Some(method),
-            }
+    let names = METHOD_OVERRIDE;
+    let values = names
+        .iter()
+        .flat_map(|name| headers.get_all(name))
+        .map(|v| v.as_bytes().to_ascii_uppercase())
+        .chain(override_params(query).map(|v| form_decode(v).to_ascii_uppercase().into_bytes()));
+    for value in values {
+        let method = http::Method::from_bytes(&value).map_err(|_| BadOverride)?;
+        match &found {
+            Some(m) if *m != method => return Err(BadOverride),
+            Some(_) => {}
+            None => found = Some(method),
         }
     }
     Ok(found)
+}
+
+/// The values of the query parameters PHP reads as `_method`, which Laravel (and Symfony
+/// with its parameter override on) honour on `POST` as the headers are. PHP decodes a key,
+/// drops its leading spaces, turns ` ` and `.` into `_` and reads `_method[x]` as an array
+/// under `_method`: `%5Fmethod`, `.method`, `+_method` and `_method[]` are all `_method`.
+pub fn override_params(query: &str) -> impl Iterator<Item = &str> {
+    query.split('&').filter_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Most keys have neither and are not it: no allocation for them.
+        if !key.contains("method") && !key.contains('%') {
+            return None;
+        }
+        let key = form_decode(key);
+        let key = key.trim_start_matches(' ');
+        let key = key.split('[').next().unwrap_or(key);
+        (key.len() == 7 && key.starts_with(['_', ' ', '.']) && &key[1..] == "method")
+            .then_some(value)
+    })
+}
+
+/// A query key or value as a form decoder reads it: `+` is a space, escapes decoded once.
+fn form_decode(text: &str) -> String {
+    crate::routing::decode_once(&text.replace('+', " "))
 }
 
 /// Header names listed in `Connection`, lowercase, without `close`, `keep-alive` (removed
@@ -417,17 +449,40 @@ mod tests {
     #[test]
     fn method_overrides() {
         let map = |pairs: &[(&str, &str)]| parts(pairs).headers;
-        assert_eq!(override_method(&map(&[])), Ok(None));
+        assert_eq!(override_method(&map(&[]), "a=1&method=x"), Ok(None));
         assert_eq!(
-            override_method(&map(&[("x-http-method", "delete")])),
+            override_method(&map(&[("x-http-method", "delete")]), ""),
             Ok(Some(http::Method::DELETE))
         );
+        for query in [
+            "_method=DELETE",
+            "a=1&%5Fmethod=delete",
+            "+.method=DEL%45TE",
+            ".method=delete&b",
+            "_method[]=delete",
+            "%20%20_m%65thod=Delete",
+        ] {
+            assert_eq!(
+                override_method(&map(&[]), query),
+                Ok(Some(http::Method::DELETE)),
+                "{query}"
+            );
+            assert_eq!(override_params(query).count(), 1, "{query}");
+        }
+        assert_eq!(override_params("a_method=1&_methods=2&method=3").count(), 0);
         assert_eq!(
-            override_method(&map(&[
-                ("x-http-method-override", "PATCH"),
-                ("x-method-override", "patch"),
-                ("x-method-override", "Patch"),
-            ])),
+            override_method(&map(&[("x-http-method", "PUT")]), "_method=delete"),
+            Err(BadOverride)
+        );
+        assert_eq!(
+            override_method(
+                &map(&[
+                    ("x-http-method-override", "PATCH"),
+                    ("x-method-override", "patch"),
+                    ("x-method-override", "Patch"),
+                ]),
+                ""
+            ),
             Ok(Some(http::Method::PATCH))
         );
         for bad in [
@@ -440,7 +495,7 @@ mod tests {
             &[("x-http-method", "DE LETE")],
             &[("x-http-method", "(GET)")],
         ] {
-            assert_eq!(override_method(&map(bad)), Err(BadOverride), "{bad:?}");
+            assert_eq!(override_method(&map(bad), ""), Err(BadOverride), "{bad:?}");
         }
     }
 

@@ -143,10 +143,17 @@ impl Portcullis {
         let host = routing::host_key(raw_host);
         let table = &ctx.runtime.table;
         let overridden = match ctx.runtime.method_override {
-            MethodOverrideHeaders::Strip => None,
-            MethodOverrideHeaders::Honor => {
-                headers::override_method(&req.headers).map_err(|_| Refusal::BadRequest)?
+            MethodOverrideHeaders::Strip => {
+                // A query parameter cannot be stripped as a header is: refused instead.
+                if req.method == http::Method::POST
+                    && headers::override_params(target.query).next().is_some()
+                {
+                    return Err(Refusal::BadRequest);
+                }
+                None
             }
+            MethodOverrideHeaders::Honor => headers::override_method(&req.headers, target.query)
+                .map_err(|_| Refusal::BadRequest)?,
         };
         let method = overridden.as_ref().unwrap_or(&req.method);
         let route = table
