@@ -4,6 +4,10 @@
 //! prefix length, so its cost depends on the shape of the prefixes, not on how many routes
 //! there are, and it never allocates. It does not know what a route does; it hands back the
 //! route's index.
+//!
+//! It also decides which request targets may be routed at all: bytes RFC 3986 allows, an
+//! accepted form, and a path every common backend reading of which lands on the same route
+//! (those readings allocate, and are made only for paths holding `%`, `;` or `\`).
 
 use std::collections::HashMap;
 
