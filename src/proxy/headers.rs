@@ -1,7 +1,7 @@
 //! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1; `Trailer`
 //! is end-to-end there and passes, so trailers still work), the
-//! `X-Forwarded-*` set, and the request id. Pure functions over header maps; they never decide
-//! whether a request is allowed.
+//! `X-Forwarded-*` set, the request id, and reading method overrides. Pure functions over
+//! header maps; they never decide whether a request is allowed.
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use http::request::Parts as ReqParts;

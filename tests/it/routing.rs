@@ -1,4 +1,5 @@
-//! Routing: exact host over wildcard, longest prefix, methods, fall-through, 404.
+//! Routing: exact host over wildcard, longest prefix, methods, fall-through, 404; request
+//! targets refused before routing, and absolute form.
 
 use crate::support::{client_builder, pool, raw, Proxy, Upstream};
 
