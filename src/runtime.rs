@@ -52,6 +52,8 @@ pub struct Runtime {
     pub unmatched: RouteMetrics,
     /// Requests whose request line and headers exceed this are refused with 431.
     pub max_request_header_bytes: usize,
+    /// What happens to method override headers.
+    pub method_override: crate::config::MethodOverrideHeaders,
     /// Issuers, token cache and what routes need of tokens.
     pub auth: Arc<crate::auth::Auth>,
     /// Finds the client address behind trusted proxies.
@@ -207,6 +209,7 @@ impl Runtime {
             pools,
             unmatched: RouteMetrics::new("", false),
             max_request_header_bytes,
+            method_override: config.server.method_override_headers,
             auth: Arc::new(auth),
             client_ips,
             owned_headers,

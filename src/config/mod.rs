@@ -414,4 +414,22 @@ routes:
         let err = Config::from_yaml("server:\n  headers_with_underscores: keep\n").unwrap_err();
         assert_eq!(err.issues()[0].path, "server.headers_with_underscores");
     }
+
+    #[test]
+    fn method_override_headers_are_stripped_unless_honoured() {
+        assert_eq!(
+            Config::from_yaml("")
+                .unwrap()
+                .server
+                .method_override_headers,
+            MethodOverrideHeaders::Strip
+        );
+        let honor = Config::from_yaml("server:\n  method_override_headers: honor\n").unwrap();
+        assert_eq!(
+            honor.server.method_override_headers,
+            MethodOverrideHeaders::Honor
+        );
+        let err = Config::from_yaml("server:\n  method_override_headers: keep\n").unwrap_err();
+        assert!(err.issues()[0].path.starts_with("server"), "{err}");
+    }
 }

@@ -83,6 +83,10 @@ pub struct ServerConfig {
     /// What happens to client headers whose names contain `_`.
     #[serde(default)]
     pub headers_with_underscores: HeadersWithUnderscores,
+    /// `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`: removed, or used
+    /// for routing and forwarded.
+    #[serde(default)]
+    pub method_override_headers: MethodOverrideHeaders,
 }
 
 /// What happens to client request headers whose names contain `_`
@@ -99,6 +103,19 @@ pub enum HeadersWithUnderscores {
     Allow,
 }
 
+/// What Portcullis does with the headers that ask a backend to take a request as another
+/// method (Symfony, Laravel and others honour them on `POST`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodOverrideHeaders {
+    /// Removed before the request goes upstream, so a method policy cannot be walked
+    /// around.
+    #[default]
+    Strip,
+    /// Forwarded; the route is matched, and its policy applied, with the overriding method.
+    Honor,
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -106,6 +123,7 @@ impl Default for ServerConfig {
             grace_period: default_grace_period(),
             max_request_header_bytes: default_max_request_header_bytes(),
             headers_with_underscores: HeadersWithUnderscores::default(),
+            method_override_headers: MethodOverrideHeaders::default(),
         }
     }
 }

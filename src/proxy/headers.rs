@@ -1,7 +1,8 @@
 //! Header hygiene between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1; `Trailer`
 //! is end-to-end there and passes, so trailers still work), the headers Portcullis owns (no
-//! client may send them, in any spelling), the `X-Forwarded-*` set, and the request id. Pure
-//! functions over header maps; they never decide whether a request is allowed.
+//! client may send them, in any spelling), the `X-Forwarded-*` set, the request id, and
+//! reading method overrides. Pure functions over header maps; they never decide whether a
+//! request is allowed.
 
 use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
 use http::request::Parts as ReqParts;
@@ -25,6 +26,70 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Headers that ask a backend to take a `POST` as another method (Symfony, Laravel, Rails,
+/// ASP.NET): stripped unless `server.method_override_headers` is `honor`.
+pub const METHOD_OVERRIDE: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// [`METHOD_OVERRIDE`] values that disagree or are not a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadOverride;
+
+/// The method the [`METHOD_OVERRIDE`] headers and `_method` query parameters (see
+/// [`override_params`]) ask for, upper-cased as the frameworks that honour them do;
+/// `Ok(None)` without any.
+///
+/// # Errors
+/// When the values (all lines of all three names, all parameters) disagree, or one is not a
+/// method token.
+pub fn override_method(
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<Option<http::Method>, BadOverride> {
+    let mut found: Option<http::Method> = None;
+    let names = METHOD_OVERRIDE;
+    let values = names
+        .iter()
+        .flat_map(|name| headers.get_all(name))
+        .map(|v| v.as_bytes().to_ascii_uppercase())
+        .chain(override_params(query).map(|v| form_decode(v).to_ascii_uppercase().into_bytes()));
+    for value in values {
+        let method = http::Method::from_bytes(&value).map_err(|_| BadOverride)?;
+        match &found {
+            Some(m) if *m != method => return Err(BadOverride),
+            Some(_) => {}
+            None => found = Some(method),
+        }
+    }
+    Ok(found)
+}
+
+/// The values of the query parameters PHP reads as `_method`, which Laravel (and Symfony
+/// with its parameter override on) honour on `POST` as the headers are. PHP decodes a key,
+/// drops its leading spaces, turns ` ` and `.` into `_` and reads `_method[x]` as an array
+/// under `_method`: `%5Fmethod`, `.method`, `+_method` and `_method[]` are all `_method`.
+pub fn override_params(query: &str) -> impl Iterator<Item = &str> {
+    query.split('&').filter_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Most keys have neither and are not it: no allocation for them.
+        if !key.contains("method") && !key.contains('%') {
+            return None;
+        }
+        let key = form_decode(key);
+        let key = key.trim_start_matches(' ');
+        let key = key.split('[').next().unwrap_or(key);
+        (key.len() == 7 && key.starts_with(['_', ' ', '.']) && &key[1..] == "method")
+            .then_some(value)
+    })
+}
+
+/// A query key or value as a form decoder reads it: `+` is a space, escapes decoded once.
+fn form_decode(text: &str) -> String {
+    crate::routing::decode_once(&text.replace('+', " "))
+}
 
 /// Request headers Portcullis sets or strips, beside the identity headers of the config and
 /// every `X-Forwarded-*`: the one list of them. A client header that names one of these with
@@ -163,10 +228,13 @@ const ROOM: usize = 8;
 /// edited through [`http::HeaderMap`]. Header names then go upstream in their canonical case
 /// (`Host`, `X-Forwarded-For`; others lowercase), as Envoy and HAProxy send them.
 pub fn edit_request<R>(req: &mut RequestHeader, edit: impl FnOnce(&mut ReqParts) -> R) -> R {
-    // What the parts cannot carry: a target that does not round-trip through the URI
-    // (absolute form), and the HTTP/2 end-of-stream flag.
+    // What the parts cannot carry: an origin-form target that does not round-trip through
+    // the URI (bytes that are not UTF-8), and the HTTP/2 end-of-stream flag. An absolute-form
+    // target is not kept: it goes upstream in origin form, the path and query the URI holds
+    // (RFC 9112 section 3.2.1), and its host as `Host`.
     let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
-    let raw = (from_uri != Some(req.raw_path())).then(|| req.raw_path().to_vec());
+    let raw = (req.raw_path().starts_with(b"/") && from_uri != Some(req.raw_path()))
+        .then(|| req.raw_path().to_vec());
     let end_stream = req.send_end_stream();
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts = ReqParts::from(std::mem::replace(req, placeholder));
@@ -411,11 +479,7 @@ mod tests {
                 .insert(X_REQUEST_ID, HeaderValue::from_static("id"));
         });
         assert!(!r.has_case());
-        assert_eq!(
-            r.raw_path(),
-            b"http://h.example/x?a=1",
-            "absolute form kept"
-        );
+        assert_eq!(r.raw_path(), b"/x?a=1", "origin form upstream");
         assert_eq!(r.headers["x-custom-case"], "1");
         assert_eq!(r.headers["x-request-id"], "id");
         let mut wire = Vec::new();
@@ -568,6 +632,59 @@ mod tests {
             let mut out = Vec::new();
             push_ip(&mut out, ip.parse().unwrap());
             assert_eq!(String::from_utf8(out).unwrap(), ip);
+        }
+    }
+
+    #[test]
+    fn method_overrides() {
+        let map = |pairs: &[(&str, &str)]| parts(pairs).headers;
+        assert_eq!(override_method(&map(&[]), "a=1&method=x"), Ok(None));
+        assert_eq!(
+            override_method(&map(&[("x-http-method", "delete")]), ""),
+            Ok(Some(http::Method::DELETE))
+        );
+        for query in [
+            "_method=DELETE",
+            "a=1&%5Fmethod=delete",
+            "+.method=DEL%45TE",
+            ".method=delete&b",
+            "_method[]=delete",
+            "%20%20_m%65thod=Delete",
+        ] {
+            assert_eq!(
+                override_method(&map(&[]), query),
+                Ok(Some(http::Method::DELETE)),
+                "{query}"
+            );
+            assert_eq!(override_params(query).count(), 1, "{query}");
+        }
+        assert_eq!(override_params("a_method=1&_methods=2&method=3").count(), 0);
+        assert_eq!(
+            override_method(&map(&[("x-http-method", "PUT")]), "_method=delete"),
+            Err(BadOverride)
+        );
+        assert_eq!(
+            override_method(
+                &map(&[
+                    ("x-http-method-override", "PATCH"),
+                    ("x-method-override", "patch"),
+                    ("x-method-override", "Patch"),
+                ]),
+                ""
+            ),
+            Ok(Some(http::Method::PATCH))
+        );
+        for bad in [
+            &[
+                ("x-http-method-override", "PUT"),
+                ("x-http-method", "DELETE"),
+            ][..],
+            &[("x-method-override", "PUT"), ("x-method-override", "GET")],
+            &[("x-http-method", "")],
+            &[("x-http-method", "DE LETE")],
+            &[("x-http-method", "(GET)")],
+        ] {
+            assert_eq!(override_method(&map(bad), ""), Err(BadOverride), "{bad:?}");
         }
     }
 

@@ -21,6 +21,7 @@ use pingora::{Error, ErrorType};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
+use crate::config::MethodOverrideHeaders;
 use crate::metrics::METRICS;
 use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
@@ -87,6 +88,8 @@ pub struct RequestCtx {
     identity: Option<Identity>,
     /// The client address (behind trusted proxies).
     client_ip: Option<IpAddr>,
+    /// The host of an absolute-form target, sent upstream as `Host`.
+    authority: Option<http::HeaderValue>,
     /// The rate limit closest to refusing, for the `RateLimit` header.
     tightest: Option<Tightest>,
     /// A place in the upstream pool's in-flight cap.
@@ -117,19 +120,56 @@ impl Portcullis {
         if headers::header_bytes(req) > ctx.runtime.max_request_header_bytes {
             return Err(Refusal::HeadersTooLarge);
         }
-        let path = routing::match_path(req.uri.path()).map_err(|_| Refusal::BadPath)?;
-        let raw_host = headers::request_host(req);
+        // The target as the client sent it: `uri` has already lost what it could not hold.
+        let target =
+            routing::request_target(req.raw_path(), &req.method).map_err(|_| Refusal::BadPath)?;
+        let raw_host = match target.authority {
+            // RFC 9112 section 3.2.2: the target's host is the one asked for. Pingora refuses
+            // a `Host` that differs; checked again here, where the routing depends on it.
+            Some(authority) => {
+                let host = headers::request_host(req);
+                if !host.is_empty() && !host.eq_ignore_ascii_case(authority) {
+                    return Err(Refusal::BadRequest);
+                }
+                ctx.authority = http::HeaderValue::from_str(authority).ok();
+                authority
+            }
+            None => headers::request_host(req),
+        };
         // RFC 9112 section 3.2: an HTTP/1.1 request without Host gets 400.
         if raw_host.is_empty() && req.version == http::Version::HTTP_11 {
             return Err(Refusal::BadRequest);
         }
         let host = routing::host_key(raw_host);
-        let route = ctx
-            .runtime
-            .table
-            .lookup(&host, &path, &req.method)
-            .ok_or(Refusal::NoRoute)?;
-        ctx.route = Some(route);
+        let table = &ctx.runtime.table;
+        let overridden = match ctx.runtime.method_override {
+            MethodOverrideHeaders::Strip => {
+                // A query parameter cannot be stripped as a header is: refused instead.
+                if req.method == http::Method::POST
+                    && headers::override_params(target.query).next().is_some()
+                {
+                    return Err(Refusal::BadRequest);
+                }
+                None
+            }
+            MethodOverrideHeaders::Honor => headers::override_method(&req.headers, target.query)
+                .map_err(|_| Refusal::BadRequest)?,
+        };
+        let method = overridden.as_ref().unwrap_or(&req.method);
+        let route = table
+            .route(&host, target.path, method)
+            .map_err(|_| Refusal::BadPath)?;
+        if method != req.method && req.method != http::Method::POST {
+            // Frameworks honour an override on POST only: on another method the backend may
+            // take the request as either, so both must land on the same route.
+            let own = table
+                .route(&host, target.path, &req.method)
+                .map_err(|_| Refusal::BadPath)?;
+            if own != route {
+                return Err(Refusal::BadRequest);
+            }
+        }
+        ctx.route = Some(route.ok_or(Refusal::NoRoute)?);
         Ok(())
     }
 
@@ -231,6 +271,7 @@ impl ProxyHttp for Portcullis {
             refusal: None,
             identity: None,
             client_ip: None,
+            authority: None,
             tightest: None,
             permit: None,
         }
@@ -367,6 +408,12 @@ impl ProxyHttp for Portcullis {
             // No client may send an identity header of its own, on any route, nor any other
             // header Portcullis owns, in any spelling.
             ctx.runtime.owned_headers.strip(map);
+            if ctx.runtime.method_override == MethodOverrideHeaders::Strip {
+                headers::remove_all(map, &headers::METHOD_OVERRIDE);
+            }
+            if let Some(authority) = &ctx.authority {
+                map.insert(http::header::HOST, authority.clone());
+            }
             if let (Some(identity), Some(policy)) =
                 (&ctx.identity, ctx.route().and_then(|r| r.policy.as_ref()))
             {

@@ -16,7 +16,9 @@ use super::headers;
 pub enum Refusal {
     /// The request line or headers are malformed.
     BadRequest,
-    /// The path has dot segments or is not in origin form.
+    /// The request target is not one to route: a byte RFC 3986 does not allow, a dot
+    /// segment, an encoded separator or control, a form other than origin or `http(s)`
+    /// absolute form, or a path a common backend reading puts on another route.
     BadPath,
     /// Request line and headers exceed `server.max_request_header_bytes`.
     HeadersTooLarge,

@@ -1328,3 +1328,140 @@ async fn cli_mints_a_token_that_inspect_decodes_and_the_proxy_accepts() {
         .echo();
     assert_eq!(seen.header("x-user-id").as_deref(), Some("cli-user"));
 }
+
+/// Issue 13: `POST` open and `DELETE` behind a token on the same path. The method override
+/// headers Symfony and Laravel honour on `POST` must not walk around the `DELETE` policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_override_headers_cannot_walk_around_a_method_policy() {
+    let up = Upstream::start("app").await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
+    let routes = "  - name: orders-write\n    match: { path_prefix: /orders, methods: [GET, POST] }\n    upstream: app\n    auth: none\n  - name: orders-delete\n    match: { path_prefix: /orders, methods: [DELETE] }\n    upstream: app\n    auth: { issuers: [corp] }\n";
+    let body = config(&up, &issuer("corp", &jwks, "60s", "5s"), routes);
+    let http = client();
+    let send =
+        |proxy: &Proxy, method: reqwest::Method, token: Option<&str>, headers: &[(&str, &str)]| {
+            let mut req = http.request(method, proxy.url("/orders/7"));
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.send()
+        };
+    let names = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ];
+
+    // Default, `strip`: the POST passes as a POST, and the backend never sees the override.
+    let proxy = Proxy::start(&body).await;
+    for name in names {
+        let resp = send(&proxy, reqwest::Method::POST, None, &[(name, "DELETE")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name}");
+        let echo: Echo = resp.json().await.unwrap();
+        assert_eq!(echo.method, "POST");
+        assert!(
+            !echo.has(name),
+            "{name} reached the upstream: {:?}",
+            echo.headers
+        );
+    }
+    // Laravel reads a `_method` query parameter (as PHP spells its key) on POST the same
+    // way: it cannot be stripped as a header is, so the POST is refused.
+    for query in ["_method=DELETE", "a=1&%5Fmethod=delete", ".method=DELETE"] {
+        let url = proxy.url(&format!("/orders/7?{query}"));
+        let resp = http.post(url).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request", "{query}");
+    }
+    let resp = http
+        .get(proxy.url("/orders/7?_method=DELETE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "a GET is not taken as another method");
+    assert_eq!(up.hits(), names.len() + 1);
+    drop(proxy);
+
+    // `honor`: the override is the method routed on, its policy applies, and it is forwarded.
+    let proxy = Proxy::builder(&body)
+        .server("method_override_headers: honor")
+        .start()
+        .await;
+    wait_for_keys(&proxy, "corp").await;
+    let hits = up.hits();
+    for name in names {
+        let resp = send(&proxy, reqwest::Method::POST, None, &[(name, "DELETE")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{name}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+    let resp = http
+        .post(proxy.url("/orders/7?_method=delete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the query parameter is honoured too");
+    let good = token(RSA, "k1", json!({}));
+    let resp = send(
+        &proxy,
+        reqwest::Method::POST,
+        Some(&good),
+        &[("x-http-method", "delete")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(echo.method, "POST");
+    assert_eq!(echo.header("x-http-method").as_deref(), Some("delete"));
+    // Overrides that disagree or are no method; and one on a GET, which a backend may take
+    // as either method, while the two land on different routes.
+    for (method, headers) in [
+        (
+            reqwest::Method::POST,
+            &[
+                ("x-http-method-override", "DELETE"),
+                ("x-method-override", "PUT"),
+            ][..],
+        ),
+        (
+            reqwest::Method::POST,
+            &[("x-http-method-override", "DE LETE")],
+        ),
+        (reqwest::Method::POST, &[("x-http-method-override", "")]),
+        (
+            reqwest::Method::GET,
+            &[("x-http-method-override", "DELETE")],
+        ),
+    ] {
+        let resp = send(&proxy, method.clone(), Some(&good), headers)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{method} {headers:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "bad_request", "{method} {headers:?}");
+    }
+    // Agreeing values pass; a plain POST still needs no token.
+    let resp = send(
+        &proxy,
+        reqwest::Method::POST,
+        None,
+        &[("x-http-method-override", "PUT"), ("x-http-method", "put")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 404, "no route takes PUT");
+    let resp = send(&proxy, reqwest::Method::POST, None, &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(up.hits(), hits + 2);
+}

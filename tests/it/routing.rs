@@ -1,4 +1,5 @@
-//! Routing: exact host over wildcard, longest prefix, methods, fall-through, 404.
+//! Routing: exact host over wildcard, longest prefix, methods, fall-through, 404; request
+//! targets refused before routing, and absolute form.
 
 use crate::support::{client_builder, pool, raw, Proxy, Upstream};
 
@@ -198,6 +199,163 @@ async fn percent_encoded_paths_route_as_the_upstream_reads_them() {
         let resp = raw::send(proxy.addr(), req.as_bytes()).await;
         assert_eq!(resp.status, 400, "{path}: {resp:?}");
         assert_eq!(resp.json()["error"], "bad_path", "{path}");
+    }
+    assert_eq!(ups.iter().map(Upstream::hits).sum::<usize>(), before);
+}
+
+/// Routes `/`, `/admin`, `/public` and `/private`, each on its own upstream, and one for
+/// host `app.test` only.
+async fn guarded() -> (Proxy, Vec<Upstream>) {
+    let names = ["root", "admin", "public", "private", "app"];
+    let mut ups = Vec::new();
+    let mut body = String::from("upstreams:\n");
+    for n in names {
+        let u = Upstream::start(n).await;
+        body.push_str(&pool(n, &[u.addr().to_string()], &[]));
+        ups.push(u);
+    }
+    body.push_str("routes:\n");
+    for (n, prefix) in [
+        ("root", "/"),
+        ("admin", "/admin"),
+        ("public", "/public"),
+        ("private", "/private"),
+    ] {
+        body.push_str(&format!(
+            "  - name: {n}\n    match: {{ path_prefix: \"{prefix}\" }}\n    upstream: {n}\n"
+        ));
+    }
+    body.push_str(
+        "  - name: app\n    match: { host: app.test, path_prefix: /x }\n    upstream: app\n",
+    );
+    (Proxy::start(&body).await, ups)
+}
+
+fn get(target: &[u8], host: Option<&str>) -> Vec<u8> {
+    let mut req = b"GET ".to_vec();
+    req.extend_from_slice(target);
+    req.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        req.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"Connection: close\r\n\r\n");
+    req
+}
+
+/// Issue 13: a raw `\`, bytes RFC 3986 does not allow in a target, and paths a backend
+/// reads as another route (`;` parameters dropped, escapes decoded once) are refused, and
+/// nothing reaches an upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_a_backend_could_read_as_another_route_are_refused() {
+    let (proxy, ups) = guarded().await;
+    for target in [
+        // The cases the penetration test quoted.
+        &b"/public\\..\\private"[..],
+        b"/public/..\\private",
+        b"/public/..;/private",
+        // A sample of their classes.
+        b"/public\\private",
+        b"/public?next=\\..\\private",
+        b"/;x/admin",
+        b"/public/.;/private",
+        b"/public/%2e%2e;x/private",
+        b"/%3Bx/admin",
+        b"/public/a\"b",
+        b"/public/{x}",
+        b"/public/a|b",
+        b"/public/a^b",
+        b"/public?a=`{}|^",
+        b"/public/caf\xc3\xa9",
+        b"/public/a%00b",
+        // Pingora percent-encodes a request line holding a control byte before Portcullis
+        // sees it (`%09`, `%00`, `%7F`): encoded controls are refused.
+        b"/public/a\tb",
+        b"/public/a\x00b",
+        b"/public/a\x7fb",
+        b"*",
+    ] {
+        let shown = String::from_utf8_lossy(target);
+        let resp = raw::send(proxy.addr(), &get(target, Some("x"))).await;
+        assert_eq!(resp.status, 400, "{shown}: {resp:?}");
+        assert_eq!(resp.json()["error"], "bad_path", "{shown}");
+    }
+    // Pingora's own parser refuses these before Portcullis sees them: a bare 400.
+    for target in [
+        &b"/public/<x>"[..],
+        b"/public/a`b",
+        b"/public?a=\"<",
+        b"/public/\xff",
+    ] {
+        let resp = raw::send(proxy.addr(), &get(target, Some("x"))).await;
+        let shown = String::from_utf8_lossy(target);
+        assert_eq!(resp.status, 400, "{shown}: {resp:?}");
+    }
+    let hits: Vec<usize> = ups.iter().map(Upstream::hits).collect();
+    assert_eq!(hits, [0, 0, 0, 0, 0], "nothing reached an upstream");
+
+    // Parameters and escapes that every reading keeps on the same route pass unchanged.
+    for (target, want) in [
+        ("/admin;jsessionid=1/x", "admin"),
+        ("/public/a%20b;v=2?q=%3B", "public"),
+        ("/x;y/z", "root"),
+    ] {
+        let resp = raw::send(proxy.addr(), &get(target.as_bytes(), Some("x"))).await;
+        assert_eq!(resp.status, 200, "{target}: {resp:?}");
+        assert_eq!(resp.header("x-upstream").as_deref(), Some(want), "{target}");
+    }
+    assert_eq!(ups[1].received()[0].path, "/admin;jsessionid=1/x");
+}
+
+/// Issue 13: an absolute-form target (RFC 9112 section 3.2.2) is routed on its host and
+/// goes upstream in origin form, with the target's host as `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_is_routed_on_its_host_and_forwarded_in_origin_form() {
+    let (proxy, ups) = guarded().await;
+    for (target, host) in [
+        ("http://app.test/x/1?q=%20", Some("app.test")),
+        ("HTTP://app.test/x/1?q=%20", None),
+        ("https://app.test/x/1?q=%20", None),
+    ] {
+        let resp = raw::send(proxy.addr(), &get(target.as_bytes(), host)).await;
+        assert_eq!(resp.status, 200, "{target}: {resp:?}");
+        assert_eq!(
+            resp.header("x-upstream").as_deref(),
+            Some("app"),
+            "{target}"
+        );
+        let echo = ups[4].received().pop().unwrap();
+        assert_eq!(echo.path, "/x/1?q=%20", "{target}");
+        assert_eq!(echo.header("host").as_deref(), Some("app.test"), "{target}");
+        assert_eq!(echo.header("x-forwarded-host").as_deref(), Some("app.test"));
+    }
+    // The target's host decides, not a route for the path on another host.
+    let resp = raw::send(proxy.addr(), &get(b"http://other.test/x?a=1", None)).await;
+    assert_eq!(resp.header("x-upstream").as_deref(), Some("root"));
+    assert_eq!(ups[0].received()[0].path, "/x?a=1");
+    let resp = raw::send(proxy.addr(), &get(b"http://app.test:8080", None)).await;
+    assert_eq!(resp.header("x-upstream").as_deref(), Some("root"));
+    assert_eq!(ups[0].received()[1].path, "/");
+    assert_eq!(
+        ups[0].received()[1].header("host").as_deref(),
+        Some("app.test:8080")
+    );
+    // Its path gets the same checks as any other.
+    let resp = raw::send(proxy.addr(), &get(b"http://app.test/x/..;/admin", None)).await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["error"], "bad_path");
+
+    // A Host that disagrees with the target, and targets in no accepted form.
+    let before: usize = ups.iter().map(Upstream::hits).sum();
+    let resp = raw::send(proxy.addr(), &get(b"http://app.test/x", Some("evil.test"))).await;
+    assert_eq!(resp.status, 400, "{resp:?}");
+    for target in [
+        &b"ftp://app.test/x"[..],
+        b"ws://app.test/x",
+        b"app.test:80",
+        b"http://user@app.test/x",
+    ] {
+        let resp = raw::send(proxy.addr(), &get(target, Some("app.test"))).await;
+        assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(target));
     }
     assert_eq!(ups.iter().map(Upstream::hits).sum::<usize>(), before);
 }
