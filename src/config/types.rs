@@ -80,6 +80,18 @@ pub struct ServerConfig {
     /// Request line plus headers larger than this are refused with 431.
     #[serde(default = "default_max_request_header_bytes")]
     pub max_request_header_bytes: usize,
+    /// Most client connections open at once; beyond it new ones are closed at once.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Most client connections open at once from one client IP (the socket's).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Idle keep-alive connections are closed after this; `0s` turns keep-alive off.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// Time a client has to send complete request headers (slowloris).
+    #[serde(default = "default_request_header_timeout")]
+    pub request_header_timeout: Dur,
 }
 
 impl Default for ServerConfig {
@@ -88,8 +100,22 @@ impl Default for ServerConfig {
             threads: None,
             grace_period: default_grace_period(),
             max_request_header_bytes: default_max_request_header_bytes(),
+            max_connections: None,
+            max_connections_per_ip: None,
+            keepalive_timeout: default_keepalive_timeout(),
+            request_header_timeout: default_request_header_timeout(),
         }
     }
+}
+
+/// Pingora's own keep-alive default.
+fn default_keepalive_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// HAProxy's and nginx's order of magnitude: ample for a real client, short for slowloris.
+fn default_request_header_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_grace_period() -> Dur {

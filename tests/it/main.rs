@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod auth;
 mod cli;
+mod connections;
 mod hygiene;
 mod lifecycle;
 mod ratelimit;
