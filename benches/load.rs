@@ -1341,10 +1341,10 @@ fn idle_run(
                 String::new()
             };
             let config = format!(
-                "global\n    nbthread 1\n    maxconn 20000\n\ndefaults\n    mode http\n    \
+                "global\n    nbthread 1\n    maxconn 8000\n\ndefaults\n    mode http\n    \
                  option http-keep-alive\n    timeout connect 5s\n    timeout client 300s\n    \
                  timeout server 60s\n    timeout http-keep-alive 300s\n\nfrontend idle\n    \
-                 bind {addr}{ssl}\n    maxconn 20000\n    default_backend up\n\nbackend up\n    \
+                 bind {addr}{ssl}\n    maxconn 8000\n    default_backend up\n\nbackend up\n    \
                  server up {}\n",
                 w.upstream
             );
