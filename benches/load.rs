@@ -19,6 +19,11 @@
 //! (comma-separated case ids; a filtered run never overwrites `benches/results/`),
 //! `LOAD_OUT` (another report folder), `LOAD_MEMORY_TABLE` (a file holding the output of
 //! `cargo bench --bench memory`, embedded in the report; `make bench` sets it).
+//!
+//! The idle-connections case (id `idle`, so `LOAD_CASES=idle` runs it alone) opens
+//! `LOAD_IDLE_CONNS` (2,000) keep-alive connections that each made one request, and reads the
+//! proxy's resident memory before, with them open, and `LOAD_IDLE_SETTLE` (60) seconds after
+//! they close: Portcullis on a plain and a TLS listener, bare Pingora, HAProxy plain and TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Write as _;
@@ -58,6 +63,8 @@ struct Settings {
     ci: bool,
     out: PathBuf,
     memory_table: Option<PathBuf>,
+    idle_conns: usize,
+    idle_settle: u64,
 }
 
 fn env_num<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -97,6 +104,16 @@ fn settings() -> Settings {
         ci: std::env::var_os("CI").is_some(),
         out,
         memory_table: std::env::var_os("LOAD_MEMORY_TABLE").map(PathBuf::from),
+        idle_conns: if full {
+            env_num("LOAD_IDLE_CONNS", 2_000)
+        } else {
+            100
+        },
+        idle_settle: if full {
+            env_num("LOAD_IDLE_SETTLE", 60)
+        } else {
+            1
+        },
     }
 }
 
@@ -1156,6 +1173,293 @@ fn run_one(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Idle connections: resident memory per keep-alive connection
+// ---------------------------------------------------------------------------------------------
+
+/// The id of the idle-connections case in `LOAD_CASES`.
+const IDLE: &str = "idle";
+
+struct IdleRun {
+    system: System,
+    tls: bool,
+    conns: usize,
+    before_kib: u64,
+    open_kib: u64,
+    after_kib: u64,
+    /// After that, a few more requests: the allocator gives freed pages back only when the
+    /// thread that freed them allocates again.
+    traffic_kib: u64,
+}
+
+impl IdleRun {
+    /// Bytes of resident memory per idle connection.
+    fn per_conn_bytes(&self) -> f64 {
+        self.open_kib.saturating_sub(self.before_kib) as f64 * 1024.0 / self.conns as f64
+    }
+}
+
+/// Resident memory (VmRSS) in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A self-signed certificate for `localhost`: (certificate PEM, key PEM, certificate DER).
+fn idle_certificate() -> (String, String, Vec<u8>) {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (
+        key.cert.pem(),
+        key.signing_key.serialize_pem(),
+        key.cert.der().to_vec(),
+    )
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Open a connection, send one keep-alive `GET PATH`, read the whole answer; the connection
+/// stays open.
+async fn idle_connection(
+    addr: SocketAddr,
+    tls: Option<&pingora::tls::TlsConnector>,
+) -> Result<Box<dyn Io>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(c) => {
+            let name = pingora::tls::ServerName::try_from("localhost").unwrap();
+            Box::new(
+                c.connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?,
+            )
+        }
+    };
+    stream
+        .write_all(format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed before the answer".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") {
+            return Err(format!("answer: {}", head.lines().next().unwrap_or("")));
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no content-length")?;
+        if buf.len() >= end + 4 + len {
+            return Ok(stream);
+        }
+    }
+}
+
+fn idle_run(
+    s: &Settings,
+    t: &Tools,
+    w: &Work,
+    system: System,
+    tls: bool,
+) -> Result<IdleRun, String> {
+    let addr = free_addr();
+    let tag = format!(
+        "idle-{}-{}",
+        system.name().replace(' ', "-"),
+        if tls { "tls" } else { "plain" }
+    );
+    let log = w.dir.join(format!("{tag}.log"));
+    let (cert_pem, key_pem, cert_der) = idle_certificate();
+    let cert = w.dir.join(format!("{tag}.crt"));
+    let key = w.dir.join(format!("{tag}.key"));
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    let cpu = t.pin.map(|p| p.0);
+    let cmd = match system {
+        System::Portcullis => {
+            let path = w.dir.join(format!("{tag}.yaml"));
+            let tls_line = if tls {
+                format!(
+                    "\n    tls: {{ cert: \"{}\", key: \"{}\" }}",
+                    cert.display(),
+                    key.display()
+                )
+            } else {
+                String::new()
+            };
+            // Keep-alive longer than the run, as for HAProxy below.
+            let config = format!(
+                "listeners:\n  - address: \"{addr}\"{tls_line}\nserver:\n  threads: 1\n  \
+                 grace_period: 1s\n  keepalive_timeout: 300s\naccess_log: \"off\"\n\
+                 upstreams:\n  - name: up\n    targets: [\"{}\"]\nroutes:\n  - name: all\n    \
+                 match: {{ path_prefix: / }}\n    upstream: up\n    auth: none\n",
+                w.upstream
+            );
+            std::fs::write(&path, config).unwrap();
+            let args = ["run".into(), "--config".into(), path.display().to_string()];
+            pinned(cpu, &t.portcullis, &args)
+        }
+        System::Bare => {
+            assert!(!tls, "bare Pingora serves plain HTTP only");
+            let args = [
+                "--listen".into(),
+                addr.to_string(),
+                "--upstream".into(),
+                w.upstream.to_string(),
+                "--threads".into(),
+                "1".into(),
+            ];
+            pinned(cpu, &t.bare, &args)
+        }
+        System::Haproxy => {
+            let path = w.dir.join(format!("{tag}.cfg"));
+            let pem = w.dir.join(format!("{tag}.pem"));
+            std::fs::write(&pem, format!("{cert_pem}{key_pem}")).unwrap();
+            let ssl = if tls {
+                format!(" ssl crt {} alpn http/1.1", pem.display())
+            } else {
+                String::new()
+            };
+            let config = format!(
+                "global\n    nbthread 1\n    maxconn 8000\n\ndefaults\n    mode http\n    \
+                 option http-keep-alive\n    timeout connect 5s\n    timeout client 300s\n    \
+                 timeout server 60s\n    timeout http-keep-alive 300s\n\nfrontend idle\n    \
+                 bind {addr}{ssl}\n    maxconn 8000\n    default_backend up\n\nbackend up\n    \
+                 server up {}\n",
+                w.upstream
+            );
+            std::fs::write(&path, config).unwrap();
+            let args = ["-db".into(), "-f".into(), path.display().to_string()];
+            pinned(cpu, t.haproxy.as_ref().unwrap(), &args)
+        }
+    };
+    let mut proc = spawn(cmd, log);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let connector = tls.then(|| {
+        pingora::tls::install_default_crypto_provider();
+        let mut roots = pingora::tls::RootCertStore::empty();
+        roots
+            .add(pingora::tls::CertificateDer::from(cert_der.clone()))
+            .unwrap();
+        let config = pingora::tls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        pingora::tls::TlsConnector::from(std::sync::Arc::new(config))
+    });
+    // Ready: one answer through the listener under test.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(why) = proc.exited() {
+            return Err(format!("exited at start: {why}"));
+        }
+        match rt.block_on(idle_connection(addr, connector.as_ref())) {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => return Err(format!("not ready: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = proc.pid();
+    let before_kib = rss_kib(pid);
+    let n = s.idle_conns;
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        match rt.block_on(idle_connection(addr, connector.as_ref())) {
+            Ok(c) => open.push(c),
+            Err(e) => return Err(format!("connection {i} of {n}: {e}")),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let open_kib = rss_kib(pid);
+    if let Some(why) = proc.exited() {
+        return Err(format!("crashed with the connections open: {why}"));
+    }
+    drop(open);
+    std::thread::sleep(Duration::from_secs(s.idle_settle));
+    let after_kib = rss_kib(pid);
+    for i in 0..100 {
+        if let Err(e) = rt.block_on(idle_connection(addr, connector.as_ref())) {
+            return Err(format!("request {i} after the connections closed: {e}"));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let traffic_kib = rss_kib(pid);
+    if let Some(why) = proc.exited() {
+        return Err(format!("crashed after the connections closed: {why}"));
+    }
+    Ok(IdleRun {
+        system,
+        tls,
+        conns: n,
+        before_kib,
+        open_kib,
+        after_kib,
+        traffic_kib,
+    })
+}
+
+/// The idle-connections table of the report.
+fn idle_table(s: &Settings, runs: &[IdleRun]) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "{} keep-alive connections opened one after another, each after one `GET {PATH}` \
+         answered in full, then left idle; the proxy's resident memory (VmRSS) read 1 s after \
+         start-up (before), 2 s after the last one opened (open), and {} s after they all \
+         closed (after), then 1 s after 100 more requests on new connections (after + traffic: \
+         mimalloc purges freed pages only when the thread that freed them allocates again). \
+         Per connection: (open − before) / connections, in kB of 1,000 bytes. One worker \
+         thread each, pinned as above; keep-alive 300 s for Portcullis and HAProxy, Pingora's \
+         fixed 60 s for the bare proxy.\n",
+        thousands(s.idle_conns as f64),
+        s.idle_settle
+    );
+    let _ = writeln!(
+        r,
+        "| system | listener | before | open | **per idle connection** | after | after + traffic | after + traffic / before |"
+    );
+    let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---:|");
+    for run in runs {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.1} MiB | {:.1} MiB | **{:.1} kB** | {:.1} MiB | {:.1} MiB | {:.2}× |",
+            run.system.name(),
+            if run.tls { "TLS" } else { "plain" },
+            run.before_kib as f64 / 1024.0,
+            run.open_kib as f64 / 1024.0,
+            run.per_conn_bytes() / 1000.0,
+            run.after_kib as f64 / 1024.0,
+            run.traffic_kib as f64 / 1024.0,
+            run.traffic_kib as f64 / run.before_kib.max(1) as f64
+        );
+    }
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------------------------
 
@@ -1617,6 +1921,7 @@ fn report(
     cases: &[&Case],
     systems: &[System],
     runs: &[Run],
+    idle_runs: &[IdleRun],
     failures: &[String],
     started: &str,
     took: Duration,
@@ -1848,6 +2153,11 @@ fn report(
          each change: [profiling.md](profiling.md)."
     );
 
+    if !idle_runs.is_empty() {
+        let _ = writeln!(r, "\n## Idle connections (case `{IDLE}`)\n");
+        r.push_str(&idle_table(s, idle_runs));
+    }
+
     let _ = writeln!(r, "\n## Memory (`cargo bench --bench memory`)\n");
     match &memory {
         Some(m) => {
@@ -2050,6 +2360,43 @@ fn main() {
             }
         }
     }
+    let idle_selected = s
+        .cases
+        .as_ref()
+        .is_none_or(|l| l.iter().any(|id| id == IDLE));
+    let mut idle_runs = Vec::new();
+    if idle_selected {
+        let mut plan = vec![
+            (System::Portcullis, false),
+            (System::Portcullis, true),
+            (System::Bare, false),
+        ];
+        if t.haproxy.is_some() {
+            plan.extend([(System::Haproxy, false), (System::Haproxy, true)]);
+        }
+        for (sys, tls) in plan {
+            let listener = if tls { "TLS" } else { "plain" };
+            match idle_run(&s, &t, &w, sys, tls) {
+                Ok(run) => {
+                    eprintln!(
+                        "load idle / {} / {listener}: {:.1} kB per idle connection, RSS {:.1} -> {:.1} -> {:.1} -> {:.1} MiB",
+                        sys.name(),
+                        run.per_conn_bytes() / 1000.0,
+                        run.before_kib as f64 / 1024.0,
+                        run.open_kib as f64 / 1024.0,
+                        run.after_kib as f64 / 1024.0,
+                        run.traffic_kib as f64 / 1024.0
+                    );
+                    idle_runs.push(run);
+                }
+                Err(e) => {
+                    let f = format!("{IDLE} / {} / {listener}: {e}", sys.name());
+                    eprintln!("load FAILED {f}");
+                    failures.push(f);
+                }
+            }
+        }
+    }
     if let Some(why) = upstream.exited() {
         failures.push(format!("the upstream exited: {why}"));
     }
@@ -2062,6 +2409,7 @@ fn main() {
         &cases,
         &systems,
         &runs,
+        &idle_runs,
         &failures,
         &when,
         started.elapsed(),

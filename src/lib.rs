@@ -2,7 +2,7 @@
 //!
 //! The binary (`src/main.rs`) only parses the command line; everything lives here:
 //! [`config`] (the YAML file), [`runtime`] (its compiled form), [`routing`], [`upstream`]
-//! (pools, balancing, health), [`proxy`] (the request path), [`reload`], [`admin`],
+//! (pools, balancing, health), [`connections`] (limits and timeouts per client connection), [`proxy`] (the request path), [`reload`], [`admin`],
 //! [`metrics`], [`access_log`], [`server`] (wiring) and [`demo`].
 
 pub mod access_log;
@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
+pub mod connections;
 pub mod demo;
 pub mod metrics;
 pub mod proxy;

@@ -54,6 +54,17 @@ pub const CLUSTER_NODES: &str = "portcullis_cluster_nodes";
 /// `portcullis_cluster_sync_errors_total`: failed syncs with Redis.
 pub const CLUSTER_SYNC_ERRORS_TOTAL: &str = "portcullis_cluster_sync_errors_total";
 
+/// `portcullis_connections_open`: client connections open now.
+pub const CONNECTIONS_OPEN: &str = "portcullis_connections_open";
+/// `portcullis_connections_accepted_total`: client connections admitted.
+pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "portcullis_connections_accepted_total";
+/// `portcullis_connections_refused_total{reason}`: connections closed as they arrived, by the
+/// limit reached (`max_connections`, `max_connections_per_ip`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "portcullis_connections_refused_total";
+/// `portcullis_connections_header_timeouts_total`: connections closed because their request
+/// headers were not complete within `server.request_header_timeout`.
+pub const CONNECTIONS_HEADER_TIMEOUTS_TOTAL: &str = "portcullis_connections_header_timeouts_total";
+
 /// The metrics, registered on first use.
 pub struct Metrics {
     /// See [`REQUESTS_TOTAL`].
@@ -98,6 +109,14 @@ pub struct Metrics {
     pub token_cache_misses: IntCounter,
     /// See [`TOKEN_CACHE_ENTRIES`].
     pub token_cache_entries: IntGauge,
+    /// See [`CONNECTIONS_OPEN`].
+    pub connections_open: IntGauge,
+    /// See [`CONNECTIONS_ACCEPTED_TOTAL`].
+    pub connections_accepted: IntCounter,
+    /// See [`CONNECTIONS_REFUSED_TOTAL`], indexed like [`crate::connections::Refused::ALL`].
+    pub connections_refused: [IntCounter; 2],
+    /// See [`CONNECTIONS_HEADER_TIMEOUTS_TOTAL`].
+    pub connections_header_timeouts: IntCounter,
 }
 
 /// Status classes used as the `status_class` label, indexed by `status / 100`.
@@ -125,6 +144,12 @@ impl Metrics {
             &["result"]
         )
         .expect("register token cache");
+        let refused = register_int_counter_vec!(
+            CONNECTIONS_REFUSED_TOTAL,
+            "Client connections closed as they arrived, by the limit reached.",
+            &["reason"]
+        )
+        .expect("register connections refused");
         Metrics {
             requests: register_int_counter_vec!(
                 REQUESTS_TOTAL,
@@ -236,6 +261,21 @@ impl Metrics {
                 "Verified tokens held in the cache."
             )
             .expect("register token cache entries"),
+            connections_open: register_int_gauge!(CONNECTIONS_OPEN, "Client connections open now.")
+                .expect("register connections open"),
+            connections_accepted: register_int_counter!(
+                CONNECTIONS_ACCEPTED_TOTAL,
+                "Client connections admitted."
+            )
+            .expect("register connections accepted"),
+            connections_refused: crate::connections::Refused::ALL
+                .map(|r| refused.with_label_values(&[r.reason()])),
+            connections_header_timeouts: register_int_counter!(
+                CONNECTIONS_HEADER_TIMEOUTS_TOTAL,
+                "Client connections closed because their request headers took longer than \
+                 server.request_header_timeout."
+            )
+            .expect("register connection header timeouts"),
         }
     }
 }

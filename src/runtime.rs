@@ -54,6 +54,8 @@ pub struct Runtime {
     pub max_request_header_bytes: usize,
     /// What happens to method override headers.
     pub method_override: crate::config::MethodOverrideHeaders,
+    /// Connection limits and timeouts (`server.max_connections`, ...).
+    pub connections: crate::connections::ConnectionLimits,
     /// Issuers, token cache and what routes need of tokens.
     pub auth: Arc<crate::auth::Auth>,
     /// Finds the client address behind trusted proxies.
@@ -210,6 +212,7 @@ impl Runtime {
             unmatched: RouteMetrics::new("", false),
             max_request_header_bytes,
             method_override: config.server.method_override_headers,
+            connections: crate::connections::ConnectionLimits::from_config(&config.server),
             auth: Arc::new(auth),
             client_ips,
             owned_headers,
@@ -280,6 +283,20 @@ fn check_process_settings(config: &Config, issues: &mut Issues<'_>) {
     }
     if config.server.max_request_header_bytes < 1024 {
         issues.push("server.max_request_header_bytes", "must be at least 1024");
+    }
+    for (field, value) in [
+        ("server.max_connections", config.server.max_connections),
+        (
+            "server.max_connections_per_ip",
+            config.server.max_connections_per_ip,
+        ),
+    ] {
+        if value == Some(0) {
+            issues.push(field, "must be at least 1 (leave it out for no limit)");
+        }
+    }
+    if config.server.request_header_timeout.0.is_zero() {
+        issues.push("server.request_header_timeout", "must be more than 0");
     }
 }
 
@@ -714,6 +731,42 @@ routes:
             .lookup("x", "/v1/orders/1", &http::Method::GET)
             .unwrap();
         assert_eq!(rt.routes[i].name, "orders");
+    }
+
+    #[test]
+    fn connection_settings_compile_and_zero_limits_are_refused() {
+        let rt = Runtime::from_yaml(&format!(
+            "server:\n  max_connections: 10\n  max_connections_per_ip: 2\n  \
+             keepalive_timeout: 5s\n  request_header_timeout: 3s\n{BASE}"
+        ))
+        .unwrap();
+        let c = rt.connections;
+        assert_eq!((c.max, c.max_per_ip), (Some(10), Some(2)));
+        assert_eq!(c.keepalive, std::time::Duration::from_secs(5));
+        assert_eq!(c.request_header_timeout, std::time::Duration::from_secs(3));
+        let defaults = Runtime::from_yaml(BASE).unwrap().connections;
+        assert_eq!((defaults.max, defaults.max_per_ip), (None, None));
+        assert_eq!(defaults.keepalive, std::time::Duration::from_secs(60));
+        assert_eq!(
+            defaults.request_header_timeout,
+            std::time::Duration::from_secs(10)
+        );
+
+        let err = Runtime::from_yaml(&format!(
+            "server:\n  max_connections: 0\n  max_connections_per_ip: 0\n  \
+             request_header_timeout: 0s\n{BASE}"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.max_connections",
+                "server.max_connections_per_ip",
+                "server.request_header_timeout"
+            ],
+            "{err}"
+        );
     }
 
     #[test]

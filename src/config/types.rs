@@ -87,6 +87,18 @@ pub struct ServerConfig {
     /// for routing and forwarded.
     #[serde(default)]
     pub method_override_headers: MethodOverrideHeaders,
+    /// Most client connections open at once; beyond it new ones are closed at once.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Most client connections open at once from one client IP (the socket's).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Idle keep-alive connections are closed after this; `0s` turns keep-alive off.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// Time a client has to send complete request headers (slowloris).
+    #[serde(default = "default_request_header_timeout")]
+    pub request_header_timeout: Dur,
 }
 
 /// What happens to client request headers whose names contain `_`
@@ -124,8 +136,22 @@ impl Default for ServerConfig {
             max_request_header_bytes: default_max_request_header_bytes(),
             headers_with_underscores: HeadersWithUnderscores::default(),
             method_override_headers: MethodOverrideHeaders::default(),
+            max_connections: None,
+            max_connections_per_ip: None,
+            keepalive_timeout: default_keepalive_timeout(),
+            request_header_timeout: default_request_header_timeout(),
         }
     }
+}
+
+/// Pingora's own keep-alive default.
+fn default_keepalive_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// HAProxy's and nginx's order of magnitude: ample for a real client, short for slowloris.
+fn default_request_header_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_grace_period() -> Dur {

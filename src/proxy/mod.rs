@@ -259,7 +259,9 @@ impl ProxyHttp for Portcullis {
     /// request's instructions): Portcullis forwards bodies as the upstream sent them.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// Pingora calls this as soon as a request's headers are read, in the connection's task.
     fn new_ctx(&self) -> RequestCtx {
+        crate::connections::headers_received();
         RequestCtx {
             _in_flight: InFlight::start(),
             runtime: self.reloader.current(),
