@@ -98,7 +98,8 @@ fuzz-build: deps
 	cd fuzz && RUSTC_WRAPPER=$(abspath fuzz/sancov-rustc.sh) FUZZ_INSTRUMENT="$(FUZZ_INSTRUMENT)" \
 	  CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) build $(LOCKED) --release --bins
 
-# Each target from its committed seeds (fuzz/corpus/<target>, read only) plus what earlier
+# Each target from its committed seeds (fuzz/corpus/<target>, read only; keywords from
+# fuzz/dict/<target>.dict, as libFuzzer sees no string comparisons without a sanitizer) plus what earlier
 # runs found (fuzz/target/corpus/<target>, where new inputs go). A crash stops the run: the
 # input is in fuzz/artifacts/<target>/ and `fuzz/target/release/<target> FILE` replays it.
 fuzz: fuzz-build
@@ -106,7 +107,7 @@ fuzz: fuzz-build
 	  mkdir -p $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/artifacts/$$t; \
 	  echo "make fuzz: $$t for $(FUZZ_SECONDS)s"; \
 	  $(FUZZ_TARGET_DIR)/release/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
-	    -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_ARGS) \
+	    -dict=fuzz/dict/$$t.dict -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_ARGS) \
 	    $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/corpus/$$t; \
 	done
 
@@ -118,7 +119,8 @@ fuzz-smoke: fuzz-build
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p "$$scratch/$$t" fuzz/artifacts/$$t; \
 	  if $(FUZZ_TARGET_DIR)/release/$$t -max_total_time=$(FUZZ_SMOKE_SECONDS) -timeout=10 \
-	      -artifact_prefix=fuzz/artifacts/$$t/ "$$scratch/$$t" fuzz/corpus/$$t \
+	      -dict=fuzz/dict/$$t.dict -artifact_prefix=fuzz/artifacts/$$t/ \
+	      "$$scratch/$$t" fuzz/corpus/$$t \
 	      >"$$scratch/$$t.log" 2>&1; then \
 	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' "$$scratch/$$t.log" | tail -1)"; \
 	  else \

@@ -7,7 +7,7 @@
 //! and a claims document (split at the first NUL; without one, the header is
 //! `{"alg":"HS256"}`), signed here with the issuers' HMAC secret so that the checks after
 //! the signature (`exp`, `nbf`, `iat`, `aud`, scopes, required and forwarded claims) run on
-//! arbitrary claims.
+//! arbitrary claims. One issuer has the largest leeway the config accepts.
 #![no_main]
 
 use std::future::Future;
@@ -58,6 +58,10 @@ issuers:
     issuer: hs-any
     hmac_secret_env: PORTCULLIS_FUZZ_SECRET
     leeway: {LEEWAY}s
+  - name: hs-wide
+    issuer: hs-wide
+    hmac_secret_env: PORTCULLIS_FUZZ_SECRET
+    leeway: 18446744073709551615s
   - name: corp
     issuer: "https://id.example.com/"
     jwks_file: {file}
@@ -68,14 +72,14 @@ routes:
     match: {{ path_prefix: /strict }}
     upstream: u
     auth:
-      issuers: [hs, hs-any, corp]
+      issuers: [hs, hs-any, hs-wide, corp]
       require_scopes: ["orders:read"]
       require_claims: {{ tenant: acme, "org.tier": [gold, silver] }}
       forward_claims: {{ sub: x-user, "org.tier": x-tier, tenant: x-tenant }}
   - name: open
     match: {{ path_prefix: / }}
     upstream: u
-    auth: {{ issuers: [hs, hs-any, corp], forward_claims: {{ sub: x-user }} }}
+    auth: {{ issuers: [hs, hs-any, hs-wide, corp], forward_claims: {{ sub: x-user }} }}
 "#,
         file = file.display()
     );
@@ -125,14 +129,17 @@ fn check_accepted(claims: &[u8], identity: &Identity, strict: bool) {
         .as_str()
         .expect("accepted claims name the issuer");
     assert!(
-        iss == "hs" || iss == "hs-any",
+        ["hs", "hs-any", "hs-wide"].contains(&iss),
         "an HMAC token of issuer {iss:?} passed"
     );
     assert!(
         claims.get("exp").is_some_and(Value::is_number),
         "no numeric exp"
     );
-    assert!(identity.until() + LEEWAY + 2 >= now, "expired token passed");
+    // `hs-wide` has the largest leeway the config accepts: any time is within it.
+    if iss != "hs-wide" {
+        assert!(identity.until() + LEEWAY + 2 >= now, "expired token passed");
+    }
     if iss == "hs" {
         let aud = &claims["aud"];
         let ok = |a: &Value| a == "api" || a == "web";
