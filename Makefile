@@ -107,7 +107,7 @@ fuzz: fuzz-build
 	  mkdir -p $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/artifacts/$$t; \
 	  echo "make fuzz: $$t for $(FUZZ_SECONDS)s"; \
 	  $(FUZZ_TARGET_DIR)/release/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
-	    -dict=fuzz/dict/$$t.dict -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_ARGS) \
+	    $$([ -f fuzz/dict/$$t.dict ] && echo -dict=fuzz/dict/$$t.dict) -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_ARGS) \
 	    $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/corpus/$$t; \
 	done
 
@@ -119,7 +119,7 @@ fuzz-smoke: fuzz-build
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p "$$scratch/$$t" fuzz/artifacts/$$t; \
 	  if $(FUZZ_TARGET_DIR)/release/$$t -max_total_time=$(FUZZ_SMOKE_SECONDS) -timeout=10 \
-	      -dict=fuzz/dict/$$t.dict -artifact_prefix=fuzz/artifacts/$$t/ \
+	      $$([ -f fuzz/dict/$$t.dict ] && echo -dict=fuzz/dict/$$t.dict) -artifact_prefix=fuzz/artifacts/$$t/ \
 	      "$$scratch/$$t" fuzz/corpus/$$t \
 	      >"$$scratch/$$t.log" 2>&1; then \
 	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' "$$scratch/$$t.log" | tail -1)"; \
