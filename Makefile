@@ -2,7 +2,8 @@
 #
 #   make deps    install the system packages the build and tests need (apt-get, only when missing)
 #   make demo    deps, release build, run `portcullis demo`
-#   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/
+#   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/,
+#                then each fuzz target for FUZZ_SMOKE_SECONDS (5) from its committed seeds
 #   make bench   the load benchmark against bare Pingora and HAProxy (release build), with the
 #                memory benchmark; writes benches/results/latest.md and latest.svg
 #   make check   cargo fmt --check and clippy with warnings as errors
