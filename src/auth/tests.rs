@@ -166,7 +166,8 @@ routes:
 
 /// The largest leeway the config accepts made `now + leeway` overflow in the `nbf` and `iat`
 /// checks: a panic with overflow checks on, and in a release build a sum that wrapped to the
-/// past, refusing good tokens as "not valid yet". Found with the `token` fuzz target.
+/// past, refusing good tokens as "not valid yet". Seen while writing the `token` fuzz target,
+/// whose issuer `hs-wide` now covers it.
 #[tokio::test]
 async fn the_largest_leeway_does_not_overflow() {
     std::env::set_var(
