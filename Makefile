@@ -2,10 +2,13 @@
 #
 #   make deps    install the system packages the build and tests need (apt-get, only when missing)
 #   make demo    deps, release build, run `portcullis demo`
-#   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/
+#   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/,
+#                then each fuzz target for FUZZ_SMOKE_SECONDS (5) from its committed seeds
 #   make bench   the load benchmark against bare Pingora and HAProxy (release build), with the
 #                memory benchmark; writes benches/results/latest.md and latest.svg
 #   make check   cargo fmt --check and clippy with warnings as errors
+#   make fuzz    every fuzz target for FUZZ_SECONDS each (default 60), or only FUZZ_TARGET=name;
+#                new inputs go to fuzz/target/corpus/, crashes to fuzz/artifacts/<target>/
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,7 +20,7 @@ LOCKED ?= --locked
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 CONFIGS := $(wildcard config/*.yaml config/*.yml)
 
-.PHONY: deps demo test bench check fmt clippy
+.PHONY: deps demo test bench check fmt clippy fuzz fuzz-build fuzz-smoke
 
 # Quiet when everything is present; otherwise one line saying what and why, one `apt-get update`,
 # then the install. `sudo` only when not root.
@@ -29,6 +32,8 @@ deps:
 	  missing="$$missing redis-server"; why="$$why; redis-server: the cluster rate-limit tests start one"; fi; \
 	if ! command -v wrk >/dev/null 2>&1; then \
 	  missing="$$missing wrk"; why="$$why; wrk: the load benchmark (and its smoke run in make test) drives the proxies with it"; fi; \
+	if ! command -v g++ >/dev/null 2>&1; then \
+	  missing="$$missing g++"; why="$$why; g++: the fuzz targets build libFuzzer from its C++ source"; fi; \
 	if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
 	if [ -n "$$missing" ]; then \
@@ -59,6 +64,7 @@ test: deps
 	  echo "portcullis check --config $$f"; \
 	  $(TARGET_DIR)/debug/portcullis check --config "$$f"; \
 	done
+	$(MAKE) --no-print-directory fuzz-smoke
 
 # The load bench finds the release binary and examples beside its own build and never runs
 # cargo itself: build them first. The memory bench's table goes into the load report.
@@ -75,3 +81,51 @@ fmt:
 
 clippy: deps
 	$(CARGO) clippy $(LOCKED) --all-targets -- -D warnings
+
+# Fuzzing (fuzz/, its own crate and lock; see "Fuzzing" in README.md). libFuzzer through the
+# libfuzzer-sys crate, on stable rustc: fuzz/sancov-rustc.sh adds the coverage
+# instrumentation cargo-fuzz would (without its nightly-only -Zsanitizer) to the crates in
+# FUZZ_INSTRUMENT only, so the rest of Pingora builds as a plain optimised dependency.
+# Changing FUZZ_INSTRUMENT needs `cargo clean` in fuzz/ (cargo does not see the wrapper's flags).
+FUZZ_TARGETS := token routing config jwks headers store
+FUZZ_TARGET ?= $(FUZZ_TARGETS)
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_INSTRUMENT ?= portcullis $(FUZZ_TARGETS) serde_yaml unsafe_libyaml yaml_rust2 serde_json jsonwebtoken base64 http
+FUZZ_TARGET_DIR := $(abspath fuzz/target)
+FUZZ_ARGS ?=
+
+fuzz-build: deps
+	cd fuzz && RUSTC_WRAPPER=$(abspath fuzz/sancov-rustc.sh) FUZZ_INSTRUMENT="$(FUZZ_INSTRUMENT)" \
+	  CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) build $(LOCKED) --release --bins
+
+# Each target from its committed seeds (fuzz/corpus/<target>, read only; keywords from
+# fuzz/dict/<target>.dict, as libFuzzer sees no string comparisons without a sanitizer) plus what earlier
+# runs found (fuzz/target/corpus/<target>, where new inputs go). A crash stops the run: the
+# input is in fuzz/artifacts/<target>/ and `fuzz/target/release/<target> FILE` replays it.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGET); do \
+	  mkdir -p $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/artifacts/$$t; \
+	  echo "make fuzz: $$t for $(FUZZ_SECONDS)s"; \
+	  $(FUZZ_TARGET_DIR)/release/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	    $$([ -f fuzz/dict/$$t.dict ] && echo -dict=fuzz/dict/$$t.dict) -artifact_prefix=fuzz/artifacts/$$t/ $(FUZZ_ARGS) \
+	    $(FUZZ_TARGET_DIR)/corpus/$$t fuzz/corpus/$$t; \
+	done
+
+# What `make test` runs: every target for FUZZ_SMOKE_SECONDS from the committed seeds, new
+# inputs into a scratch directory that is removed after; a crash fails the run and is kept
+# in fuzz/artifacts/<target>/. libFuzzer's output goes to a log shown only on failure.
+fuzz-smoke: fuzz-build
+	@scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p "$$scratch/$$t" fuzz/artifacts/$$t; \
+	  if $(FUZZ_TARGET_DIR)/release/$$t -max_total_time=$(FUZZ_SMOKE_SECONDS) -timeout=10 \
+	      $$([ -f fuzz/dict/$$t.dict ] && echo -dict=fuzz/dict/$$t.dict) -artifact_prefix=fuzz/artifacts/$$t/ \
+	      "$$scratch/$$t" fuzz/corpus/$$t \
+	      >"$$scratch/$$t.log" 2>&1; then \
+	    echo "fuzz $$t: $$(grep -E '^#[0-9]+' "$$scratch/$$t.log" | tail -1)"; \
+	  else \
+	    tail -n 40 "$$scratch/$$t.log"; \
+	    echo "fuzz $$t: FAILED; the input is in fuzz/artifacts/$$t/" >&2; exit 1; \
+	  fi; \
+	done

@@ -164,6 +164,54 @@ routes:
     assert_eq!(check(&s, &rsa).await.unwrap_err().reason(), "bad_algorithm");
 }
 
+/// The largest leeway the config accepts made `now + leeway` overflow in the `nbf` and `iat`
+/// checks: a panic with overflow checks on, and in a release build a sum that wrapped to the
+/// past, refusing good tokens as "not valid yet". Seen while writing the `token` fuzz target,
+/// whose issuer `hs-wide` now covers it.
+#[tokio::test]
+async fn the_largest_leeway_does_not_overflow() {
+    std::env::set_var(
+        "PORTCULLIS_TEST_HS_WIDE",
+        "0123456789abcdef0123456789abcdef-wide",
+    );
+    let yaml = "
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+issuers:
+  - name: wide
+    issuer: wide
+    hmac_secret_env: PORTCULLIS_TEST_HS_WIDE
+    leeway: 18446744073709551615s
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    auth: { issuers: [wide] }
+";
+    let s = Setup {
+        runtime: Runtime::from_yaml(yaml).unwrap(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let now = super::cache::unix_now();
+    for extra in [json!({"nbf": now}), json!({"iat": now})] {
+        let mut body = json!({"iss": "wide", "exp": now + 60});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let token = super::tools::mint_hmac(
+            b"0123456789abcdef0123456789abcdef-wide",
+            &body.to_string(),
+            Algorithm::HS256,
+            None,
+        )
+        .unwrap();
+        check(&s, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{body}: {e:?}"));
+    }
+}
+
 #[tokio::test]
 async fn algorithm_confusion_is_refused() {
     let s = setup(all_keys(), "", ANY);

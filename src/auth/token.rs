@@ -249,10 +249,12 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Resul
         None => None,
         Some(v) => Some(numeric_date(v).ok_or(MALFORMED)?),
     };
+    // The leeway may be as large as the config accepts (u64::MAX seconds): saturate.
+    let latest = now.saturating_add(issuer.leeway);
     if exp < now.saturating_sub(issuer.leeway) {
         return Err(AuthError::InvalidToken("the token has expired"));
     }
-    if nbf.is_some_and(|nbf| nbf > now + issuer.leeway) {
+    if nbf.is_some_and(|nbf| nbf > latest) {
         return Err(AuthError::InvalidToken("the token is not valid yet"));
     }
     if aud == Some(Some(false)) {
@@ -264,7 +266,7 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Resul
         None => {}
         Some(iat) => match iat.as_f64() {
             #[allow(clippy::cast_precision_loss)]
-            Some(iat) if iat <= (now + issuer.leeway) as f64 => {}
+            Some(iat) if iat <= latest as f64 => {}
             Some(_) => {
                 return Err(AuthError::InvalidToken(
                     "the token was issued in the future",
