@@ -2,9 +2,10 @@
 //!
 //! The input is a flags byte, then text: a request head (`METHOD TARGET`, then `Name: value`
 //! lines), an empty line, and a response head (`STATUS [REASON]`, then header lines). The
-//! request is edited as `upstream_request_filter` does (hop-by-hop headers stripped, identity
-//! headers removed, request id set, `X-Forwarded-*` set), the response as `response_filter`
-//! does, and the result is checked against what was sent.
+//! request is edited as `upstream_request_filter` does (hop-by-hop headers stripped, the
+//! headers Portcullis owns removed in any spelling, method overrides stripped, an absolute
+//! form's host made the `Host`, request id set, `X-Forwarded-*` set), the response as
+//! `response_filter` does, and the result is checked against what was sent.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -13,6 +14,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::HeaderMap;
 use libfuzzer_sys::fuzz_target;
 use pingora_http::{RequestHeader, ResponseHeader};
+use portcullis::config::HeadersWithUnderscores;
 use portcullis::proxy::headers;
 
 const REQUEST_HOP: [&str; 6] = [
@@ -70,6 +72,10 @@ fn check_request(flags: u8, head: &str) {
             return;
         }
     }
+    // Pingora refuses a request with two `Host` headers before any filter runs.
+    if req.headers.get_all(HOST).iter().count() > 1 {
+        return;
+    }
     let before = req.headers.clone();
     let (method, uri, raw_path) = (req.method.clone(), req.uri.clone(), req.raw_path().to_vec());
     let _ = headers::header_bytes(&req);
@@ -100,17 +106,44 @@ fn check_request(flags: u8, head: &str) {
         .iter()
         .map(|n| HeaderName::from_static(n))
         .collect();
+    let underscores = if flags & 16 == 0 {
+        HeadersWithUnderscores::Drop
+    } else {
+        HeadersWithUnderscores::Allow
+    };
+    let strip_overrides = flags & 32 == 0;
+    let owned = headers::OwnedHeaders::new(&identity, underscores);
+    // An absolute-form target's host, as `admit` keeps it.
+    let authority = uri
+        .authority()
+        .filter(|_| !raw_path.starts_with(b"/"))
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     headers::edit_request(&mut req, |parts| {
         let map = &mut parts.headers;
         headers::strip_request_hop_by_hop(map, upgrade);
-        headers::remove_all(map, &identity);
+        owned.strip(map);
+        if strip_overrides {
+            headers::remove_all(map, &headers::METHOD_OVERRIDE);
+        }
+        if let Some(authority) = &authority {
+            map.insert(HOST, authority.clone());
+        }
         map.insert(headers::X_REQUEST_ID, id.clone());
         headers::set_forwarded(parts, ip, tls);
     });
 
     assert_eq!(req.method, method);
-    assert_eq!(req.uri, uri);
-    assert_eq!(req.raw_path(), &raw_path[..], "the request target changed");
+    assert_eq!(req.uri.path_and_query(), uri.path_and_query());
+    if raw_path.starts_with(b"/") {
+        assert_eq!(req.raw_path(), &raw_path[..], "the request target changed");
+    } else if let Some(origin) = uri.path_and_query() {
+        // Absolute form goes upstream in origin form.
+        assert_eq!(
+            req.raw_path(),
+            origin.as_str().as_bytes(),
+            "not origin form upstream"
+        );
+    }
     let after = &req.headers;
     for name in &REQUEST_HOP[1..5] {
         assert!(!after.contains_key(*name), "{name} went upstream");
@@ -143,13 +176,41 @@ fn check_request(flags: u8, head: &str) {
         [proto]
     );
     // The Host the route was chosen by is the one the upstream sees.
-    match before.get(HOST) {
+    match authority.as_ref().or(before.get(HOST)) {
         Some(host) => assert_eq!(
-            after.get_all(HOST).iter().next(),
-            Some(host),
+            after.get_all(HOST).iter().collect::<Vec<_>>(),
+            [host],
             "Host changed"
         ),
         None => {}
+    }
+    // No client header Portcullis owns arrives, in any spelling: a name with `_` never names
+    // one (with `_` read as `-`: the owned list, the identity headers, `X-Forwarded-*`), and
+    // the identity headers, `Forwarded` and `X-Forwarded-*` arrive only as Portcullis set them.
+    for name in after.keys() {
+        let n = name.as_str();
+        let dashed = n.replace('_', "-");
+        let owned_name = headers::OWNED.contains(&dashed.as_str())
+            || IDENTITY.contains(&dashed.as_str())
+            || dashed.starts_with("x-forwarded-");
+        if n.contains('_') {
+            assert!(
+                underscores == HeadersWithUnderscores::Allow,
+                "{n} went upstream under drop"
+            );
+            assert!(!owned_name, "the client's {n} went upstream");
+        }
+        let proxy_only = IDENTITY.contains(&n) || n == "forwarded" || n.starts_with("x-forwarded-");
+        assert!(
+            !proxy_only || SET_BY_PROXY.contains(&n),
+            "the client's {n} went upstream"
+        );
+        if strip_overrides {
+            assert!(
+                !headers::METHOD_OVERRIDE.iter().any(|m| m == name),
+                "{n} went upstream under strip"
+            );
+        }
     }
     assert_eq!(after.get("x-forwarded-host"), after.get(HOST));
     if let Some(ip) = ip {
@@ -166,10 +227,20 @@ fn check_request(flags: u8, head: &str) {
     let dropped = listed(&before);
     for (name, _) in before.iter() {
         let n = name.as_str();
+        let dashed = n.replace('_', "-");
+        let removed_spelling = n.contains('_')
+            && (underscores == HeadersWithUnderscores::Drop
+                || headers::OWNED.contains(&dashed.as_str())
+                || IDENTITY.contains(&dashed.as_str())
+                || dashed.starts_with("x-forwarded-"));
         if REQUEST_HOP.contains(&n)
             || SET_BY_PROXY.contains(&n)
             || IDENTITY.contains(&n)
             || n == "host"
+            || n == "forwarded"
+            || n.starts_with("x-forwarded-")
+            || (strip_overrides && headers::METHOD_OVERRIDE.iter().any(|m| m == name))
+            || removed_spelling
         {
             continue;
         }

@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::auth::issuer::{ASYMMETRIC, HMAC};
-use portcullis::auth::keys::{KeySet, MAX_KEYS};
+use portcullis::auth::keys::{KeySet, MAX_CANDIDATES, MAX_KEYS};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, doc)) = data.split_first() else {
@@ -30,7 +30,9 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!set.is_empty() && set.len() <= MAX_KEYS);
     for &alg in &allowed {
-        if let Some(key) = set.only_key_for(alg) {
+        let keys = set.candidates(None, alg).count();
+        assert!(keys <= MAX_CANDIDATES, "{keys} candidates for {alg:?}");
+        for (key, _) in set.candidates(None, alg) {
             assert!(key.allows(alg));
         }
     }
@@ -43,10 +45,12 @@ fuzz_target!(|data: &[u8]| {
         let Some(kid) = jwk.get("kid").and_then(|k| k.as_str()) else {
             continue;
         };
-        let Some(key) = set.by_kid(kid) else { continue };
-        assert_eq!(key.kid.as_deref(), Some(kid));
+        if !set.has_kid(kid) {
+            continue;
+        }
         for &alg in &ASYMMETRIC {
-            if let Some(verifier) = key.verifier(alg) {
+            for (key, verifier) in set.candidates(Some(kid), alg) {
+                assert_eq!(key.kid.as_deref(), Some(kid));
                 assert!(allowed.contains(&alg), "{alg:?} prepared but not allowed");
                 assert!(
                     !verifier.verify(b"header.claims", doc),

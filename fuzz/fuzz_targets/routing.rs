@@ -2,14 +2,17 @@
 //!
 //! The input is text, one item a line: `route HOST PREFIX [METHOD,...]` adds a route (`-`
 //! for any host, `*.suffix` for a wildcard), any other line is a request `METHOD HOST PATH`.
-//! Each request's host goes through `host_key` and its path through `match_path`, as the
-//! proxy does, and the table's answer is compared with a plain scan of the routes.
+//! Each request's host goes through `host_key`, its target through `request_target` and its
+//! path through `match_path` and `RouteTable::route`, as the proxy does, and the table's
+//! answer is compared with a plain scan of the routes.
 #![no_main]
 
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::routing::{host_key, match_path, BadPath, Methods, RouteMatch, RouteTable};
+use portcullis::routing::{
+    host_key, match_path, request_target, BadPath, Methods, RouteMatch, RouteTable,
+};
 
 /// The route a brute-force scan picks: an exact host first, then the longest wildcard
 /// suffix, then any host; within each, the longest prefix allowing the method.
@@ -61,6 +64,9 @@ fn normalise(path: &str) -> Result<String, BadPath> {
                 let c = (h * 16 + l) as u8;
                 if c == b'/' || c == b'\\' {
                     return Err(BadPath::EncodedSeparator);
+                }
+                if c < 0x20 || c == 0x7f {
+                    return Err(BadPath::EncodedControl);
                 }
                 if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
                     decoded.push(c);
@@ -121,7 +127,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let table = RouteTable::build(&routes);
-    for (method, raw_host, raw_path) in requests {
+    for (method, raw_host, raw_target) in requests {
         let host = host_key(raw_host);
         assert!(
             !host.bytes().any(|b| b.is_ascii_uppercase()),
@@ -130,6 +136,20 @@ fuzz_target!(|data: &[u8]| {
         if let Cow::Borrowed(h) = &host {
             assert!(raw_host.starts_with(h), "borrowed host key is not a prefix");
         }
+
+        let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+            continue;
+        };
+        // As the proxy does: the raw target is checked byte by byte, then its path routed.
+        let target = request_target(raw_target.as_bytes(), &method);
+        let legal = raw_target
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b));
+        let Ok(target) = target else {
+            continue;
+        };
+        assert!(legal, "request_target took {raw_target:?}");
+        let raw_path = target.path;
 
         let path = match_path(raw_path);
         assert_eq!(
@@ -140,15 +160,17 @@ fuzz_target!(|data: &[u8]| {
         let Ok(path) = path else { continue };
         assert!(path == "*" || (path.starts_with('/') && !path.contains("//")));
 
-        let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
-            continue;
-        };
         if let Ok(table) = &table {
+            let found = table.lookup(&host, &path, &method);
             assert_eq!(
-                table.lookup(&host, &path, &method),
+                found,
                 scan(&routes, &host, &path, &method),
                 "lookup of {method} {host} {path}"
             );
+            // Routing the path as sent gives the lookup's answer, or refuses it.
+            if let Ok(routed) = table.route(&host, raw_path, &method) {
+                assert_eq!(routed, found, "route of {method} {host} {raw_path}");
+            }
         }
     }
 });
