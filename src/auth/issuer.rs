@@ -396,9 +396,17 @@ impl Issuer {
     }
 }
 
+/// A `jwks_file`, read no further than one byte past [`MAX_JWKS_BYTES`] (a wrong path such
+/// as a log file or `/dev/zero` must not be read whole), so that `from_jwks` refuses it.
 fn read_file(path: &std::path::Path, allowed: &[Algorithm]) -> Result<KeySet, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read `{}`: {e}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_JWKS_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
     let (set, skipped) =
         KeySet::from_jwks(&bytes, allowed).map_err(|e| format!("`{}`: {e}", path.display()))?;
     for why in skipped {
@@ -610,6 +618,20 @@ impl BackgroundService for KeyRefresher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `jwks_file` pointing at an endless file is refused after one byte past the bound,
+    /// not read until memory runs out.
+    #[test]
+    fn an_endless_jwks_file_is_refused_not_read_whole() {
+        let refused = |path: &str| match read_file(std::path::Path::new(path), &ASYMMETRIC) {
+            Ok(_) => panic!("{path} gave a key set"),
+            Err(e) => e,
+        };
+        let err = refused("/dev/zero");
+        assert!(err.contains("larger than"), "{err}");
+        let err = refused("/nonexistent/jwks.json");
+        assert!(err.contains("cannot read"), "{err}");
+    }
 
     #[test]
     fn fetch_urls() {
