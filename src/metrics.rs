@@ -337,12 +337,12 @@ pub fn forget_route(name: &str) {
     let _ = m
         .auth_decisions
         .remove_label_values(&[name, "allowed", "ok"]);
-    for reason in crate::auth::AuthError::REASONS {
+    for reason in crate::auth::AuthError::reasons() {
         let _ = m
             .auth_decisions
             .remove_label_values(&[name, "denied", reason]);
     }
-    for limit in ["per_ip", "per_user", "per_route", "auth_failures_per_ip"] {
+    for limit in crate::ratelimit::LimitKind::ALL.map(crate::ratelimit::LimitKind::name) {
         for result in ["allowed", "denied"] {
             let _ = m
                 .ratelimit_decisions

@@ -25,6 +25,67 @@ pub use identity::{Fact, Facts, Identity, Projection};
 pub use issuer::{Issuer, KeyRefresher, KeySource};
 use token::TokenSource;
 
+/// Declares [`TokenFault`]: each variant with its label and its message in one line, so
+/// that a label cannot drift from the variant it names.
+macro_rules! token_faults {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal, $message:literal;)+) => {
+        /// Why a token is not valid. The label goes into metrics (`reason`); the message is
+        /// the `error_description` the client reads, safe to show: it says nothing of the
+        /// token or the keys.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum TokenFault {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl TokenFault {
+            /// Every fault, in declaration order.
+            pub const ALL: &'static [TokenFault] = &[$(TokenFault::$variant,)+];
+
+            /// Its metric label.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(TokenFault::$variant => $label,)+
+                }
+            }
+
+            /// What the client is told.
+            pub fn message(self) -> &'static str {
+                match self {
+                    $(TokenFault::$variant => $message,)+
+                }
+            }
+        }
+    };
+}
+
+token_faults! {
+    /// Not three base64url parts of JSON as RFC 7519 has them, a claim named twice, a
+    /// registered claim of the wrong type.
+    Malformed => "malformed", "the token is malformed";
+    /// Longer than the bound, refused before any parsing.
+    TooLarge => "too_large", "the token is too large";
+    /// `exp` is past, beyond the issuer's leeway.
+    Expired => "expired", "the token has expired";
+    /// `nbf` is ahead, beyond the leeway.
+    NotYetValid => "not_yet_valid", "the token is not valid yet";
+    /// `iat` is ahead, beyond the leeway.
+    IssuedInFuture => "issued_in_future", "the token was issued in the future";
+    /// `aud` names none of the issuer's audiences.
+    BadAudience => "bad_audience", "the token is not for this audience";
+    /// `iss` is none of the route's issuers.
+    UntrustedIssuer => "untrusted_issuer", "the token issuer is not accepted";
+    /// `alg` is not one the key or the issuer allows (`none` among them).
+    BadAlgorithm => "bad_algorithm", "the token algorithm is not allowed";
+    /// No key of the issuer matches the `kid` (or the algorithm, without one).
+    UnknownKey => "unknown_key", "the token signing key is unknown";
+    /// No candidate key verifies the signature.
+    BadSignature => "bad_signature", "the token signature is invalid";
+    /// A `crit` header (RFC 7515 section 4.1.11), none of which Portcullis understands.
+    UnsupportedCritical => "unsupported_critical", "the token has an unsupported critical header";
+    /// `exp` (or `aud`, where the issuer lists audiences) is missing.
+    MissingClaim => "missing_claim", "the token lacks a required claim";
+}
+
 /// Why a request was not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -33,8 +94,8 @@ pub enum AuthError {
     MissingToken,
     /// Malformed credentials (several Authorization headers, a bad bearer value).
     InvalidRequest,
-    /// The token is not valid; the reason is safe to show the client.
-    InvalidToken(&'static str),
+    /// The token is not valid.
+    InvalidToken(TokenFault),
     /// The token lacks a scope the route requires.
     InsufficientScope,
     /// The token's claims do not satisfy the route.
@@ -45,35 +106,24 @@ pub enum AuthError {
 
 impl AuthError {
     /// Every value [`AuthError::reason`] gives.
-    pub const REASONS: [&'static str; 12] = [
-        "missing_token",
-        "invalid_request",
-        "expired",
-        "bad_signature",
-        "untrusted_issuer",
-        "bad_algorithm",
-        "unknown_key",
-        "bad_audience",
-        "invalid_token",
-        "insufficient_scope",
-        "claims_mismatch",
-        "keys_unavailable",
-    ];
+    pub fn reasons() -> impl Iterator<Item = &'static str> {
+        [
+            "missing_token",
+            "invalid_request",
+            "insufficient_scope",
+            "claims_mismatch",
+            "keys_unavailable",
+        ]
+        .into_iter()
+        .chain(TokenFault::ALL.iter().map(|f| f.label()))
+    }
 
-    /// A short label for metrics and logs.
+    /// A short label for metrics and logs: the token fault's own for an invalid token.
     pub fn reason(self) -> &'static str {
         match self {
             AuthError::MissingToken => "missing_token",
             AuthError::InvalidRequest => "invalid_request",
-            AuthError::InvalidToken(why) => match why {
-                "the token has expired" => "expired",
-                "the token signature is invalid" => "bad_signature",
-                "the token issuer is not accepted" => "untrusted_issuer",
-                "the token algorithm is not allowed" => "bad_algorithm",
-                "the token signing key is unknown" => "unknown_key",
-                "the token is not for this audience" => "bad_audience",
-                _ => "invalid_token",
-            },
+            AuthError::InvalidToken(fault) => fault.label(),
             AuthError::InsufficientScope => "insufficient_scope",
             AuthError::ClaimsMismatch => "claims_mismatch",
             AuthError::KeysUnavailable => "keys_unavailable",
@@ -488,7 +538,7 @@ impl Auth {
             return Err(if req.headers.contains_key(http::header::AUTHORIZATION) {
                 AuthError::InvalidRequest
             } else {
-                AuthError::InvalidToken("the token is malformed")
+                AuthError::InvalidToken(TokenFault::Malformed)
             });
         };
         let identity = token::verify(token, &policy.issuers, &self.projection).await?;
@@ -501,7 +551,7 @@ impl Auth {
     /// No signature check, no parsing, no allocation.
     pub fn check_cached(&self, policy: &Policy, token: &[u8]) -> Cached {
         if token.len() > token::MAX_TOKEN_BYTES {
-            return Cached::Hit(Err(AuthError::InvalidToken("the token is too large")));
+            return Cached::Hit(Err(AuthError::InvalidToken(TokenFault::TooLarge)));
         }
         let key = self.cache.key(token);
         if let Some(identity) = self.cache.get(key) {

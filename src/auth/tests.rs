@@ -604,7 +604,7 @@ async fn claims_are_checked_as_jsonwebtoken_checks_them() {
             for (s, audiences) in [(&with_audiences, &["api"][..]), (&without, &[][..])] {
                 let ours = match check(s, &token).await {
                     Ok(_) => Ok(()),
-                    Err(AuthError::InvalidToken(why)) => Err(why),
+                    Err(AuthError::InvalidToken(fault)) => Err(fault.message()),
                     Err(e) => panic!("{text}: {e:?}"),
                 };
                 assert_eq!(
@@ -622,7 +622,7 @@ async fn claims_are_checked_as_jsonwebtoken_checks_them() {
         let token = sign_raw(text);
         assert_eq!(
             check(&with_audiences, &token).await.unwrap_err(),
-            AuthError::InvalidToken("the token is malformed"),
+            AuthError::InvalidToken(super::TokenFault::Malformed),
             "{text}"
         );
         assert_eq!(
@@ -649,7 +649,7 @@ async fn a_repeated_claim_is_refused() {
         let text = format!("{good}{twice}}}");
         assert_eq!(
             check(&s, &sign_raw(&text)).await.unwrap_err(),
-            AuthError::InvalidToken("the token is malformed"),
+            AuthError::InvalidToken(super::TokenFault::Malformed),
             "{text}"
         );
     }

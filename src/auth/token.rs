@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::identity::{Identity, Projection};
 use super::issuer::Issuer;
-use super::AuthError;
+use super::{AuthError, TokenFault};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -177,9 +177,9 @@ impl<'de> Deserialize<'de> for Claims {
     }
 }
 
-const MALFORMED: AuthError = AuthError::InvalidToken("the token is malformed");
-const NOT_ALLOWED: AuthError = AuthError::InvalidToken("the token algorithm is not allowed");
-const LACKS_CLAIM: AuthError = AuthError::InvalidToken("the token lacks a required claim");
+const MALFORMED: AuthError = AuthError::InvalidToken(TokenFault::Malformed);
+const NOT_ALLOWED: AuthError = AuthError::InvalidToken(TokenFault::BadAlgorithm);
+const LACKS_CLAIM: AuthError = AuthError::InvalidToken(TokenFault::MissingClaim);
 
 fn b64_decode(part: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -252,26 +252,20 @@ fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Resul
     // The leeway may be as large as the config accepts (u64::MAX seconds): saturate.
     let latest = now.saturating_add(issuer.leeway);
     if exp < now.saturating_sub(issuer.leeway) {
-        return Err(AuthError::InvalidToken("the token has expired"));
+        return Err(AuthError::InvalidToken(TokenFault::Expired));
     }
     if nbf.is_some_and(|nbf| nbf > latest) {
-        return Err(AuthError::InvalidToken("the token is not valid yet"));
+        return Err(AuthError::InvalidToken(TokenFault::NotYetValid));
     }
     if aud == Some(Some(false)) {
-        return Err(AuthError::InvalidToken(
-            "the token is not for this audience",
-        ));
+        return Err(AuthError::InvalidToken(TokenFault::BadAudience));
     }
     match claims.get("iat") {
         None => {}
         Some(iat) => match iat.as_f64() {
             #[allow(clippy::cast_precision_loss)]
             Some(iat) if iat <= latest as f64 => {}
-            Some(_) => {
-                return Err(AuthError::InvalidToken(
-                    "the token was issued in the future",
-                ))
-            }
+            Some(_) => return Err(AuthError::InvalidToken(TokenFault::IssuedInFuture)),
             None => return Err(MALFORMED),
         },
     }
@@ -296,7 +290,7 @@ pub async fn verify(
     projection: &Projection,
 ) -> Result<Identity, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
-        return Err(AuthError::InvalidToken("the token is too large"));
+        return Err(AuthError::InvalidToken(TokenFault::TooLarge));
     }
     let mut parts = token.split('.');
     let (Some(header_part), Some(claims_part), Some(signature), None) =
@@ -314,9 +308,7 @@ pub async fn verify(
         }
     })?;
     if header.crit.is_some() {
-        return Err(AuthError::InvalidToken(
-            "the token has an unsupported critical header",
-        ));
+        return Err(AuthError::InvalidToken(TokenFault::UnsupportedCritical));
     }
     if header.b64 == Some(false) {
         return Err(MALFORMED);
@@ -329,7 +321,7 @@ pub async fn verify(
     let issuer = issuers
         .iter()
         .find(|i| i.iss == iss)
-        .ok_or(AuthError::InvalidToken("the token issuer is not accepted"))?;
+        .ok_or(AuthError::InvalidToken(TokenFault::UntrustedIssuer))?;
     let alg = header.alg;
     if !issuer.allowed.contains(&alg) {
         return Err(NOT_ALLOWED);
@@ -347,7 +339,7 @@ pub async fn verify(
         return Err(match kid {
             // Keys under this kid, none for this algorithm.
             Some(kid) if keys.has_kid(kid) => NOT_ALLOWED,
-            _ => AuthError::InvalidToken("the token signing key is unknown"),
+            _ => AuthError::InvalidToken(TokenFault::UnknownKey),
         });
     }
     let signed = &token.as_bytes()[..header_part.len() + 1 + claims_part.len()];
@@ -355,7 +347,7 @@ pub async fn verify(
     // Usually one key; during some rotations two under one kid (see `keys::MAX_CANDIDATES`).
     let (key, _) = candidates
         .find(|(_, verifier)| verifier.verify(signed, &signature))
-        .ok_or(AuthError::InvalidToken("the token signature is invalid"))?;
+        .ok_or(AuthError::InvalidToken(TokenFault::BadSignature))?;
     let exp = check_claims(&claims, issuer, super::cache::unix_now())?;
     Ok(Identity::project(
         &claims,

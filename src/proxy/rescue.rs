@@ -42,7 +42,7 @@ pub enum Refusal {
     /// Malformed credentials (400 `invalid_request`).
     InvalidCredentials,
     /// The token is not valid (401 `invalid_token`), with a reason safe to show.
-    InvalidToken(&'static str),
+    InvalidToken(crate::auth::TokenFault),
     /// The token lacks a required scope (403 `insufficient_scope`).
     InsufficientScope,
     /// The token's claims do not satisfy the route (403).
@@ -56,71 +56,99 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every kind of refusal, one of each (the payload of those with one is an example).
+    pub const ALL: [Refusal; 18] = [
+        Refusal::BadRequest,
+        Refusal::BadPath,
+        Refusal::HeadersTooLarge,
+        Refusal::NoRoute,
+        Refusal::NoHealthyTarget,
+        Refusal::UpstreamUnreachable,
+        Refusal::UpstreamTimeout,
+        Refusal::UpstreamError,
+        Refusal::UpstreamInvalidResponse,
+        Refusal::Internal,
+        Refusal::MissingToken,
+        Refusal::InvalidCredentials,
+        Refusal::InvalidToken(crate::auth::TokenFault::Expired),
+        Refusal::InsufficientScope,
+        Refusal::ClaimsMismatch,
+        Refusal::KeysUnavailable,
+        Refusal::RateLimited(1),
+        Refusal::Overloaded,
+    ];
+
+    /// Status, code and message, defined together: the status sent, the stable
+    /// machine-readable code (also the access log's `reason`), and what the body says.
+    fn meaning(self) -> (u16, &'static str, &'static str) {
+        match self {
+            Refusal::BadRequest => (400, "bad_request", "the request is malformed"),
+            Refusal::BadPath => (400, "bad_path", "the request path is not allowed"),
+            Refusal::HeadersTooLarge => (
+                431,
+                "headers_too_large",
+                "the request headers are too large",
+            ),
+            Refusal::NoRoute => (404, "no_route", "no route matches this request"),
+            Refusal::NoHealthyTarget => (
+                502,
+                "no_healthy_upstream",
+                "the upstream has no healthy target",
+            ),
+            Refusal::UpstreamUnreachable => (
+                502,
+                "upstream_unreachable",
+                "the upstream could not be reached",
+            ),
+            Refusal::UpstreamTimeout => (
+                504,
+                "upstream_timeout",
+                "the upstream did not answer in time",
+            ),
+            Refusal::UpstreamError => (502, "upstream_error", "the upstream failed to answer"),
+            Refusal::UpstreamInvalidResponse => (
+                502,
+                "upstream_invalid_response",
+                "the upstream sent an invalid response",
+            ),
+            Refusal::Internal => (500, "internal_error", "internal error"),
+            Refusal::MissingToken => (401, "unauthorized", "a bearer token is required"),
+            Refusal::InvalidCredentials => {
+                (400, "invalid_request", "the credentials are malformed")
+            }
+            Refusal::InvalidToken(fault) => (401, "invalid_token", fault.message()),
+            Refusal::InsufficientScope => (
+                403,
+                "insufficient_scope",
+                "the token lacks a required scope",
+            ),
+            Refusal::ClaimsMismatch => (
+                403,
+                "forbidden",
+                "the token does not grant access to this route",
+            ),
+            Refusal::KeysUnavailable => (
+                503,
+                "keys_unavailable",
+                "the identity provider's keys are not available yet",
+            ),
+            Refusal::RateLimited(_) => (429, "rate_limited", "too many requests"),
+            Refusal::Overloaded => (503, "overloaded", "the upstream is at capacity"),
+        }
+    }
+
     /// The status code sent.
     pub fn status(self) -> u16 {
-        match self {
-            Refusal::BadRequest | Refusal::BadPath => 400,
-            Refusal::HeadersTooLarge => 431,
-            Refusal::NoRoute => 404,
-            Refusal::NoHealthyTarget
-            | Refusal::UpstreamUnreachable
-            | Refusal::UpstreamError
-            | Refusal::UpstreamInvalidResponse => 502,
-            Refusal::UpstreamTimeout => 504,
-            Refusal::Internal => 500,
-            Refusal::MissingToken | Refusal::InvalidToken(_) => 401,
-            Refusal::InvalidCredentials => 400,
-            Refusal::InsufficientScope | Refusal::ClaimsMismatch => 403,
-            Refusal::KeysUnavailable | Refusal::Overloaded => 503,
-            Refusal::RateLimited(_) => 429,
-        }
+        self.meaning().0
     }
 
     /// A stable machine-readable code, also used as the log `reason`.
     pub fn code(self) -> &'static str {
-        match self {
-            Refusal::BadRequest => "bad_request",
-            Refusal::BadPath => "bad_path",
-            Refusal::HeadersTooLarge => "headers_too_large",
-            Refusal::NoRoute => "no_route",
-            Refusal::NoHealthyTarget => "no_healthy_upstream",
-            Refusal::UpstreamUnreachable => "upstream_unreachable",
-            Refusal::UpstreamTimeout => "upstream_timeout",
-            Refusal::UpstreamError => "upstream_error",
-            Refusal::UpstreamInvalidResponse => "upstream_invalid_response",
-            Refusal::Internal => "internal_error",
-            Refusal::MissingToken => "unauthorized",
-            Refusal::InvalidCredentials => "invalid_request",
-            Refusal::InvalidToken(_) => "invalid_token",
-            Refusal::InsufficientScope => "insufficient_scope",
-            Refusal::ClaimsMismatch => "forbidden",
-            Refusal::KeysUnavailable => "keys_unavailable",
-            Refusal::RateLimited(_) => "rate_limited",
-            Refusal::Overloaded => "overloaded",
-        }
+        self.meaning().1
     }
 
     fn message(self) -> &'static str {
-        match self {
-            Refusal::BadRequest => "the request is malformed",
-            Refusal::BadPath => "the request path is not allowed",
-            Refusal::HeadersTooLarge => "the request headers are too large",
-            Refusal::NoRoute => "no route matches this request",
-            Refusal::NoHealthyTarget => "the upstream has no healthy target",
-            Refusal::UpstreamUnreachable => "the upstream could not be reached",
-            Refusal::UpstreamTimeout => "the upstream did not answer in time",
-            Refusal::UpstreamError => "the upstream failed to answer",
-            Refusal::UpstreamInvalidResponse => "the upstream sent an invalid response",
-            Refusal::Internal => "internal error",
-            Refusal::MissingToken => "a bearer token is required",
-            Refusal::InvalidCredentials => "the credentials are malformed",
-            Refusal::InvalidToken(why) => why,
-            Refusal::InsufficientScope => "the token lacks a required scope",
-            Refusal::ClaimsMismatch => "the token does not grant access to this route",
-            Refusal::KeysUnavailable => "the identity provider's keys are not available yet",
-            Refusal::RateLimited(_) => "too many requests",
-            Refusal::Overloaded => "the upstream is at capacity",
-        }
+        self.meaning().2
     }
 
     /// The `WWW-Authenticate` challenge (RFC 6750 section 3), for refusals that have one.
@@ -133,8 +161,9 @@ impl Refusal {
                 "{REALM}, error=\"invalid_request\", error_description=\"{}\"",
                 self.message()
             )),
-            Refusal::InvalidToken(why) => Some(format!(
-                "{REALM}, error=\"invalid_token\", error_description=\"{why}\""
+            Refusal::InvalidToken(fault) => Some(format!(
+                "{REALM}, error=\"invalid_token\", error_description=\"{}\"",
+                fault.message()
             )),
             Refusal::InsufficientScope => Some(format!(
                 "{REALM}, error=\"insufficient_scope\", error_description=\"{}\", scope=\"{scope}\"",
@@ -461,6 +490,80 @@ mod tests {
             assert_eq!(header.status.as_u16(), status);
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(body["error"], code);
+        }
+    }
+
+    /// Every refusal: the status, code and message it sends, from the variant and nothing
+    /// else. The expectation is an exhaustive match: a new variant does not compile until it
+    /// is listed here (and in [`Refusal::ALL`], whose length is checked against it).
+    #[test]
+    fn every_refusal_has_its_status_code_and_message() {
+        use crate::auth::TokenFault;
+        let expected = |r: Refusal| -> (u16, &str) {
+            match r {
+                Refusal::BadRequest => (400, "bad_request"),
+                Refusal::BadPath => (400, "bad_path"),
+                Refusal::HeadersTooLarge => (431, "headers_too_large"),
+                Refusal::NoRoute => (404, "no_route"),
+                Refusal::NoHealthyTarget => (502, "no_healthy_upstream"),
+                Refusal::UpstreamUnreachable => (502, "upstream_unreachable"),
+                Refusal::UpstreamTimeout => (504, "upstream_timeout"),
+                Refusal::UpstreamError => (502, "upstream_error"),
+                Refusal::UpstreamInvalidResponse => (502, "upstream_invalid_response"),
+                Refusal::Internal => (500, "internal_error"),
+                Refusal::MissingToken => (401, "unauthorized"),
+                Refusal::InvalidCredentials => (400, "invalid_request"),
+                Refusal::InvalidToken(_) => (401, "invalid_token"),
+                Refusal::InsufficientScope => (403, "insufficient_scope"),
+                Refusal::ClaimsMismatch => (403, "forbidden"),
+                Refusal::KeysUnavailable => (503, "keys_unavailable"),
+                Refusal::RateLimited(_) => (429, "rate_limited"),
+                Refusal::Overloaded => (503, "overloaded"),
+            }
+        };
+        let mut codes = std::collections::HashSet::new();
+        for r in Refusal::ALL {
+            let (status, code) = expected(r);
+            assert_eq!((r.status(), r.code()), (status, code), "{r:?}");
+            assert!(codes.insert(code), "{code} twice in Refusal::ALL");
+            let (header, body) = r.response(&Reply::default());
+            assert_eq!(header.status.as_u16(), status, "{r:?}");
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], code, "{r:?}");
+            assert_eq!(body["message"], r.message(), "{r:?}");
+            assert!(!r.message().is_empty());
+        }
+        // Each variant once: the set of codes is as large as the exhaustive match above.
+        assert_eq!(codes.len(), Refusal::ALL.len());
+
+        // Token faults: each its own label (the metric reason) and message, sent as the
+        // body's message and the challenge's error_description.
+        let mut labels = std::collections::HashSet::new();
+        for &fault in TokenFault::ALL {
+            let label = fault.label();
+            assert!(
+                !label.is_empty() && label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+            assert!(labels.insert(label), "{label} twice");
+            assert_eq!(crate::auth::AuthError::InvalidToken(fault).reason(), label);
+            let r = Refusal::from(crate::auth::AuthError::InvalidToken(fault));
+            assert_eq!(r, Refusal::InvalidToken(fault));
+            let (header, body) = r.response(&Reply::default());
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["message"], fault.message());
+            let challenge = header.headers["www-authenticate"].to_str().unwrap();
+            assert!(
+                challenge.ends_with(&format!("error_description=\"{}\"", fault.message())),
+                "{challenge}"
+            );
+        }
+        let reasons: Vec<_> = crate::auth::AuthError::reasons().collect();
+        for label in &labels {
+            assert!(
+                reasons.contains(label),
+                "{label} not among AuthError::reasons()"
+            );
         }
     }
 }

@@ -35,6 +35,14 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    /// Every kind.
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::PerIp,
+        LimitKind::PerUser,
+        LimitKind::PerRoute,
+        LimitKind::AuthFailuresPerIp,
+    ];
+
     /// Its name in the config, metrics and `RateLimit` headers.
     pub fn name(self) -> &'static str {
         match self {
