@@ -117,11 +117,6 @@ impl AccessLog {
         Ok(AccessLog { tx: Some(tx) })
     }
 
-    /// A log that writes nothing.
-    pub fn off() -> AccessLog {
-        AccessLog { tx: None }
-    }
-
     /// Whether lines are written at all.
     pub fn enabled(&self) -> bool {
         self.tx.is_some()

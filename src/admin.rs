@@ -131,10 +131,6 @@ impl ServeHttp for Admin {
                             json!({ "reloaded": false, "error": message, "issues": issues }),
                         )
                     }
-                    Ok(Err(e)) => json_response(
-                        StatusCode::CONFLICT,
-                        json!({ "reloaded": false, "error": e.to_string() }),
-                    ),
                     Err(_) => json_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         json!({ "reloaded": false, "error": "reload task failed" }),

@@ -28,9 +28,6 @@ pub enum ReloadError {
     /// The new config is invalid; the old one keeps serving.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The config did not come from a file, so there is nothing to reload from.
-    #[error("this config was not loaded from a file")]
-    NoFile,
 }
 
 struct State {
@@ -41,7 +38,7 @@ struct State {
 
 /// Holds the config now serving and replaces it on reload.
 pub struct Reloader {
-    path: Option<PathBuf>,
+    path: PathBuf,
     current: ArcSwap<Runtime>,
     state: Mutex<State>,
 }
@@ -60,28 +57,15 @@ impl Reloader {
     pub fn from_file(path: &Path) -> Result<Reloader, ConfigError> {
         let text = config::read(path)?;
         let runtime = Runtime::build(&Config::parse_file(&text, path)?, None, 1)?;
-        Ok(Self::serving(runtime, Some(path.to_path_buf()), &text))
-    }
-
-    fn serving(runtime: Runtime, path: Option<PathBuf>, text: &str) -> Reloader {
         METRICS.generation.set(1);
-        Reloader {
-            path,
+        Ok(Reloader {
+            path: path.to_path_buf(),
             current: ArcSwap::from_pointee(runtime),
             state: Mutex::new(State {
                 generation: 1,
-                seen: hash_of(text),
+                seen: hash_of(&text),
             }),
-        }
-    }
-
-    /// Serve a config given as text (it cannot be reloaded).
-    ///
-    /// # Errors
-    /// When the text is not a valid config.
-    pub fn from_text(text: &str) -> Result<Reloader, ConfigError> {
-        let runtime = Runtime::build(&Config::parse(text)?, None, 1)?;
-        Ok(Self::serving(runtime, None, text))
+        })
     }
 
     /// The config now serving. A request keeps the `Arc` for its whole life.
@@ -89,26 +73,19 @@ impl Reloader {
         self.current.load_full()
     }
 
-    /// The file the config comes from.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
     /// Reload from the file now; `trigger` names the cause in the log.
     ///
     /// # Errors
     /// [`ReloadError`]; the config serving before keeps serving.
     pub fn reload(&self, trigger: &str) -> Result<u64, ReloadError> {
-        let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
-        let result = config::read(path).and_then(|text| self.apply(&text));
+        let result = config::read(&self.path).and_then(|text| self.apply(&text));
         self.record(trigger, result)
     }
 
     /// Reload only if the file's content changed since the last load or attempt.
     pub fn reload_if_changed(&self) -> Option<Result<u64, ReloadError>> {
-        let path = self.path.as_deref()?;
         // A file that cannot be read right now (being replaced) is tried again next time.
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = std::fs::read_to_string(&self.path).ok()?;
         if self.lock().seen == hash_of(&text) {
             return None;
         }
@@ -123,10 +100,7 @@ impl Reloader {
     fn apply(&self, text: &str) -> Result<u64, ConfigError> {
         let mut state = self.lock();
         state.seen = hash_of(text);
-        let parsed = match &self.path {
-            Some(path) => Config::parse_file(text, path)?,
-            None => Config::parse(text)?,
-        };
+        let parsed = Config::parse_file(text, &self.path)?;
         let old = self.current.load_full();
         let next = Runtime::build(&parsed, Some(&old), state.generation + 1)?;
         warn_restart_needed(&old.config, &next.config);

@@ -149,13 +149,11 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     cluster.threads = Some(1);
     server.add_service(cluster);
-    if reloader.path().is_some() {
-        install_sighup_handler();
-        let mut watcher =
-            background_service("config watcher", ConfigWatcher::new(Arc::clone(&reloader)));
-        watcher.threads = Some(1);
-        server.add_service(watcher);
-    }
+    install_sighup_handler();
+    let mut watcher =
+        background_service("config watcher", ConfigWatcher::new(Arc::clone(&reloader)));
+    watcher.threads = Some(1);
+    server.add_service(watcher);
     extra(&mut server);
 
     tracing::info!(

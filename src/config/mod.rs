@@ -174,20 +174,13 @@ pub struct Parsed {
 }
 
 impl Config {
-    /// Parse a config from YAML text. Tests call this; [`Config::load`] only reads a file.
+    /// Parse a config from YAML text: what tests call. A file is read by
+    /// [`crate::reload::Reloader::from_file`], which parses it with [`Config::parse_file`].
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] listing every field that is malformed, each with path and line.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         Ok(Self::parse(text)?.config)
-    }
-
-    /// Read and parse the file at `path`; relative paths in it are taken from its folder.
-    ///
-    /// # Errors
-    /// [`ConfigError::Read`] when the file cannot be read, else as [`Config::from_yaml`].
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Ok(Self::parse_file(&read(path)?, path)?.config)
     }
 
     /// Parse `text`, read from `path`: relative file paths in it (TLS files, the access log)
