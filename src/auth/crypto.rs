@@ -4,8 +4,6 @@
 //! RustCrypto RSA). Verifiers check that the key's family matches the algorithm before any
 //! maths, so an HMAC algorithm can never be run with a public key as its secret.
 
-use std::sync::{Arc, PoisonError, RwLock};
-
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::{Error, ErrorKind, Result};
 use jsonwebtoken::jwk::{EllipticCurve, ThumbprintHash};
@@ -51,8 +49,8 @@ fn unspecified(_: ring::error::Unspecified) -> signature::Error {
 
 /// What a verifier holds: the public key material in the form ring wants.
 enum PublicKey {
-    /// An RSA modulus and exponent, validated and prepared once ([`prepared_rsa`]).
-    Rsa(Arc<sig::RsaPreparedPublicKey>),
+    /// An RSA modulus and exponent, validated and prepared once ([`prepare_rsa`]).
+    Rsa(sig::RsaPreparedPublicKey),
     /// Public key bytes as ring's `UnparsedPublicKey` takes them (EC point, Ed25519 key,
     /// RSA DER, which ring parses strictly itself).
     Bytes(Vec<u8>),
@@ -134,57 +132,18 @@ impl JwtVerifier for RingVerifier {
     }
 }
 
-/// RSA keys prepared so far, most recent last, at most [`PREPARED_MAX`].
-///
-/// jsonwebtoken builds a verifier from the `DecodingKey` for every token, and a
-/// `DecodingKey` holds only the modulus and exponent. Preparing an RSA key (validating the
-/// modulus, computing its Montgomery constants) is a third of a 2048-bit verification, so
-/// the prepared keys are kept here, found by their exact bytes. Issuers publish a handful
-/// of keys; the bound only matters if key sets churn, and then the oldest go first.
-static PREPARED: RwLock<Vec<PreparedRsa>> = RwLock::new(Vec::new());
-const PREPARED_MAX: usize = 64;
-
-struct PreparedRsa {
-    n: Box<[u8]>,
-    e: Box<[u8]>,
-    key: Arc<sig::RsaPreparedPublicKey>,
-}
-
-/// The prepared key for modulus `n` and exponent `e` (big-endian), preparing it the first
-/// time.
+/// The RSA key of modulus `n` and exponent `e` (big-endian), validated and its Montgomery
+/// constants computed: a third of a 2048-bit verification, done once per key and algorithm
+/// when its key set is read ([`KeyVerifier::new`]), never per token.
 ///
 /// # Errors
 /// ring's reason when it rejects the key (too small, too large, a bad exponent).
-pub fn prepared_rsa(
+fn prepare_rsa(
     n: &[u8],
     e: &[u8],
-) -> std::result::Result<Arc<sig::RsaPreparedPublicKey>, ring::error::KeyRejected> {
+) -> std::result::Result<sig::RsaPreparedPublicKey, ring::error::KeyRejected> {
     // Leading zero bytes do not change the key; ring refuses them, so drop them here.
-    let n = trim_zeros(n);
-    let e = trim_zeros(e);
-    let find = |held: &[PreparedRsa]| {
-        held.iter()
-            .rev()
-            .find(|p| *p.n == *n && *p.e == *e)
-            .map(|p| Arc::clone(&p.key))
-    };
-    if let Some(key) = find(&PREPARED.read().unwrap_or_else(PoisonError::into_inner)) {
-        return Ok(key);
-    }
-    let key = Arc::new(sig::RsaPreparedPublicKey::new(n, e)?);
-    let mut held = PREPARED.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(raced) = find(&held) {
-        return Ok(raced);
-    }
-    if held.len() >= PREPARED_MAX {
-        held.remove(0);
-    }
-    held.push(PreparedRsa {
-        n: n.into(),
-        e: e.into(),
-        key: Arc::clone(&key),
-    });
-    Ok(key)
+    sig::RsaPreparedPublicKey::new(trim_zeros(n), trim_zeros(e))
 }
 
 fn trim_zeros(v: &[u8]) -> &[u8] {
@@ -215,7 +174,7 @@ fn ring_verifier(alg: Algorithm, key: &DecodingKey) -> Result<RingVerifier> {
             PublicKey::Hmac(ring::hmac::Key::new(h, secret))
         }
         (_, DecodingKeyKind::RsaModulusExponent { n, e }) => {
-            PublicKey::Rsa(prepared_rsa(n, e).map_err(rejected)?)
+            PublicKey::Rsa(prepare_rsa(n, e).map_err(rejected)?)
         }
         (_, DecodingKeyKind::SecretOrDer(bytes)) => PublicKey::Bytes(bytes.clone()),
     };
@@ -453,8 +412,8 @@ mod tests {
         let (signer, other) = (pair(RSA), pair(RSA_B));
         let (n, e) = rsa_components(signer.public());
         let (other_n, other_e) = rsa_components(other.public());
-        let prepared = prepared_rsa(&n, &e).unwrap();
-        let wrong_key = prepared_rsa(&other_n, &other_e).unwrap();
+        let prepared = prepare_rsa(&n, &e).unwrap();
+        let wrong_key = prepare_rsa(&other_n, &other_e).unwrap();
         let msg = b"header.payload";
         let cases: [(Algorithm, &'static dyn sig::RsaEncoding); 6] = [
             (Algorithm::RS256, &sig::RSA_PKCS1_SHA256),
@@ -508,7 +467,7 @@ mod tests {
         let s = base64::engine::general_purpose::STANDARD
             .decode(SMALL_SIGNATURE)
             .unwrap();
-        let key = prepared_rsa(&n, &e).unwrap();
+        let key = prepare_rsa(&n, &e).unwrap();
         assert_eq!(key.modulus_bits(), 1024);
         // The signature is good: ring's legacy 1024-bit parameters accept it...
         let legacy = &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY;
@@ -521,25 +480,23 @@ mod tests {
     }
 
     #[test]
-    fn prepared_keys_are_found_by_their_bytes_and_bounded() {
-        let (n, e) = rsa_components(pair(RSA).public());
-        let first = prepared_rsa(&n, &e).unwrap();
-        assert!(Arc::ptr_eq(&first, &prepared_rsa(&n, &e).unwrap()));
+    fn a_leading_zero_is_the_same_key_and_bad_keys_are_refused() {
+        let signer = pair(RSA);
+        let (n, e) = rsa_components(signer.public());
+        let msg = b"header.payload";
+        let good = sign(&signer, &sig::RSA_PKCS1_SHA256, msg);
+        let params = rsa_parameters(Algorithm::RS256).unwrap();
         // A JWK may carry a leading zero byte; it is the same key.
         let padded = [&[0u8][..], &n].concat();
-        assert!(Arc::ptr_eq(&first, &prepared_rsa(&padded, &e).unwrap()));
+        assert!(prepare_rsa(&padded, &e)
+            .unwrap()
+            .verify(params, msg, &good)
+            .is_ok());
         // Not a key: even modulus, too small, exponent 1.
         let mut even = n.clone();
         *even.last_mut().unwrap() &= 0xfe;
-        assert!(prepared_rsa(&even, &e).is_err());
-        assert!(prepared_rsa(&n[..64], &e).is_err());
-        assert!(prepared_rsa(&n, &[1]).is_err());
-        // Many distinct moduli: the registry stays at its bound.
-        for i in 0..(PREPARED_MAX as u32 + 8) {
-            let mut m = n.clone();
-            m[8..12].copy_from_slice(&i.to_be_bytes());
-            prepared_rsa(&m, &e).unwrap();
-        }
-        assert_eq!(PREPARED.read().unwrap().len(), PREPARED_MAX);
+        assert!(prepare_rsa(&even, &e).is_err());
+        assert!(prepare_rsa(&n[..64], &e).is_err());
+        assert!(prepare_rsa(&n, &[1]).is_err());
     }
 }
