@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_full_store_drops_the_entries_nearest_their_deadline() {
-        // Under 4096 entries there is one shard, so the bound is exact.
+        // Under 8,192 entries there is one shard (`shard_count`), so the bound is exact.
         let s: Store<u64> = Store::new(16, u64::MAX);
         for k in 0..16 {
             s.insert(k, 1_000 + k as u64, 0);

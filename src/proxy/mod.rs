@@ -1,5 +1,9 @@
-//! The Pingora `ProxyHttp` implementation: it runs the request through each stage in order and
-//! decides nothing itself.
+//! The Pingora `ProxyHttp` implementation: it runs the request through each stage in order.
+//! The stages make the decisions (routing, limits, authentication, target choice); this
+//! module decides only how they meet: which authentication failures the per-IP failure guard
+//! counts (not a missing token, nor keys still being fetched), which bytes a consistent-hash
+//! pool hashes (the client address or a header), when a failed connect is retried, and that
+//! a method override on a request other than POST must land on the route of its own method.
 //!
 //! Stages: snapshot the config, guard (header size, path), route, forward with clean headers,
 //! pick a target (retrying another on connect failure), log. Refusals go through
