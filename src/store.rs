@@ -414,4 +414,127 @@ mod tests {
             assert_eq!(s.get(k * 0x9E37_79B9_7F4A_7C15, |v| *v), Some(k as u64));
         }
     }
+
+    /// Eight threads insert, evict (by filling the store, and by `remove`) and read at once.
+    /// What the store promises under that, checked while they run:
+    /// - no shard holds more than its share (`per_shard`) at any moment, so the store never
+    ///   holds more than `max_entries` rounded up to a multiple of the shard count;
+    /// - a full shard drops the eighth of its entries nearest their deadline, so entries whose
+    ///   deadlines are the farthest, fewer in all than seven eighths of one shard's share, are
+    ///   never dropped: once in, every read finds them, with their value;
+    /// - `get_or_insert` makes a key's value once: threads racing on an absent key all get
+    ///   the value of the one that inserted it;
+    /// - a read returns the value last written for its key, never another's, and nothing
+    ///   after its `remove`.
+    #[test]
+    fn concurrent_inserts_evictions_and_reads_keep_the_bound_and_the_farthest_entries() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Barrier;
+
+        const THREADS: u64 = 8;
+        const KEPT: u64 = 1_000;
+        const CHURN: u64 = 30_000;
+        let max = 20_000u64;
+        let s: Store<u64> = Store::new(max, 1_000);
+        let (shards, per_shard) = (s.shards.len(), s.per_shard);
+        assert!(
+            shards > 1,
+            "several shards, so that writers meet on some and not others"
+        );
+        assert!(
+            KEPT < per_shard as u64 * 7 / 8,
+            "the kept entries fit in any one shard"
+        );
+        let now = 10;
+        // Deadlines: kept entries u64::MAX - KEPT * THREADS and up; churn between 11 and
+        // 1_000_010; every churn key is one thread's own.
+        let kept_key = |i: u64| (1u128 << 100) | u128::from(i);
+        let churn_key = |t: u64, j: u64| (u128::from(t) << 64) | u128::from(j);
+        let churn_deadline = |t: u64, j: u64| now + 1 + (t * CHURN + j) * 7_919 % 1_000_000;
+        let running = AtomicBool::new(true);
+        let checks = AtomicUsize::new(0);
+        let start = Barrier::new(THREADS as usize + 1);
+        let race = Barrier::new(THREADS as usize);
+        // Each worker returns the value it got for each kept key and what it found wrong (a
+        // worker does not panic: the others would wait for it at `race` for ever).
+        let results: Vec<(Vec<u64>, Vec<String>)> = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                start.wait();
+                while running.load(Ordering::Relaxed) {
+                    for shard in s.shards.iter() {
+                        let len = shard.read().entries.len();
+                        assert!(len <= per_shard, "a shard holds {len} > {per_shard}");
+                    }
+                    checks.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (s, start, race) = (&s, &start, &race);
+                    scope.spawn(move || {
+                        start.wait();
+                        let (mut seen, mut faults) =
+                            (Vec::with_capacity(KEPT as usize), Vec::new());
+                        for j in 0..CHURN {
+                            let (key, deadline) = (churn_key(t, j), churn_deadline(t, j));
+                            s.insert(key, deadline, now);
+                            let read = s.get(key, |v| *v);
+                            if read.is_some_and(|v| v != deadline) {
+                                faults.push(format!("churn {key} read {read:?}, not {deadline}"));
+                            }
+                            if j % 3 == 0 {
+                                s.remove(key);
+                                if let Some(v) = s.get(key, |v| *v) {
+                                    faults.push(format!("churn {key} read {v} after remove"));
+                                }
+                            }
+                            if j % (CHURN / KEPT) == 0 {
+                                // Every thread races for the same absent kept key at once.
+                                let i = seen.len() as u64;
+                                let made = u64::MAX - i * THREADS - t;
+                                race.wait();
+                                seen.push(s.get_or_insert(kept_key(i), now, || made, |v| *v));
+                                let back = (j * 31 + t) % (i + 1);
+                                let read = s.get(kept_key(back), |v| *v);
+                                if read != Some(seen[back as usize]) {
+                                    faults.push(format!("kept {back} read {read:?}"));
+                                }
+                            }
+                        }
+                        (seen, faults)
+                    })
+                })
+                .collect();
+            // The watcher stops when the workers are done, or when one failed.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&running);
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for (t, (_, faults)) in results.iter().enumerate() {
+            let first = &faults[..faults.len().min(5)];
+            assert!(
+                faults.is_empty(),
+                "thread {t}, {} faults: {first:#?}",
+                faults.len()
+            );
+        }
+        let seen: Vec<&Vec<u64>> = results.iter().map(|(seen, _)| seen).collect();
+        assert!(checks.load(Ordering::Relaxed) > 0);
+        assert!(s.len() <= per_shard * shards);
+        for i in 0..KEPT {
+            let first = seen[0][i as usize];
+            for (t, values) in seen.iter().enumerate() {
+                assert_eq!(
+                    values[i as usize], first,
+                    "thread {t} saw another value of {i}"
+                );
+            }
+            assert_eq!(s.get(kept_key(i), |v| *v), Some(first), "kept entry {i}");
+        }
+    }
 }
