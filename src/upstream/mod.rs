@@ -334,12 +334,43 @@ mod tests {
         }
     }
 
+    /// A key keeps its target from call to call, whatever other keys are sent in between,
+    /// and keys spread over the targets: a selector blind to the key sends them all to one
+    /// target (or, rotating, moves each key). A target going down moves only its own keys.
     #[test]
     fn consistent_hash_is_sticky() {
         let p = pool(Balance::ConsistentHash, 5);
-        let first = p.select(b"client-a", &[]);
-        for _ in 0..20 {
-            assert_eq!(p.select(b"client-a", &[]), first);
+        let keys: Vec<String> = (0..100).map(|i| format!("client-{i}")).collect();
+        let first: Vec<usize> = keys
+            .iter()
+            .map(|k| p.select(k.as_bytes(), &[]).unwrap())
+            .collect();
+        // Each key twice in a row, the keys in reverse: a rotation cannot pass for stickiness.
+        for (k, was) in keys.iter().zip(&first).rev() {
+            for _ in 0..2 {
+                assert_eq!(p.select(k.as_bytes(), &[]), Some(*was), "{k}");
+            }
+        }
+        let mut used = first.clone();
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(
+            used,
+            [0, 1, 2, 3, 4],
+            "100 keys reach every target: {first:?}"
+        );
+        let down = first[0];
+        for _ in 0..3 {
+            p.targets[down].observe(false, 1, 3);
+        }
+        assert!(!p.targets[down].is_healthy());
+        for (k, was) in keys.iter().zip(&first) {
+            let now = p.select(k.as_bytes(), &[]).unwrap();
+            if *was == down {
+                assert_ne!(now, down, "{k}");
+            } else {
+                assert_eq!(now, *was, "{k} moved although its target is up");
+            }
         }
     }
 
