@@ -374,9 +374,12 @@ routes:
 
     #[test]
     fn syntax_error_has_a_line() {
-        let err = Config::from_yaml("routes:\n  - name: [unclosed\n").unwrap_err();
-        assert_eq!(err.issues().len(), 1);
-        assert!(err.issues()[0].line.is_some(), "{err}");
+        // The mapping value on line 3 is the error; lines before and after it are valid.
+        let text = "routes:\n  - name: ok\n    upstream: a: b\nupstreams: []\n";
+        let err = Config::from_yaml(text).unwrap_err();
+        assert_eq!(err.issues().len(), 1, "{err}");
+        assert_eq!(err.issues()[0].line, Some(3), "{err}");
+        assert!(err.to_string().contains("\n  line 3: "), "{err}");
     }
 
     #[test]
