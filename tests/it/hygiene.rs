@@ -451,10 +451,26 @@ async fn access_log_has_one_json_line_per_request_and_no_secrets() {
     assert_eq!(failed["reason"], "upstream_unreachable");
     assert_eq!(failed["path"], "/dead/x");
 
-    // Let the process log whatever it logs about these requests, then look everywhere.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The process logs an error line about the failed request before its access line, but
+    // stderr reaches the test through a pipe: wait for that line, so that the look below
+    // reads what the process wrote about the requests, not an empty or partial stderr.
+    let stderr = eventually(
+        "the error line of the failed request",
+        Duration::from_secs(5),
+        || async {
+            let stderr = proxy.stderr();
+            if stderr
+                .lines()
+                .any(|l| l.contains("Fail to proxy") && l.contains("GET /dead/x"))
+            {
+                Ok(stderr)
+            } else {
+                Err(format!("stderr so far:\n{stderr}"))
+            }
+        },
+    )
+    .await;
     let log = proxy.access_log();
-    let stderr = proxy.stderr();
     for secret in [
         "secret-token",
         "secret-cookie",
