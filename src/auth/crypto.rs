@@ -377,9 +377,7 @@ mod tests {
     use super::*;
     use base64::Engine;
 
-    const RSA: &str = include_str!("../../tests/keys/rsa2048.pem");
-    const RSA_B: &str = include_str!("../../tests/keys/rsa2048-b.pem");
-    const RSA_SMALL_JWK: &str = include_str!("../../tests/keys/rsa1024.jwk.json");
+    use crate::auth::tests::{RSA, RSA_B, RSA_SMALL_JWK};
     /// `openssl dgst -sha256 -sign tests/keys/rsa1024.pem` of [`SMALL_MESSAGE`].
     const SMALL_SIGNATURE: &str = "MCK0P/uukVudMNbi/TUdUYvAiFuRnD+vqNk2MCnK+CQzApSnSEjK6oCTWEMWIMHkxGAgHup1NGW1JgZIfTMceQsxreC/w+aG7gTrGNn1G1QezvogL7RYFxiOiM8Vbltdlj8olOAYzJFTwnk3jh3Zc5yJc/q7QjYcQKLgr/+L3gY=";
     const SMALL_MESSAGE: &[u8] = b"portcullis prepared rsa test";

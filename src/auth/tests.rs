@@ -9,11 +9,15 @@ use super::tools::{mint, public_jwk};
 use super::AuthError;
 use crate::runtime::Runtime;
 
-const RSA: &str = include_str!("../../tests/keys/rsa2048.pem");
-const RSA_SMALL_JWK: &str = include_str!("../../tests/keys/rsa1024.jwk.json");
-const EC256: &str = include_str!("../../tests/keys/ec256.pem");
-const EC384: &str = include_str!("../../tests/keys/ec384.pem");
-const ED: &str = include_str!("../../tests/keys/ed25519.pem");
+// The test keys (tests/keys/, public: for tests only), for every unit test under auth/.
+pub(super) const RSA: &str = include_str!("../../tests/keys/rsa2048.pem");
+/// A second RSA key.
+pub(super) const RSA_B: &str = include_str!("../../tests/keys/rsa2048-b.pem");
+/// The public JWK of `tests/keys/rsa1024.pem`, a key too small to be used.
+pub(super) const RSA_SMALL_JWK: &str = include_str!("../../tests/keys/rsa1024.jwk.json");
+pub(super) const EC256: &str = include_str!("../../tests/keys/ec256.pem");
+pub(super) const EC384: &str = include_str!("../../tests/keys/ec384.pem");
+pub(super) const ED: &str = include_str!("../../tests/keys/ed25519.pem");
 const ISS: &str = "https://id.example.com/";
 
 struct Setup {

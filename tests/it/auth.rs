@@ -14,7 +14,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::support::jwks::{jwk, key_set, JwksServer, DISCOVERY_PATH, JWKS_PATH};
-use crate::support::keys::{AUD, EC256, EC384, ED, ISS, RSA, RSA_B};
+use crate::support::keys::{AUD, EC256, EC256_PATH, EC384, ED, ISS, RSA, RSA_B, RSA_SMALL_JWK};
 use crate::support::{client, eventually, pool, Echo, Proxy, Upstream, BIN};
 
 const DECISIONS: &str = "portcullis_auth_decisions_total";
@@ -471,7 +471,7 @@ fn sign_with_header(header: &jsonwebtoken::Header, pem: &str, claims: &str) -> S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_headers_cannot_widen_what_verifies() {
     let up = Upstream::start("app").await;
-    let small: Value = serde_json::from_str(include_str!("../keys/rsa1024.jwk.json")).unwrap();
+    let small: Value = serde_json::from_str(RSA_SMALL_JWK).unwrap();
     let mut rs256_only = jwk(RSA, "rs256-only");
     rs256_only["alg"] = "RS256".into();
     let jwks = JwksServer::start(json!({"keys": [jwk(RSA, "rsa"), rs256_only, small]})).await;
@@ -1286,7 +1286,7 @@ async fn cli_mints_a_token_that_inspect_decodes_and_the_proxy_accepts() {
         "token",
         "mint",
         "--key",
-        "tests/keys/ec256.pem",
+        EC256_PATH,
         "--claims",
         r#"{"sub":"x"}"#,
         "--kid",
@@ -1314,14 +1314,7 @@ async fn cli_mints_a_token_that_inspect_decodes_and_the_proxy_accepts() {
     wait_for_keys(&proxy, "corp").await;
     let claims = json!({"sub": "cli-user", "iss": ISS, "aud": AUD}).to_string();
     let minted = run(&[
-        "token",
-        "mint",
-        "--key",
-        "tests/keys/ec256.pem",
-        "--claims",
-        &claims,
-        "--kid",
-        "k",
+        "token", "mint", "--key", EC256_PATH, "--claims", &claims, "--kid", "k",
     ]);
     let seen = get(&client(), &proxy.url("/api"), Some(minted.trim()), &[])
         .await
