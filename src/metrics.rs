@@ -353,9 +353,9 @@ pub fn forget_route(name: &str) {
 
 /// Refresh the gauges that are read off the serving config rather than counted as things
 /// happen (key set age and staleness, cache size). Called before each scrape.
-pub fn observe_runtime(runtime: &crate::runtime::Runtime) {
+pub fn observe_generation(generation: &crate::generation::Generation) {
     let m = &*METRICS;
-    for issuer in &runtime.auth.issuers {
+    for issuer in &generation.auth.issuers {
         if let Some(keys) = issuer.keys() {
             let age = keys.loaded_at.elapsed().map_or(0, |d| d.as_secs());
             m.jwks_age
@@ -367,7 +367,7 @@ pub fn observe_runtime(runtime: &crate::runtime::Runtime) {
             .set(i64::from(issuer.is_stale()));
     }
     m.token_cache_entries
-        .set(i64::try_from(runtime.auth.cache.len()).unwrap_or(i64::MAX));
+        .set(i64::try_from(generation.auth.cache.len()).unwrap_or(i64::MAX));
 }
 
 /// Render the default registry in the Prometheus text format.

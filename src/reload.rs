@@ -1,4 +1,4 @@
-//! Live reload: the `ArcSwap` that holds the serving [`Runtime`], and the triggers that
+//! Live reload: the `ArcSwap` that holds the serving [`Generation`], and the triggers that
 //! replace it (SIGHUP, a change of the file, `POST /reload`).
 //!
 //! A new config is read, parsed, validated and fully built before the swap; a broken one is
@@ -18,8 +18,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{self, Config, ConfigError};
+use crate::generation::Generation;
 use crate::metrics::METRICS;
-use crate::runtime::Runtime;
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ struct State {
 /// Holds the config now serving and replaces it on reload.
 pub struct Reloader {
     path: Option<PathBuf>,
-    current: ArcSwap<Runtime>,
+    current: ArcSwap<Generation>,
     state: Mutex<State>,
 }
 
@@ -59,15 +59,15 @@ impl Reloader {
     /// When the file cannot be read or is not a valid config.
     pub fn from_file(path: &Path) -> Result<Reloader, ConfigError> {
         let text = config::read(path)?;
-        let runtime = Runtime::build(&Config::parse_file(&text, path)?, None, 1)?;
-        Ok(Self::serving(runtime, Some(path.to_path_buf()), &text))
+        let generation = Generation::build(&Config::parse_file(&text, path)?, None, 1)?;
+        Ok(Self::serving(generation, Some(path.to_path_buf()), &text))
     }
 
-    fn serving(runtime: Runtime, path: Option<PathBuf>, text: &str) -> Reloader {
+    fn serving(generation: Generation, path: Option<PathBuf>, text: &str) -> Reloader {
         METRICS.generation.set(1);
         Reloader {
             path,
-            current: ArcSwap::from_pointee(runtime),
+            current: ArcSwap::from_pointee(generation),
             state: Mutex::new(State {
                 generation: 1,
                 seen: hash_of(text),
@@ -80,12 +80,12 @@ impl Reloader {
     /// # Errors
     /// When the text is not a valid config.
     pub fn from_text(text: &str) -> Result<Reloader, ConfigError> {
-        let runtime = Runtime::build(&Config::parse(text)?, None, 1)?;
-        Ok(Self::serving(runtime, None, text))
+        let generation = Generation::build(&Config::parse(text)?, None, 1)?;
+        Ok(Self::serving(generation, None, text))
     }
 
     /// The config now serving. A request keeps the `Arc` for its whole life.
-    pub fn current(&self) -> Arc<Runtime> {
+    pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
     }
 
@@ -128,9 +128,9 @@ impl Reloader {
             None => Config::parse(text)?,
         };
         let old = self.current.load_full();
-        let next = Runtime::build(&parsed, Some(&old), state.generation + 1)?;
+        let next = Generation::build(&parsed, Some(&old), state.generation + 1)?;
         warn_restart_needed(&old.config, &next.config);
-        let generation = next.generation;
+        let generation = next.number;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
         // Targets carry their health over, but a pool whose check was removed has no probe
@@ -194,7 +194,7 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     }
 }
 
-fn forget_removed_targets(old: &Runtime, new: &Runtime) {
+fn forget_removed_targets(old: &Generation, new: &Generation) {
     for pool in &old.pools {
         for target in &pool.targets {
             let stays = new

@@ -72,8 +72,8 @@ pub enum ServeError {
 /// [`ServeError`] when something needed at start is missing; once running it only returns
 /// after shutdown, by exiting the process.
 pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result<(), ServeError> {
-    let runtime = reloader.current();
-    let config = &runtime.config;
+    let generation = reloader.current();
+    let config = &generation.config;
     if config.listeners.is_empty() {
         return Err(ServeError::NoListeners);
     }
@@ -161,10 +161,10 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
         admin = config.admin.as_ref().map(|a| a.address.as_str()),
-        generation = runtime.generation,
+        generation = generation.number,
         "portcullis starting"
     );
-    drop(runtime);
+    drop(generation);
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown { grace, access_log }),
     });

@@ -8,6 +8,7 @@
 //! background ([`cluster`]); no request ever waits on Redis.
 
 pub mod cluster;
+pub mod compile;
 pub mod concurrency;
 pub mod gcra;
 

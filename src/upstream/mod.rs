@@ -4,6 +4,7 @@
 //! that it can outlive a config reload (a target that stays keeps its `Arc<Target>`). This
 //! module never talks HTTP to a client and never decides routing.
 
+pub mod compile;
 pub mod health;
 
 use std::collections::HashMap;
