@@ -97,7 +97,7 @@ impl ServeHttp for Admin {
         let _ = session.drain_request_body().await;
         match (path.as_str(), method) {
             ("/metrics", Method::GET) => respond(StatusCode::OK, "text/plain; version=0.0.4", {
-                crate::metrics::observe_generation(&self.reloader.current());
+                self.reloader.current().auth.observe();
                 crate::metrics::render().into_bytes()
             }),
             ("/healthz", Method::GET) => json_response(StatusCode::OK, json!({"status": "ok"})),

@@ -23,7 +23,6 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
 use crate::metrics::METRICS;
-use crate::reload::Reloader;
 
 /// What is read of a request while the connection waits for it. A request this small (most
 /// without cookies) is then parsed with no further read; a larger one takes one more. It is
@@ -192,18 +191,23 @@ pub fn headers_received() {
 /// The proxy app with connection limits and timeouts around it.
 pub struct Connections<A> {
     proxy: Arc<A>,
-    reloader: Arc<Reloader>,
+    limits: Arc<arc_swap::ArcSwap<ConnectionLimits>>,
     admission: Arc<Admission>,
 }
 
 impl<A> Connections<A> {
-    /// Wrap `proxy`; the limits are read from `reloader`'s current config for each new
-    /// connection (and each request's keep-alive), so they reload live.
-    pub fn new(proxy: Arc<A>, reloader: Arc<Reloader>) -> Connections<A> {
-        let _ = &*METRICS;
+    /// Wrap `proxy`; `limits` are read for each new connection (and each request's
+    /// keep-alive) as each reload publishes them, so they reload live.
+    pub fn new(proxy: Arc<A>, limits: Arc<arc_swap::ArcSwap<ConnectionLimits>>) -> Connections<A> {
+        // Both refusal series exist from the start, at zero.
+        for refused in Refused::ALL {
+            let _ = METRICS
+                .connections_refused
+                .with_label_values(&[refused.reason()]);
+        }
         Connections {
             proxy,
-            reloader,
+            limits,
             admission: Arc::new(Admission::default()),
         }
     }
@@ -251,7 +255,7 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let started = Instant::now();
-        let limits = self.reloader.current().connections;
+        let limits = **self.limits.load();
         let ip = stream.get_socket_digest().and_then(|d| {
             d.peer_addr()
                 .and_then(|a| a.as_inet())
@@ -261,7 +265,9 @@ where
         let _ticket = match self.admission.admit(ip, &limits) {
             Ok(ticket) => ticket,
             Err(refused) => {
-                m.connections_refused[refused as usize].inc();
+                m.connections_refused
+                    .with_label_values(&[refused.reason()])
+                    .inc();
                 return None; // dropping the stream closes the connection
             }
         };
@@ -326,7 +332,7 @@ where
             };
             (stream, persistent) = reused.consume();
             // The config serving now: a reload applies from the next request.
-            limits = self.reloader.current().connections;
+            limits = **self.limits.load();
             wait_until = Instant::now() + limits.keepalive;
             first = false;
         }

@@ -14,11 +14,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::auth::Auth;
 use crate::client_ip::ClientIps;
 use crate::config::{AuthConfig, Config, ConfigError, Issues, Parsed};
+use crate::connections::ConnectionLimits;
+use crate::headers::OwnedHeaders;
 use crate::metrics::RouteMetrics;
-use crate::proxy::headers::OwnedHeaders;
+use crate::ratelimit::cluster::ClusterPart;
 use crate::ratelimit::{self, RouteLimits};
 use crate::routing::{self, RouteTable};
 use crate::upstream::{self, Pool};
@@ -56,7 +60,7 @@ pub struct Generation {
     /// What happens to method override headers.
     pub method_override: crate::config::MethodOverrideHeaders,
     /// Connection limits and timeouts (`server.max_connections`, ...).
-    pub connections: crate::connections::ConnectionLimits,
+    pub connections: ConnectionLimits,
     /// Issuers, token cache and what routes need of tokens.
     pub auth: Arc<crate::auth::Auth>,
     /// Finds the client address behind trusted proxies.
@@ -215,7 +219,7 @@ impl Generation {
             unmatched: RouteMetrics::new("", false),
             max_request_header_bytes,
             method_override: config.server.method_override_headers,
-            connections: crate::connections::ConnectionLimits::from_config(&config.server),
+            connections: ConnectionLimits::from_config(&config.server),
             auth: Arc::new(auth),
             client_ips,
             owned_headers,
@@ -233,6 +237,57 @@ impl Generation {
     /// A pool by name.
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+/// What the background services and the connection gate read of the serving generation,
+/// each its own part, so that none of them needs the reloader: [`Parts::publish`] stores a
+/// new generation's parts once it serves (the commit step of a reload).
+#[derive(Clone)]
+pub struct Parts {
+    /// The issuers, for the key refresher.
+    pub issuers: Arc<ArcSwap<Vec<Arc<crate::auth::Issuer>>>>,
+    /// The pools, for the health supervisor.
+    pub pools: Arc<ArcSwap<Vec<Arc<Pool>>>>,
+    /// `cluster:` and the cluster-scoped limiters, for cluster sync.
+    pub cluster: Arc<ArcSwap<ClusterPart>>,
+    /// The connection limits and timeouts, for the connection gate.
+    pub connections: Arc<ArcSwap<ConnectionLimits>>,
+}
+
+impl Parts {
+    /// The parts of `generation`.
+    pub fn of(generation: &Generation) -> Parts {
+        Parts {
+            issuers: Arc::new(ArcSwap::from_pointee(generation.auth.issuers.clone())),
+            pools: Arc::new(ArcSwap::from_pointee(generation.pools.clone())),
+            cluster: Arc::new(ArcSwap::from_pointee(generation.cluster_part())),
+            connections: Arc::new(ArcSwap::from_pointee(generation.connections)),
+        }
+    }
+
+    /// Publish `generation`'s parts in place of the ones before.
+    pub fn publish(&self, generation: &Generation) {
+        self.issuers
+            .store(Arc::new(generation.auth.issuers.clone()));
+        self.pools.store(Arc::new(generation.pools.clone()));
+        self.cluster.store(Arc::new(generation.cluster_part()));
+        self.connections.store(Arc::new(generation.connections));
+    }
+}
+
+impl Generation {
+    fn cluster_part(&self) -> ClusterPart {
+        ClusterPart {
+            cluster: self.config.cluster.clone(),
+            limiters: self
+                .routes
+                .iter()
+                .flat_map(|r| r.limits.all())
+                .filter(|l| l.cluster.is_some())
+                .cloned()
+                .collect(),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connections;
 pub mod demo;
 pub mod generation;
+pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

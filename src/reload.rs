@@ -18,7 +18,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{self, Config, ConfigError};
-use crate::generation::Generation;
+use crate::generation::{Generation, Parts};
 use crate::metrics::METRICS;
 
 /// Why a reload did not happen.
@@ -43,6 +43,8 @@ struct State {
 pub struct Reloader {
     path: Option<PathBuf>,
     current: ArcSwap<Generation>,
+    /// What the background services read, published after each swap.
+    parts: Parts,
     state: Mutex<State>,
 }
 
@@ -67,6 +69,7 @@ impl Reloader {
         METRICS.generation.set(1);
         Reloader {
             path,
+            parts: Parts::of(&generation),
             current: ArcSwap::from_pointee(generation),
             state: Mutex::new(State {
                 generation: 1,
@@ -87,6 +90,11 @@ impl Reloader {
     /// The config now serving. A request keeps the `Arc` for its whole life.
     pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
+    }
+
+    /// The parts of the serving generation that background services watch.
+    pub fn parts(&self) -> &Parts {
+        &self.parts
     }
 
     /// The file the config comes from.
@@ -133,6 +141,7 @@ impl Reloader {
         let generation = next.number;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
+        self.parts.publish(&next);
         // Targets carry their health over, but a pool whose check was removed has no probe
         // left to bring an ejected target back. Done only once the swap happened, so that a
         // refused reload changes nothing.
@@ -145,7 +154,11 @@ impl Reloader {
         forget_removed_targets(&old, &next);
         for route in &old.routes {
             if !next.routes.iter().any(|r| r.name == route.name) {
-                crate::metrics::forget_route(&route.name);
+                crate::metrics::forget_route(
+                    &route.name,
+                    crate::auth::AuthError::reasons(),
+                    &crate::ratelimit::LimitKind::ALL.map(crate::ratelimit::LimitKind::name),
+                );
             }
         }
         Ok(generation)

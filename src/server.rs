@@ -101,7 +101,7 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     let mut proxy_service = Service::new(
         "portcullis proxy".into(),
-        Connections::new(Arc::new(proxy), Arc::clone(&reloader)),
+        Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections)),
     );
     for listener in &config.listeners {
         let endpoint = ListenerConfig::tcp(listener.address.clone());
@@ -132,20 +132,20 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     }
     let mut health = background_service(
         "health checks",
-        HealthSupervisor::new(Arc::clone(&reloader)),
+        HealthSupervisor::new(Arc::clone(&reloader.parts().pools)),
     );
     health.threads = Some(1);
     server.add_service(health);
     let mut keys = background_service(
         "key refresh",
-        crate::auth::KeyRefresher::new(Arc::clone(&reloader)),
+        crate::auth::KeyRefresher::new(Arc::clone(&reloader.parts().issuers)),
     );
     keys.threads = Some(1);
     server.add_service(keys);
     // Idle (one check a second) unless the config has a `cluster:` section.
     let mut cluster = background_service(
         "cluster limit sync",
-        crate::ratelimit::cluster::ClusterSync::new(Arc::clone(&reloader)),
+        crate::ratelimit::cluster::ClusterSync::new(Arc::clone(&reloader.parts().cluster)),
     );
     cluster.threads = Some(1);
     server.add_service(cluster);

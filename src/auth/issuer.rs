@@ -23,7 +23,6 @@ use tokio::sync::{watch, Notify};
 use super::keys::{KeySet, MAX_JWKS_BYTES};
 use crate::config::IssuerConfig;
 use crate::metrics::METRICS;
-use crate::reload::Reloader;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -573,18 +572,18 @@ fn max_age(cache_control: &str) -> Option<Duration> {
 
 /// The background service that keeps every issuer's keys fresh.
 pub struct KeyRefresher {
-    reloader: Arc<Reloader>,
+    issuers: Arc<arc_swap::ArcSwap<Vec<Arc<Issuer>>>>,
 }
 
 impl KeyRefresher {
-    /// Keep the keys of `reloader`'s issuers fresh.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
-        Self { reloader }
+    /// Keep the keys of `issuers` fresh, as each reload publishes them.
+    pub fn new(issuers: Arc<arc_swap::ArcSwap<Vec<Arc<Issuer>>>>) -> Self {
+        Self { issuers }
     }
 
     fn start_due_fetches(&self) {
-        let runtime = self.reloader.current();
-        for issuer in runtime.auth.issuers.iter() {
+        let issuers = self.issuers.load();
+        for issuer in issuers.iter() {
             if !issuer.due() {
                 continue;
             }

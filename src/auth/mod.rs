@@ -317,6 +317,27 @@ fn allowed_algorithms(
 }
 
 impl Auth {
+    /// Refresh the gauges read off this state rather than counted as things happen: each
+    /// issuer's key set age and staleness, the token cache's size. Called before each scrape.
+    pub fn observe(&self) {
+        let m = &*crate::metrics::METRICS;
+        for issuer in &self.issuers {
+            if let Some(keys) = issuer.keys() {
+                let age = keys.loaded_at.elapsed().map_or(0, |d| d.as_secs());
+                m.jwks_age
+                    .with_label_values(&[&issuer.name])
+                    .set(i64::try_from(age).unwrap_or(i64::MAX));
+            }
+            m.jwks_stale
+                .with_label_values(&[&issuer.name])
+                .set(i64::from(issuer.is_stale()));
+        }
+        m.token_cache_entries
+            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    }
+}
+
+impl Auth {
     /// Build the issuers, the projection and the cache. Issuers whose settings did not change
     /// are taken from `previous` with their keys; so is the cache when what it holds still
     /// fits.

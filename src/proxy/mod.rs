@@ -5,7 +5,6 @@
 //! pick a target (retrying another on connect failure), log. Refusals go through
 //! [`rescue`], the only code that writes an error response.
 
-pub mod headers;
 pub mod rescue;
 
 use std::net::IpAddr;
@@ -23,6 +22,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
 use crate::config::MethodOverrideHeaders;
 use crate::generation::{Generation, Route};
+use crate::headers;
 use crate::metrics::METRICS;
 use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
@@ -199,7 +199,9 @@ impl Portcullis {
                 .auth
                 .authenticate(policy, session.req_header())
                 .await;
-            route.metrics.auth_decision(&result);
+            route
+                .metrics
+                .auth_decision(result.as_ref().err().map(|e| e.reason()));
             match result {
                 Ok(identity) => ctx.identity = Some(identity),
                 Err(e) => {
