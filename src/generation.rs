@@ -240,6 +240,42 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// The commit step, run once this generation serves in place of `old` (or at start, with
+    /// no `old`), and never for a generation that was refused: each domain applies the
+    /// effects its compile left out. Metric series of new routes, limits, targets and caps
+    /// appear (at zero); those of routes, limits, targets, caps and issuers that are gone
+    /// are dropped, so a renamed route's series move to the new name.
+    pub fn commit(&self, old: Option<&Generation>) {
+        self.unmatched.register();
+        for route in &self.routes {
+            route.metrics.register();
+            for limiter in route.limits.all() {
+                limiter.register();
+            }
+        }
+        upstream::commit(old.map_or(&[][..], |o| &o.pools), &self.pools);
+        self.auth.commit(old.map(|o| &*o.auth));
+        let Some(old) = old else { return };
+        for route in &old.routes {
+            match self.routes.iter().find(|r| r.name == route.name) {
+                None => crate::metrics::forget_route(
+                    &route.name,
+                    crate::auth::AuthError::reasons(),
+                    &ratelimit::LimitKind::ALL.map(ratelimit::LimitKind::name),
+                ),
+                Some(kept) => {
+                    for limiter in route.limits.all() {
+                        if !kept.limits.all().any(|l| l.kind == limiter.kind) {
+                            ratelimit::Limiter::forget(&route.name, limiter.kind);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// What the background services and the connection gate read of the serving generation,
 /// each its own part, so that none of them needs the reloader: [`Parts::publish`] stores a
 /// new generation's parts once it serves (the commit step of a reload).

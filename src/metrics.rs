@@ -279,11 +279,18 @@ impl Metrics {
     }
 }
 
-/// Per-route counters resolved once when the route is compiled, so the request path does no
-/// label lookups.
-#[derive(Clone)]
+/// Per-route counters, resolved once so the request path does no label lookups.
+///
+/// Making one registers nothing: the series appear when the generation that holds the route
+/// is committed ([`RouteMetrics::register`]) or at the route's first request, whichever
+/// comes first, so a compile that is then refused leaves `/metrics` as it was.
 pub struct RouteMetrics {
     name: String,
+    authenticated: bool,
+    series: std::sync::OnceLock<RouteSeries>,
+}
+
+struct RouteSeries {
     requests: [prometheus::IntCounter; 6],
     duration: prometheus::Histogram,
     /// Only for routes with a policy, so `auth: none` routes export no auth series.
@@ -292,23 +299,38 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// The counters of route `name` (`""` for requests no route took); `authenticated` when
-    /// the route checks tokens.
+    /// the route checks tokens. Registers nothing yet.
     pub fn new(name: &str, authenticated: bool) -> RouteMetrics {
-        let m = &*METRICS;
         RouteMetrics {
             name: name.to_string(),
-            requests: STATUS_CLASSES.map(|class| m.requests.with_label_values(&[name, class])),
-            duration: m.request_duration.with_label_values(&[name]),
-            auth_allowed: authenticated
-                .then(|| m.auth_decisions.with_label_values(&[name, "allowed", "ok"])),
+            authenticated,
+            series: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Make the series exist (at zero when new).
+    pub fn register(&self) {
+        let _ = self.series();
+    }
+
+    fn series(&self) -> &RouteSeries {
+        self.series.get_or_init(|| {
+            let (m, name) = (&*METRICS, self.name.as_str());
+            RouteSeries {
+                requests: STATUS_CLASSES.map(|class| m.requests.with_label_values(&[name, class])),
+                duration: m.request_duration.with_label_values(&[name]),
+                auth_allowed: self
+                    .authenticated
+                    .then(|| m.auth_decisions.with_label_values(&[name, "allowed", "ok"])),
+            }
+        })
     }
 
     /// Count one token check: allowed, or denied for `reason`.
     pub fn auth_decision(&self, denied: Option<&str>) {
         match denied {
             None => {
-                if let Some(c) = &self.auth_allowed {
+                if let Some(c) = &self.series().auth_allowed {
                     c.inc();
                 }
             }
@@ -321,8 +343,9 @@ impl RouteMetrics {
 
     /// Count one request.
     pub fn observe(&self, status: u16, seconds: f64) {
-        self.requests[status_class(status)].inc();
-        self.duration.observe(seconds);
+        let series = self.series();
+        series.requests[status_class(status)].inc();
+        series.duration.observe(seconds);
     }
 }
 

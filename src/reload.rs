@@ -67,6 +67,7 @@ impl Reloader {
 
     fn serving(generation: Generation, path: Option<PathBuf>, text: &str) -> Reloader {
         METRICS.generation.set(1);
+        generation.commit(None);
         Reloader {
             path,
             parts: Parts::of(&generation),
@@ -142,25 +143,8 @@ impl Reloader {
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
         self.parts.publish(&next);
-        // Targets carry their health over, but a pool whose check was removed has no probe
-        // left to bring an ejected target back. Done only once the swap happened, so that a
-        // refused reload changes nothing.
-        for pool in next.pools.iter().filter(|p| p.probe.is_none()) {
-            for target in &pool.targets {
-                target.assume_healthy();
-            }
-        }
+        next.commit(Some(&old));
         state.generation = generation;
-        forget_removed_targets(&old, &next);
-        for route in &old.routes {
-            if !next.routes.iter().any(|r| r.name == route.name) {
-                crate::metrics::forget_route(
-                    &route.name,
-                    crate::auth::AuthError::reasons(),
-                    &crate::ratelimit::LimitKind::ALL.map(crate::ratelimit::LimitKind::name),
-                );
-            }
-        }
         Ok(generation)
     }
 
@@ -204,21 +188,6 @@ fn warn_restart_needed(old: &Config, new: &Config) {
             fields = ?fixed,
             "these settings changed but take effect only after a restart"
         );
-    }
-}
-
-fn forget_removed_targets(old: &Generation, new: &Generation) {
-    for pool in &old.pools {
-        for target in &pool.targets {
-            let stays = new
-                .pool(&pool.name)
-                .is_some_and(|p| p.targets.iter().any(|t| Arc::ptr_eq(t, target)));
-            if !stays {
-                let _ = METRICS
-                    .target_healthy
-                    .remove_label_values(&[&pool.name, &target.label]);
-            }
-        }
     }
 }
 

@@ -212,11 +212,9 @@ impl Issuer {
             && !self.fetch.last_ok.load(Ordering::Relaxed)
     }
 
+    /// Serve `set`. Its size reaches `/metrics` at the next scrape ([`super::Auth::observe`]):
+    /// a key file is read while a config compiles, which must leave no series behind.
     fn install(&self, set: KeySet) {
-        METRICS
-            .jwks_keys
-            .with_label_values(&[&self.name])
-            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
         self.keys.store(Some(Arc::new(set)));
         self.fetch.last_ok.store(true, Ordering::Relaxed);
     }

@@ -327,6 +327,9 @@ impl Auth {
                 m.jwks_age
                     .with_label_values(&[&issuer.name])
                     .set(i64::try_from(age).unwrap_or(i64::MAX));
+                m.jwks_keys
+                    .with_label_values(&[&issuer.name])
+                    .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
             }
             m.jwks_stale
                 .with_label_values(&[&issuer.name])
@@ -334,6 +337,25 @@ impl Auth {
         }
         m.token_cache_entries
             .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    }
+
+    /// The commit step of a reload, once this state serves in place of `old`: the series of
+    /// issuers it no longer has are dropped.
+    pub fn commit(&self, old: Option<&Auth>) {
+        let m = &*crate::metrics::METRICS;
+        for gone in old
+            .into_iter()
+            .flat_map(|o| o.issuers.iter())
+            .filter(|o| !self.issuers.iter().any(|i| i.name == o.name))
+        {
+            let name = [gone.name.as_str()];
+            let _ = m.jwks_age.remove_label_values(&name);
+            let _ = m.jwks_keys.remove_label_values(&name);
+            let _ = m.jwks_stale.remove_label_values(&name);
+            for outcome in ["success", "error"] {
+                let _ = m.jwks_fetches.remove_label_values(&[name[0], outcome]);
+            }
+        }
     }
 }
 
