@@ -113,7 +113,6 @@ impl Generation {
             {
                 pool.concurrency =
                     ratelimit::compile::concurrency(up, &path, old.map(|p| &**p), &mut issues);
-                pool.concurrency_config = up.concurrency.clone();
                 pools.push(Arc::new(pool));
             }
         }

@@ -185,10 +185,12 @@ impl Issuer {
         Ok(issuer)
     }
 
-    /// Whether `self` can serve in place of a new issuer built from `config` (same settings,
-    /// same secret), keeping its keys across a reload.
-    pub fn same_as(&self, config: &IssuerConfig, secret: Option<&[u8]>) -> bool {
-        self.config == *config && self.secret_fingerprint == secret.map(secret_fingerprint)
+    /// The [`crate::carry::Carry`] key a new issuer built from `config` and `secret` has.
+    pub fn carry_key_of(
+        config: &IssuerConfig,
+        secret: Option<&[u8]>,
+    ) -> (IssuerConfig, Option<u64>) {
+        (config.clone(), secret.map(secret_fingerprint))
     }
 
     /// The keys now in use; `None` until the first fetch succeeds.
@@ -566,6 +568,16 @@ fn max_age(cache_control: &str) -> Option<Duration> {
             None
         }
     })
+}
+
+/// An issuer, with its keys, is kept across a reload when every setting of it and its
+/// secret are unchanged.
+impl crate::carry::Carry for Issuer {
+    type Key = (IssuerConfig, Option<u64>);
+
+    fn carry_key(&self) -> Self::Key {
+        (self.config.clone(), self.secret_fingerprint)
+    }
 }
 
 /// The background service that keeps every issuer's keys fresh.

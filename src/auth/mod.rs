@@ -401,11 +401,10 @@ impl Auth {
             let Some(allowed) = allowed_algorithms(ic, &source, &path, issues) else {
                 continue;
             };
-            let kept = previous
-                .and_then(|p| p.issuers.iter().find(|old| old.name == ic.name))
-                .filter(|old| old.same_as(ic, secret.as_deref()));
+            let key = Issuer::carry_key_of(ic, secret.as_deref());
+            let kept = crate::carry::kept(previous.into_iter().flat_map(|p| &p.issuers), &key);
             match kept {
-                Some(old) => issuers.push(Arc::clone(old)),
+                Some(old) => issuers.push(old),
                 None => match Issuer::new(ic, source, allowed, secret.as_deref()) {
                     Ok(issuer) => issuers.push(Arc::new(issuer)),
                     Err(e) => issues.push(path, e),
@@ -439,19 +438,18 @@ impl Auth {
                 }
             }
         }
-        let cache = match previous {
-            Some(p) if *p.projection == projection && p.cache.config == config.token_cache => {
-                Arc::clone(&p.cache)
-            }
-            _ => Arc::new(TokenCache::new(&config.token_cache)),
-        };
+        let projection = Arc::new(projection);
+        let key = (config.token_cache.clone(), Arc::clone(&projection));
+        let cache = crate::carry::kept(previous.map(|p| &p.cache), &key).unwrap_or_else(|| {
+            Arc::new(TokenCache::new(&config.token_cache).for_claims(Arc::clone(&projection)))
+        });
         if config.token_cache.max_tokens == 0 {
             issues.push("token_cache.max_tokens", "must be at least 1");
         }
         Auth {
             issuers,
             cache,
-            projection: Arc::new(projection),
+            projection,
             identity_headers,
         }
     }

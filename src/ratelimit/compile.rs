@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{Concurrency, LimitKind, Limiter, RouteLimits};
 use crate::auth::Projection;
+use crate::carry::kept;
 use crate::config::{
     AuthConfig, Config, Issues, LimitConfig, LimitScope, RouteConfig, UpstreamConfig,
 };
@@ -32,9 +33,12 @@ pub fn concurrency(
 ) -> Option<Arc<Concurrency>> {
     let c = up.concurrency.as_ref()?;
     let path = format!("{path}.concurrency");
-    let kept = previous
-        .filter(|p| p.concurrency_config.as_ref() == Some(c))
-        .and_then(|p| p.concurrency.clone());
+    let key = (
+        up.name.clone(),
+        c.limit.filter(|_| !c.adaptive),
+        c.adaptive.then_some((c.min, c.max)),
+    );
+    let kept = kept(previous.and_then(|p| p.concurrency.as_ref()), &key);
     match (c.limit, c.adaptive) {
         (Some(_), true) => {
             issues.push(path, "give either `limit` or `adaptive: true`, not both");
@@ -102,12 +106,8 @@ pub fn route_limits(
             issues.push(format!("{field}.claim"), "only `per_user` takes a claim");
             return None;
         }
-        // Buckets of an unchanged limit carry over a reload.
-        let kept = previous.and_then(|r| {
-            r.all()
-                .find(|l| l.kind == kind && l.config.same_buckets(lc))
-                .cloned()
-        });
+        let key = (rc.name.clone(), kind, lc.bucket_settings());
+        let kept = kept(previous.into_iter().flat_map(RouteLimits::all), &key);
         Some(kept.unwrap_or_else(|| Arc::new(Limiter::new(&rc.name, kind, lc))))
     };
     limits.per_ip = rl.per_ip.as_ref().and_then(|lc| make(LimitKind::PerIp, lc));

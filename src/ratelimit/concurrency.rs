@@ -65,6 +65,19 @@ impl Drop for Permit {
     }
 }
 
+/// A cap, with its in-flight count and what it learned, is kept across a reload when its
+/// pool and its settings (the fixed limit, or the adaptive range) are.
+impl crate::carry::Carry for Concurrency {
+    type Key = (String, Option<usize>, Option<(usize, usize)>);
+
+    fn carry_key(&self) -> Self::Key {
+        match &self.adaptive {
+            None => (self.pool.clone(), Some(self.limit()), None),
+            Some(a) => (self.pool.clone(), None, Some((a.min, a.max))),
+        }
+    }
+}
+
 impl Concurrency {
     /// A fixed cap.
     pub fn fixed(pool: &str, limit: usize) -> Concurrency {

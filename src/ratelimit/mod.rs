@@ -89,6 +89,19 @@ pub struct Limiter {
     pub(crate) cluster: Option<ClusterShare>,
 }
 
+/// A limiter's buckets are kept across a reload when its route, kind and bucket settings are.
+impl crate::carry::Carry for Limiter {
+    type Key = (
+        String,
+        LimitKind,
+        (crate::config::Rate, u64, LimitScope, Option<String>, u64),
+    );
+
+    fn carry_key(&self) -> Self::Key {
+        (self.route.clone(), self.kind, self.config.bucket_settings())
+    }
+}
+
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Limiter")

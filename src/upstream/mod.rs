@@ -110,6 +110,15 @@ impl Target {
     }
 }
 
+/// A target's health is kept across a reload when its pool, address and spelling are.
+impl crate::carry::Carry for Target {
+    type Key = (String, SocketAddr, String);
+
+    fn carry_key(&self) -> Self::Key {
+        (self.pool.clone(), self.addr, self.label.clone())
+    }
+}
+
 /// What a consistent-hash pool hashes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashOn {
@@ -144,8 +153,6 @@ pub struct PoolSettings {
 pub struct Pool {
     /// Its in-flight cap, when configured.
     pub concurrency: Option<Arc<crate::ratelimit::Concurrency>>,
-    /// The cap's config, to keep its state across reloads.
-    pub concurrency_config: Option<crate::config::ConcurrencyConfig>,
     /// Its name in the config.
     pub name: String,
     /// Its targets, in config order.
@@ -196,11 +203,13 @@ impl Pool {
         let mut backends = Vec::with_capacity(targets.len());
         let mut kept = Vec::with_capacity(targets.len());
         for (i, (addr, label)) in targets.into_iter().enumerate() {
-            let carried = previous.and_then(|p| p.targets.iter().find(|t| t.addr == addr));
-            kept.push(match carried {
-                Some(t) => Arc::clone(t),
-                None => Arc::new(Target::new(name, addr, label)),
-            });
+            let key = (name.to_string(), addr, label.clone());
+            kept.push(
+                match crate::carry::kept(previous.into_iter().flat_map(|p| &p.targets), &key) {
+                    Some(t) => t,
+                    None => Arc::new(Target::new(name, addr, label)),
+                },
+            );
             let backend = Backend {
                 addr: PeerAddr::Inet(addr),
                 weight: 1,
@@ -219,7 +228,6 @@ impl Pool {
         };
         Ok(Pool {
             concurrency: None,
-            concurrency_config: None,
             name: name.to_string(),
             targets: kept,
             settings,
