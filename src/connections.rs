@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -23,6 +22,7 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
 use crate::metrics::METRICS;
+pub use crate::settings::ConnectionLimits;
 
 /// What is read of a request while the connection waits for it. A request this small (most
 /// without cookies) is then parsed with no further read; a larger one takes one more. It is
@@ -31,43 +31,6 @@ const FIRST_READ: usize = 1024;
 
 /// Pingora's first header buffer (`INIT_HEADER_BUF_SIZE`), which the bytes read first become.
 const HEADER_BUFFER: usize = 4096;
-
-/// The connection settings of one config generation, compiled from `server:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Most connections open at once; `None`: no limit.
-    pub max: Option<usize>,
-    /// Most connections open at once from one client IP; `None`: no limit.
-    pub max_per_ip: Option<usize>,
-    /// How long an idle connection waits for its next request (`keepalive_timeout`).
-    pub keepalive: Duration,
-    /// The same for Pingora, which counts whole seconds and reads 0 as "forever": rounded
-    /// up, `None` for no keep-alive (`keepalive_timeout: 0s`). Pingora applies it to each
-    /// read of a request's headers.
-    pub keepalive_secs: Option<u64>,
-    /// Time a request's headers may take: from the start of the connection for its first
-    /// request, from the first byte for the next ones.
-    pub request_header_timeout: Duration,
-}
-
-impl ConnectionLimits {
-    /// Compile the `server:` fields.
-    pub fn from_config(server: &crate::config::ServerConfig) -> ConnectionLimits {
-        let keepalive = server.keepalive_timeout.0;
-        let keepalive_secs = if keepalive.is_zero() {
-            None
-        } else {
-            Some(keepalive.as_secs() + u64::from(keepalive.subsec_nanos() > 0))
-        };
-        ConnectionLimits {
-            max: server.max_connections,
-            max_per_ip: server.max_connections_per_ip,
-            keepalive,
-            keepalive_secs,
-            request_header_timeout: server.request_header_timeout.0,
-        }
-    }
-}
 
 /// Why a connection was closed as soon as it arrived: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,6 +309,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits(max: Option<usize>, max_per_ip: Option<usize>) -> ConnectionLimits {
         ConnectionLimits {

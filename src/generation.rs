@@ -19,12 +19,12 @@ use arc_swap::ArcSwap;
 use crate::auth::Auth;
 use crate::client_ip::ClientIps;
 use crate::config::{AuthConfig, Config, ConfigError, Issues, Parsed};
-use crate::connections::ConnectionLimits;
 use crate::headers::OwnedHeaders;
 use crate::metrics::RouteMetrics;
 use crate::ratelimit::cluster::ClusterPart;
 use crate::ratelimit::{self, RouteLimits};
 use crate::routing::{self, RouteTable};
+use crate::settings::ConnectionLimits;
 use crate::upstream::{self, Pool};
 
 /// A route, compiled.

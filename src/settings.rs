@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::config::{Config, Issues};
 
@@ -94,4 +95,41 @@ fn check_tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), S
         .with_single_cert(chain, private_key)
         .map(drop)
         .map_err(|e| format!("`{cert}` and `{key}` are not a usable certificate and key: {e}"))
+}
+
+/// The connection settings of one config generation, compiled from `server:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; `None`: no limit.
+    pub max: Option<usize>,
+    /// Most connections open at once from one client IP; `None`: no limit.
+    pub max_per_ip: Option<usize>,
+    /// How long an idle connection waits for its next request (`keepalive_timeout`).
+    pub keepalive: Duration,
+    /// The same for Pingora, which counts whole seconds and reads 0 as "forever": rounded
+    /// up, `None` for no keep-alive (`keepalive_timeout: 0s`). Pingora applies it to each
+    /// read of a request's headers.
+    pub keepalive_secs: Option<u64>,
+    /// Time a request's headers may take: from the start of the connection for its first
+    /// request, from the first byte for the next ones.
+    pub request_header_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Compile the `server:` fields.
+    pub fn from_config(server: &crate::config::ServerConfig) -> ConnectionLimits {
+        let keepalive = server.keepalive_timeout.0;
+        let keepalive_secs = if keepalive.is_zero() {
+            None
+        } else {
+            Some(keepalive.as_secs() + u64::from(keepalive.subsec_nanos() > 0))
+        };
+        ConnectionLimits {
+            max: server.max_connections,
+            max_per_ip: server.max_connections_per_ip,
+            keepalive,
+            keepalive_secs,
+            request_header_timeout: server.request_header_timeout.0,
+        }
+    }
 }
