@@ -10,7 +10,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
 use portcullis::auth::tools::{mint, public_jwk};
 use portcullis::auth::{token, Cached};
-use portcullis::runtime::Runtime;
+use portcullis::generation::Generation;
 use serde_json::json;
 
 /// The allocator the `portcullis` binary runs with, so that the figures are the binary's.
@@ -27,11 +27,11 @@ fn keys() -> [(&'static str, &'static str, &'static str); 3] {
     ]
 }
 
-fn runtime(dir: &std::path::Path) -> Runtime {
+fn generation(dir: &std::path::Path) -> Generation {
     let jwks = json!({"keys": keys().iter().map(|(_, kid, pem)| public_jwk(pem, kid, true).unwrap()).collect::<Vec<_>>()});
     let file = dir.join("jwks.json");
     std::fs::write(&file, jwks.to_string()).unwrap();
-    Runtime::from_yaml(&format!(
+    Generation::from_yaml(&format!(
         "
 upstreams: [{{ name: u, targets: [\"127.0.0.1:9\"] }}]
 issuers:
@@ -136,7 +136,7 @@ fn ring_prepared(pem: &str, token: &str) -> impl Fn() -> bool {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime(dir.path());
+    let rt = generation(dir.path());
     let auth = &rt.auth;
     let policy = rt.routes[0].policy.as_ref().unwrap();
     let tokio = tokio::runtime::Builder::new_current_thread()

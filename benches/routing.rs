@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
-use portcullis::proxy::headers;
+use portcullis::headers;
 use portcullis::routing::{self, Methods, RouteMatch, RouteTable};
 
 /// The allocator the `portcullis` binary runs with, so that the figures are the binary's.

@@ -11,8 +11,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::generation::Generation;
 use crate::reload::{ReloadError, Reloader};
-use crate::runtime::Runtime;
 
 /// The admin HTTP app.
 pub struct Admin {
@@ -47,10 +47,10 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
 }
 
 /// The readiness report: ready when a config is loaded and every pool has a healthy target.
-pub fn readiness(runtime: &Runtime) -> (bool, serde_json::Value) {
+pub fn readiness(generation: &Generation) -> (bool, serde_json::Value) {
     let mut not_ready = Vec::new();
     let mut pools = serde_json::Map::new();
-    for pool in &runtime.pools {
+    for pool in &generation.pools {
         let healthy = pool.healthy_count();
         if healthy == 0 {
             not_ready.push(format!("upstream `{}` has no healthy target", pool.name));
@@ -61,7 +61,7 @@ pub fn readiness(runtime: &Runtime) -> (bool, serde_json::Value) {
         );
     }
     let mut issuers = serde_json::Map::new();
-    for issuer in &runtime.auth.issuers {
+    for issuer in &generation.auth.issuers {
         let keys = issuer.keys();
         if keys.is_none() {
             not_ready.push(format!("issuer `{}` has no keys yet", issuer.name));
@@ -80,7 +80,7 @@ pub fn readiness(runtime: &Runtime) -> (bool, serde_json::Value) {
         ready,
         json!({
             "ready": ready,
-            "generation": runtime.generation,
+            "generation": generation.number,
             "upstreams": pools,
             "issuers": issuers,
             "not_ready": not_ready,
@@ -97,7 +97,7 @@ impl ServeHttp for Admin {
         let _ = session.drain_request_body().await;
         match (path.as_str(), method) {
             ("/metrics", Method::GET) => respond(StatusCode::OK, "text/plain; version=0.0.4", {
-                crate::metrics::observe_runtime(&self.reloader.current());
+                self.reloader.current().auth.observe();
                 crate::metrics::render().into_bytes()
             }),
             ("/healthz", Method::GET) => json_response(StatusCode::OK, json!({"status": "ok"})),

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::config::{ClientIpConfig, Issues};
+
 /// Finds client addresses; built from `client_ip:` in the config.
 #[derive(Debug, Clone, Default)]
 pub struct ClientIps {
@@ -21,6 +23,27 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl ClientIps {
+    /// Compile `client_ip:`: every address or CIDR that is not one is an issue.
+    pub fn compile(c: &ClientIpConfig, issues: &mut Issues<'_>) -> ClientIps {
+        let mut nets = Vec::new();
+        for (i, t) in c.trusted_proxies.iter().enumerate() {
+            let parsed = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => issues.push(
+                    format!("client_ip.trusted_proxies[{i}]"),
+                    format!("`{t}` is not an address or CIDR"),
+                ),
+            }
+        }
+        if c.ipv6_prefix > 128 {
+            issues.push("client_ip.ipv6_prefix", "must be at most 128");
+        }
+        ClientIps::new(nets, c.ipv6_prefix)
+    }
+
     /// Trust `X-Forwarded-For` from `trusted`; group IPv6 clients by `ipv6_prefix` bits.
     pub fn new(trusted: Vec<IpNet>, ipv6_prefix: u8) -> Self {
         Self {

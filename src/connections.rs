@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -23,7 +22,7 @@ use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
 use crate::metrics::METRICS;
-use crate::reload::Reloader;
+pub use crate::settings::ConnectionLimits;
 
 /// What is read of a request while the connection waits for it. A request this small (most
 /// without cookies) is then parsed with no further read; a larger one takes one more. It is
@@ -32,43 +31,6 @@ const FIRST_READ: usize = 1024;
 
 /// Pingora's first header buffer (`INIT_HEADER_BUF_SIZE`), which the bytes read first become.
 const HEADER_BUFFER: usize = 4096;
-
-/// The connection settings of one config generation, compiled from `server:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Most connections open at once; `None`: no limit.
-    pub max: Option<usize>,
-    /// Most connections open at once from one client IP; `None`: no limit.
-    pub max_per_ip: Option<usize>,
-    /// How long an idle connection waits for its next request (`keepalive_timeout`).
-    pub keepalive: Duration,
-    /// The same for Pingora, which counts whole seconds and reads 0 as "forever": rounded
-    /// up, `None` for no keep-alive (`keepalive_timeout: 0s`). Pingora applies it to each
-    /// read of a request's headers.
-    pub keepalive_secs: Option<u64>,
-    /// Time a request's headers may take: from the start of the connection for its first
-    /// request, from the first byte for the next ones.
-    pub request_header_timeout: Duration,
-}
-
-impl ConnectionLimits {
-    /// Compile the `server:` fields.
-    pub fn from_config(server: &crate::config::ServerConfig) -> ConnectionLimits {
-        let keepalive = server.keepalive_timeout.0;
-        let keepalive_secs = if keepalive.is_zero() {
-            None
-        } else {
-            Some(keepalive.as_secs() + u64::from(keepalive.subsec_nanos() > 0))
-        };
-        ConnectionLimits {
-            max: server.max_connections,
-            max_per_ip: server.max_connections_per_ip,
-            keepalive,
-            keepalive_secs,
-            request_header_timeout: server.request_header_timeout.0,
-        }
-    }
-}
 
 /// Why a connection was closed as soon as it arrived: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,18 +154,23 @@ pub fn headers_received() {
 /// The proxy app with connection limits and timeouts around it.
 pub struct Connections<A> {
     proxy: Arc<A>,
-    reloader: Arc<Reloader>,
+    limits: Arc<arc_swap::ArcSwap<ConnectionLimits>>,
     admission: Arc<Admission>,
 }
 
 impl<A> Connections<A> {
-    /// Wrap `proxy`; the limits are read from `reloader`'s current config for each new
-    /// connection (and each request's keep-alive), so they reload live.
-    pub fn new(proxy: Arc<A>, reloader: Arc<Reloader>) -> Connections<A> {
-        let _ = &*METRICS;
+    /// Wrap `proxy`; `limits` are read for each new connection (and each request's
+    /// keep-alive) as each reload publishes them, so they reload live.
+    pub fn new(proxy: Arc<A>, limits: Arc<arc_swap::ArcSwap<ConnectionLimits>>) -> Connections<A> {
+        // Both refusal series exist from the start, at zero.
+        for refused in Refused::ALL {
+            let _ = METRICS
+                .connections_refused
+                .with_label_values(&[refused.reason()]);
+        }
         Connections {
             proxy,
-            reloader,
+            limits,
             admission: Arc::new(Admission::default()),
         }
     }
@@ -251,7 +218,7 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let started = Instant::now();
-        let limits = self.reloader.current().connections;
+        let limits = **self.limits.load();
         let ip = stream.get_socket_digest().and_then(|d| {
             d.peer_addr()
                 .and_then(|a| a.as_inet())
@@ -261,7 +228,9 @@ where
         let _ticket = match self.admission.admit(ip, &limits) {
             Ok(ticket) => ticket,
             Err(refused) => {
-                m.connections_refused[refused as usize].inc();
+                m.connections_refused
+                    .with_label_values(&[refused.reason()])
+                    .inc();
                 return None; // dropping the stream closes the connection
             }
         };
@@ -326,7 +295,7 @@ where
             };
             (stream, persistent) = reused.consume();
             // The config serving now: a reload applies from the next request.
-            limits = self.reloader.current().connections;
+            limits = **self.limits.load();
             wait_until = Instant::now() + limits.keepalive;
             first = false;
         }
@@ -340,6 +309,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn limits(max: Option<usize>, max_per_ip: Option<usize>) -> ConnectionLimits {
         ConnectionLimits {

@@ -113,8 +113,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// See [`CONNECTIONS_ACCEPTED_TOTAL`].
     pub connections_accepted: IntCounter,
-    /// See [`CONNECTIONS_REFUSED_TOTAL`], indexed like [`crate::connections::Refused::ALL`].
-    pub connections_refused: [IntCounter; 2],
+    /// See [`CONNECTIONS_REFUSED_TOTAL`], by `reason`.
+    pub connections_refused: IntCounterVec,
     /// See [`CONNECTIONS_HEADER_TIMEOUTS_TOTAL`].
     pub connections_header_timeouts: IntCounter,
 }
@@ -268,8 +268,7 @@ impl Metrics {
                 "Client connections admitted."
             )
             .expect("register connections accepted"),
-            connections_refused: crate::connections::Refused::ALL
-                .map(|r| refused.with_label_values(&[r.reason()])),
+            connections_refused: refused,
             connections_header_timeouts: register_int_counter!(
                 CONNECTIONS_HEADER_TIMEOUTS_TOTAL,
                 "Client connections closed because their request headers took longer than \
@@ -280,11 +279,18 @@ impl Metrics {
     }
 }
 
-/// Per-route counters resolved once when the route is compiled, so the request path does no
-/// label lookups.
-#[derive(Clone)]
+/// Per-route counters, resolved once so the request path does no label lookups.
+///
+/// Making one registers nothing: the series appear when the generation that holds the route
+/// is committed ([`RouteMetrics::register`]) or at the route's first request, whichever
+/// comes first, so a compile that is then refused leaves `/metrics` as it was.
 pub struct RouteMetrics {
     name: String,
+    authenticated: bool,
+    series: std::sync::OnceLock<RouteSeries>,
+}
+
+struct RouteSeries {
     requests: [prometheus::IntCounter; 6],
     duration: prometheus::Histogram,
     /// Only for routes with a policy, so `auth: none` routes export no auth series.
@@ -293,42 +299,63 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// The counters of route `name` (`""` for requests no route took); `authenticated` when
-    /// the route checks tokens.
+    /// the route checks tokens. Registers nothing yet.
     pub fn new(name: &str, authenticated: bool) -> RouteMetrics {
-        let m = &*METRICS;
         RouteMetrics {
             name: name.to_string(),
-            requests: STATUS_CLASSES.map(|class| m.requests.with_label_values(&[name, class])),
-            duration: m.request_duration.with_label_values(&[name]),
-            auth_allowed: authenticated
-                .then(|| m.auth_decisions.with_label_values(&[name, "allowed", "ok"])),
+            authenticated,
+            series: std::sync::OnceLock::new(),
         }
     }
 
-    /// Count one token check.
-    pub fn auth_decision<T>(&self, result: &Result<T, crate::auth::AuthError>) {
-        match result {
-            Ok(_) => {
-                if let Some(c) = &self.auth_allowed {
+    /// Make the series exist (at zero when new).
+    pub fn register(&self) {
+        let _ = self.series();
+    }
+
+    fn series(&self) -> &RouteSeries {
+        self.series.get_or_init(|| {
+            let (m, name) = (&*METRICS, self.name.as_str());
+            RouteSeries {
+                requests: STATUS_CLASSES.map(|class| m.requests.with_label_values(&[name, class])),
+                duration: m.request_duration.with_label_values(&[name]),
+                auth_allowed: self
+                    .authenticated
+                    .then(|| m.auth_decisions.with_label_values(&[name, "allowed", "ok"])),
+            }
+        })
+    }
+
+    /// Count one token check: allowed, or denied for `reason`.
+    pub fn auth_decision(&self, denied: Option<&str>) {
+        match denied {
+            None => {
+                if let Some(c) = &self.series().auth_allowed {
                     c.inc();
                 }
             }
-            Err(e) => METRICS
+            Some(reason) => METRICS
                 .auth_decisions
-                .with_label_values(&[&self.name, "denied", e.reason()])
+                .with_label_values(&[&self.name, "denied", reason])
                 .inc(),
         }
     }
 
     /// Count one request.
     pub fn observe(&self, status: u16, seconds: f64) {
-        self.requests[status_class(status)].inc();
-        self.duration.observe(seconds);
+        let series = self.series();
+        series.requests[status_class(status)].inc();
+        series.duration.observe(seconds);
     }
 }
 
-/// Drop the series of a route that a reload removed, so dashboards do not show it forever.
-pub fn forget_route(name: &str) {
+/// Drop the series of a route that a reload removed, so dashboards do not show it forever:
+/// `auth_reasons` are the denial reasons and `limits` the limit names its series may carry.
+pub fn forget_route<'a>(
+    name: &str,
+    auth_reasons: impl IntoIterator<Item = &'a str>,
+    limits: &[&str],
+) {
     let m = &*METRICS;
     for class in STATUS_CLASSES {
         let _ = m.requests.remove_label_values(&[name, class]);
@@ -337,37 +364,18 @@ pub fn forget_route(name: &str) {
     let _ = m
         .auth_decisions
         .remove_label_values(&[name, "allowed", "ok"]);
-    for reason in crate::auth::AuthError::reasons() {
+    for reason in auth_reasons {
         let _ = m
             .auth_decisions
             .remove_label_values(&[name, "denied", reason]);
     }
-    for limit in crate::ratelimit::LimitKind::ALL.map(crate::ratelimit::LimitKind::name) {
+    for limit in limits {
         for result in ["allowed", "denied"] {
             let _ = m
                 .ratelimit_decisions
                 .remove_label_values(&[name, limit, result]);
         }
     }
-}
-
-/// Refresh the gauges that are read off the serving config rather than counted as things
-/// happen (key set age and staleness, cache size). Called before each scrape.
-pub fn observe_runtime(runtime: &crate::runtime::Runtime) {
-    let m = &*METRICS;
-    for issuer in &runtime.auth.issuers {
-        if let Some(keys) = issuer.keys() {
-            let age = keys.loaded_at.elapsed().map_or(0, |d| d.as_secs());
-            m.jwks_age
-                .with_label_values(&[&issuer.name])
-                .set(i64::try_from(age).unwrap_or(i64::MAX));
-        }
-        m.jwks_stale
-            .with_label_values(&[&issuer.name])
-            .set(i64::from(issuer.is_stale()));
-    }
-    m.token_cache_entries
-        .set(i64::try_from(runtime.auth.cache.len()).unwrap_or(i64::MAX));
 }
 
 /// Render the default registry in the Prometheus text format.

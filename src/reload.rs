@@ -1,4 +1,4 @@
-//! Live reload: the `ArcSwap` that holds the serving [`Runtime`], and the triggers that
+//! Live reload: the `ArcSwap` that holds the serving [`Generation`], and the triggers that
 //! replace it (SIGHUP, a change of the file, `POST /reload`).
 //!
 //! A new config is read, parsed, validated and fully built before the swap; a broken one is
@@ -18,8 +18,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{self, Config, ConfigError};
+use crate::generation::{Generation, Parts};
 use crate::metrics::METRICS;
-use crate::runtime::Runtime;
 
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,9 @@ struct State {
 /// Holds the config now serving and replaces it on reload.
 pub struct Reloader {
     path: PathBuf,
-    current: ArcSwap<Runtime>,
+    current: ArcSwap<Generation>,
+    /// What the background services read, published after each swap.
+    parts: Parts,
     state: Mutex<State>,
 }
 
@@ -56,11 +58,13 @@ impl Reloader {
     /// When the file cannot be read or is not a valid config.
     pub fn from_file(path: &Path) -> Result<Reloader, ConfigError> {
         let text = config::read(path)?;
-        let runtime = Runtime::build(&Config::parse_file(&text, path)?, None, 1)?;
+        let generation = Generation::build(&Config::parse_file(&text, path)?, None, 1)?;
         METRICS.generation.set(1);
+        generation.commit(None);
         Ok(Reloader {
             path: path.to_path_buf(),
-            current: ArcSwap::from_pointee(runtime),
+            parts: Parts::of(&generation),
+            current: ArcSwap::from_pointee(generation),
             state: Mutex::new(State {
                 generation: 1,
                 seen: hash_of(&text),
@@ -69,8 +73,13 @@ impl Reloader {
     }
 
     /// The config now serving. A request keeps the `Arc` for its whole life.
-    pub fn current(&self) -> Arc<Runtime> {
+    pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
+    }
+
+    /// The parts of the serving generation that background services watch.
+    pub fn parts(&self) -> &Parts {
+        &self.parts
     }
 
     /// Reload from the file now; `trigger` names the cause in the log.
@@ -102,26 +111,14 @@ impl Reloader {
         state.seen = hash_of(text);
         let parsed = Config::parse_file(text, &self.path)?;
         let old = self.current.load_full();
-        let next = Runtime::build(&parsed, Some(&old), state.generation + 1)?;
+        let next = Generation::build(&parsed, Some(&old), state.generation + 1)?;
         warn_restart_needed(&old.config, &next.config);
-        let generation = next.generation;
+        let generation = next.number;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
-        // Targets carry their health over, but a pool whose check was removed has no probe
-        // left to bring an ejected target back. Done only once the swap happened, so that a
-        // refused reload changes nothing.
-        for pool in next.pools.iter().filter(|p| p.probe.is_none()) {
-            for target in &pool.targets {
-                target.assume_healthy();
-            }
-        }
+        self.parts.publish(&next);
+        next.commit(Some(&old));
         state.generation = generation;
-        forget_removed_targets(&old, &next);
-        for route in &old.routes {
-            if !next.routes.iter().any(|r| r.name == route.name) {
-                crate::metrics::forget_route(&route.name);
-            }
-        }
         Ok(generation)
     }
 
@@ -165,21 +162,6 @@ fn warn_restart_needed(old: &Config, new: &Config) {
             fields = ?fixed,
             "these settings changed but take effect only after a restart"
         );
-    }
-}
-
-fn forget_removed_targets(old: &Runtime, new: &Runtime) {
-    for pool in &old.pools {
-        for target in &pool.targets {
-            let stays = new
-                .pool(&pool.name)
-                .is_some_and(|p| p.targets.iter().any(|t| Arc::ptr_eq(t, target)));
-            if !stays {
-                let _ = METRICS
-                    .target_healthy
-                    .remove_label_values(&[&pool.name, &target.label]);
-            }
-        }
     }
 }
 

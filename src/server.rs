@@ -72,8 +72,8 @@ pub enum ServeError {
 /// [`ServeError`] when something needed at start is missing; once running it only returns
 /// after shutdown, by exiting the process.
 pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result<(), ServeError> {
-    let runtime = reloader.current();
-    let config = &runtime.config;
+    let generation = reloader.current();
+    let config = &generation.config;
     if config.listeners.is_empty() {
         return Err(ServeError::NoListeners);
     }
@@ -101,7 +101,7 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     let mut proxy_service = Service::new(
         "portcullis proxy".into(),
-        Connections::new(Arc::new(proxy), Arc::clone(&reloader)),
+        Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections)),
     );
     for listener in &config.listeners {
         let endpoint = ListenerConfig::tcp(listener.address.clone());
@@ -132,20 +132,20 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     }
     let mut health = background_service(
         "health checks",
-        HealthSupervisor::new(Arc::clone(&reloader)),
+        HealthSupervisor::new(Arc::clone(&reloader.parts().pools)),
     );
     health.threads = Some(1);
     server.add_service(health);
     let mut keys = background_service(
         "key refresh",
-        crate::auth::KeyRefresher::new(Arc::clone(&reloader)),
+        crate::auth::KeyRefresher::new(Arc::clone(&reloader.parts().issuers)),
     );
     keys.threads = Some(1);
     server.add_service(keys);
     // Idle (one check a second) unless the config has a `cluster:` section.
     let mut cluster = background_service(
         "cluster limit sync",
-        crate::ratelimit::cluster::ClusterSync::new(Arc::clone(&reloader)),
+        crate::ratelimit::cluster::ClusterSync::new(Arc::clone(&reloader.parts().cluster)),
     );
     cluster.threads = Some(1);
     server.add_service(cluster);
@@ -159,10 +159,10 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     tracing::info!(
         listeners = ?config.listeners.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
         admin = config.admin.as_ref().map(|a| a.address.as_str()),
-        generation = runtime.generation,
+        generation = generation.number,
         "portcullis starting"
     );
-    drop(runtime);
+    drop(generation);
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingShutdown { grace, access_log }),
     });

@@ -1,7 +1,7 @@
 //! The config loader: any bytes give a config or errors, never a panic.
 //!
 //! The text goes through `Config::from_yaml` (the YAML parse, the serde structs, the
-//! per-section error collection) and, when it parses, through `Runtime::build`, which
+//! per-section error collection) and, when it parses, through `Generation::build`, which
 //! compiles it (durations, addresses, issuers, policies, route tables, limits). A config
 //! naming files (TLS, JWKS, access log) is not compiled: the fuzzer must not read or
 //! create files anywhere on the machine.
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
                 || matches!(c.access_log, AccessLogConfig::File(_))
                 || c.issuers.iter().any(|i| i.jwks_file.is_some());
             if !names_files {
-                if let Err(e) = portcullis::runtime::Runtime::build(&parsed, None, 1) {
+                if let Err(e) = portcullis::generation::Generation::build(&parsed, None, 1) {
                     assert!(!e.issues().is_empty() || !e.to_string().is_empty());
                 }
             }

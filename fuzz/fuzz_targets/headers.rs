@@ -15,7 +15,7 @@ use http::HeaderMap;
 use libfuzzer_sys::fuzz_target;
 use pingora_http::{RequestHeader, ResponseHeader};
 use portcullis::config::HeadersWithUnderscores;
-use portcullis::proxy::headers;
+use portcullis::headers;
 
 const REQUEST_HOP: [&str; 6] = [
     "connection",

@@ -18,7 +18,7 @@ use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use pingora_http::RequestHeader;
 use portcullis::auth::{token, AuthError, Identity};
-use portcullis::runtime::Runtime;
+use portcullis::generation::Generation;
 use serde_json::Value;
 
 const SECRET: &str = "fuzz-secret-0123456789abcdef-0123456789";
@@ -28,7 +28,7 @@ const ED: &str = include_str!("../../tests/keys/ed25519.pem");
 const LEEWAY: u64 = 30;
 
 struct Fixture {
-    runtime: Runtime,
+    generation: Generation,
     tokio: tokio::runtime::Runtime,
 }
 
@@ -83,13 +83,13 @@ routes:
 "#,
         file = file.display()
     );
-    let runtime = Runtime::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let generation = Generation::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    Fixture { runtime, tokio }
+    Fixture { generation, tokio }
 });
 
 /// Poll a check once. A token naming an unknown `kid` of a JWKS issuer waits for a key
@@ -155,15 +155,15 @@ fn check_accepted(claims: &[u8], identity: &Identity, strict: bool) {
 
 fn authenticate(route: usize, header_value: &[u8]) -> Option<Result<Identity, AuthError>> {
     let fixture = &*FIXTURE;
-    let runtime = &fixture.runtime;
-    let policy = runtime.routes[route].policy.as_ref()?;
+    let generation = &fixture.generation;
+    let policy = generation.routes[route].policy.as_ref()?;
     let mut req = RequestHeader::build("GET", b"/", None).ok()?;
     req.insert_header("authorization", header_value).ok()?;
-    let result = once(runtime.auth.authenticate(policy, &req))?;
+    let result = once(generation.auth.authenticate(policy, &req))?;
     // The cache must agree with the first check while the identity is fresh.
     if let Ok(identity) = &result {
         if identity.until() > portcullis::auth::cache::unix_now() + LEEWAY + 5 {
-            let again = once(runtime.auth.authenticate(policy, &req));
+            let again = once(generation.auth.authenticate(policy, &req));
             assert!(matches!(again, Some(Ok(_))), "a cached token was refused");
         }
         for (slot, _) in &policy.forward {
@@ -178,7 +178,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let runtime = &FIXTURE.runtime;
+    let generation = &FIXTURE.generation;
     let strict = mode & 0x10 != 0;
     let route = if strict { 0 } else { 1 };
     if mode & 1 == 0 {
@@ -189,11 +189,11 @@ fuzz_target!(|data: &[u8]| {
             panic!("a token the fuzzer wrote passed: {:?}", identity.until());
         }
         if let Ok(text) = std::str::from_utf8(rest) {
-            let policy = runtime.routes[route].policy.as_ref().unwrap();
+            let policy = generation.routes[route].policy.as_ref().unwrap();
             let result = once(token::verify(
                 text,
                 &policy.issuers,
-                &runtime.auth.projection,
+                &generation.auth.projection,
             ));
             assert!(!matches!(result, Some(Ok(_))), "an unsigned token verified");
         }

@@ -7,9 +7,10 @@
 //! [`Store`]: a 24-byte table slot per token beside its [`Identity`]; past `max_tokens`
 //! the tokens nearest their expiry go first.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::identity::Identity;
+use super::identity::{Identity, Projection};
 use crate::config::TokenCacheConfig;
 use crate::metrics::METRICS;
 use crate::store::{Expiring, Store};
@@ -37,6 +38,18 @@ pub struct TokenCache {
     high: ahash::RandomState,
     /// The settings it was built with.
     pub config: TokenCacheConfig,
+    /// The claims its identities hold.
+    projection: Arc<Projection>,
+}
+
+/// The cache is kept across a reload when its settings and the claims its identities hold
+/// are unchanged.
+impl crate::carry::Carry for TokenCache {
+    type Key = (TokenCacheConfig, Arc<Projection>);
+
+    fn carry_key(&self) -> Self::Key {
+        (self.config.clone(), Arc::clone(&self.projection))
+    }
 }
 
 impl TokenCache {
@@ -47,7 +60,13 @@ impl TokenCache {
             low: ahash::RandomState::new(),
             high: ahash::RandomState::new(),
             config: config.clone(),
+            projection: Arc::default(),
         }
+    }
+
+    /// The same cache, for identities that hold the claims of `projection`.
+    pub fn for_claims(self, projection: Arc<Projection>) -> TokenCache {
+        TokenCache { projection, ..self }
     }
 
     /// The cache key of a token (its bytes as the request carried them).

@@ -23,7 +23,6 @@ use tokio::sync::{watch, Notify};
 use super::keys::{KeySet, MAX_JWKS_BYTES};
 use crate::config::IssuerConfig;
 use crate::metrics::METRICS;
-use crate::reload::Reloader;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -186,10 +185,12 @@ impl Issuer {
         Ok(issuer)
     }
 
-    /// Whether `self` can serve in place of a new issuer built from `config` (same settings,
-    /// same secret), keeping its keys across a reload.
-    pub fn same_as(&self, config: &IssuerConfig, secret: Option<&[u8]>) -> bool {
-        self.config == *config && self.secret_fingerprint == secret.map(secret_fingerprint)
+    /// The [`crate::carry::Carry`] key a new issuer built from `config` and `secret` has.
+    pub fn carry_key_of(
+        config: &IssuerConfig,
+        secret: Option<&[u8]>,
+    ) -> (IssuerConfig, Option<u64>) {
+        (config.clone(), secret.map(secret_fingerprint))
     }
 
     /// The keys now in use; `None` until the first fetch succeeds.
@@ -213,11 +214,9 @@ impl Issuer {
             && !self.fetch.last_ok.load(Ordering::Relaxed)
     }
 
+    /// Serve `set`. Its size reaches `/metrics` at the next scrape ([`super::Auth::observe`]):
+    /// a key file is read while a config compiles, which must leave no series behind.
     fn install(&self, set: KeySet) {
-        METRICS
-            .jwks_keys
-            .with_label_values(&[&self.name])
-            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
         self.keys.store(Some(Arc::new(set)));
         self.fetch.last_ok.store(true, Ordering::Relaxed);
     }
@@ -571,20 +570,30 @@ fn max_age(cache_control: &str) -> Option<Duration> {
     })
 }
 
+/// An issuer, with its keys, is kept across a reload when every setting of it and its
+/// secret are unchanged.
+impl crate::carry::Carry for Issuer {
+    type Key = (IssuerConfig, Option<u64>);
+
+    fn carry_key(&self) -> Self::Key {
+        (self.config.clone(), self.secret_fingerprint)
+    }
+}
+
 /// The background service that keeps every issuer's keys fresh.
 pub struct KeyRefresher {
-    reloader: Arc<Reloader>,
+    issuers: Arc<arc_swap::ArcSwap<Vec<Arc<Issuer>>>>,
 }
 
 impl KeyRefresher {
-    /// Keep the keys of `reloader`'s issuers fresh.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
-        Self { reloader }
+    /// Keep the keys of `issuers` fresh, as each reload publishes them.
+    pub fn new(issuers: Arc<arc_swap::ArcSwap<Vec<Arc<Issuer>>>>) -> Self {
+        Self { issuers }
     }
 
     fn start_due_fetches(&self) {
-        let runtime = self.reloader.current();
-        for issuer in runtime.auth.issuers.iter() {
+        let issuers = self.issuers.load();
+        for issuer in issuers.iter() {
             if !issuer.due() {
                 continue;
             }

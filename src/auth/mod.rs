@@ -6,6 +6,7 @@
 //! module logs a token or a secret.
 
 pub mod cache;
+pub mod compile;
 pub mod crypto;
 pub mod identity;
 pub mod issuer;
@@ -13,13 +14,10 @@ pub mod keys;
 pub mod token;
 pub mod tools;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::HeaderName;
-use jsonwebtoken::Algorithm;
 
-use crate::config::{AuthPolicyConfig, Config, IssuerConfig, Issues};
 pub use cache::TokenCache;
 pub use identity::{Fact, Facts, Identity, Projection};
 pub use issuer::{Issuer, KeyRefresher, KeySource};
@@ -188,333 +186,50 @@ impl Default for Auth {
     }
 }
 
-/// Headers a claim may never be forwarded in.
-const RESERVED_HEADERS: [&str; 12] = [
-    "authorization",
-    "cookie",
-    "host",
-    "connection",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-request-id",
-];
+impl Auth {
+    /// Refresh the gauges read off this state rather than counted as things happen: each
+    /// issuer's key set age and staleness, the token cache's size. Called before each scrape.
+    pub fn observe(&self) {
+        let m = &*crate::metrics::METRICS;
+        for issuer in &self.issuers {
+            if let Some(keys) = issuer.keys() {
+                let age = keys.loaded_at.elapsed().map_or(0, |d| d.as_secs());
+                m.jwks_age
+                    .with_label_values(&[&issuer.name])
+                    .set(i64::try_from(age).unwrap_or(i64::MAX));
+                m.jwks_keys
+                    .with_label_values(&[&issuer.name])
+                    .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
+            }
+            m.jwks_stale
+                .with_label_values(&[&issuer.name])
+                .set(i64::from(issuer.is_stale()));
+        }
+        m.token_cache_entries
+            .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+    }
 
-fn issuer_source(
-    ic: &IssuerConfig,
-    path: &str,
-    issues: &mut Issues<'_>,
-) -> Option<(KeySource, Option<Vec<u8>>)> {
-    let given = [
-        ic.discovery,
-        ic.jwks_uri.is_some(),
-        ic.jwks_file.is_some(),
-        ic.hmac_secret_env.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() != 1 {
-        issues.push(
-            path,
-            "give exactly one of `discovery: true`, `jwks_uri`, `jwks_file`, `hmac_secret_env`",
-        );
-        return None;
-    }
-    if ic.discovery {
-        if let Err(e) = issuer::check_fetch_url(&ic.issuer) {
-            issues.push(
-                format!("{path}.issuer"),
-                format!("discovery needs an issuer URL: {e}"),
-            );
-            return None;
-        }
-        return Some((KeySource::Discovery(ic.issuer.clone()), None));
-    }
-    if let Some(uri) = &ic.jwks_uri {
-        if let Err(e) = issuer::check_fetch_url(uri) {
-            issues.push(format!("{path}.jwks_uri"), e);
-            return None;
-        }
-        return Some((KeySource::Uri(uri.clone()), None));
-    }
-    if let Some(file) = &ic.jwks_file {
-        return Some((KeySource::File(file.clone()), None));
-    }
-    let var = ic.hmac_secret_env.as_deref().unwrap_or_default();
-    match std::env::var(var) {
-        Ok(secret) if secret.len() >= 32 => Some((KeySource::Secret, Some(secret.into_bytes()))),
-        Ok(_) => {
-            issues.push(
-                format!("{path}.hmac_secret_env"),
-                format!("the secret in `{var}` is shorter than 32 bytes"),
-            );
-            None
-        }
-        Err(_) => {
-            issues.push(
-                format!("{path}.hmac_secret_env"),
-                format!("environment variable `{var}` is not set"),
-            );
-            None
-        }
-    }
-}
-
-fn allowed_algorithms(
-    ic: &IssuerConfig,
-    source: &KeySource,
-    path: &str,
-    issues: &mut Issues<'_>,
-) -> Option<Vec<Algorithm>> {
-    let family: &[Algorithm] = if *source == KeySource::Secret {
-        &issuer::HMAC
-    } else {
-        &issuer::ASYMMETRIC
-    };
-    let Some(names) = &ic.algorithms else {
-        return Some(family.to_vec());
-    };
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, name) in names.iter().enumerate() {
-        match issuer::parse_algorithm(name) {
-            Some(alg) if family.contains(&alg) => out.push(alg),
-            Some(_) if *source == KeySource::Secret => {
-                issues.push(
-                    format!("{path}.algorithms[{i}]"),
-                    format!(
-                        "`{name}` needs a public key; an HMAC issuer allows only HS256/384/512"
-                    ),
-                );
-                ok = false;
-            }
-            Some(_) => {
-                issues.push(
-                    format!("{path}.algorithms[{i}]"),
-                    format!("`{name}` needs `hmac_secret_env`"),
-                );
-                ok = false;
-            }
-            None => {
-                issues.push(
-                    format!("{path}.algorithms[{i}]"),
-                    format!("unknown algorithm `{name}`"),
-                );
-                ok = false;
+    /// The commit step of a reload, once this state serves in place of `old`: the series of
+    /// issuers it no longer has are dropped.
+    pub fn commit(&self, old: Option<&Auth>) {
+        let m = &*crate::metrics::METRICS;
+        for gone in old
+            .into_iter()
+            .flat_map(|o| o.issuers.iter())
+            .filter(|o| !self.issuers.iter().any(|i| i.name == o.name))
+        {
+            let name = [gone.name.as_str()];
+            let _ = m.jwks_age.remove_label_values(&name);
+            let _ = m.jwks_keys.remove_label_values(&name);
+            let _ = m.jwks_stale.remove_label_values(&name);
+            for outcome in ["success", "error"] {
+                let _ = m.jwks_fetches.remove_label_values(&[name[0], outcome]);
             }
         }
     }
-    if ok && out.is_empty() {
-        issues.push(
-            format!("{path}.algorithms"),
-            "leave it out to allow every algorithm of the key type",
-        );
-        return None;
-    }
-    ok.then_some(out)
 }
 
 impl Auth {
-    /// Build the issuers, the projection and the cache. Issuers whose settings did not change
-    /// are taken from `previous` with their keys; so is the cache when what it holds still
-    /// fits.
-    pub fn build(config: &Config, previous: Option<&Auth>, issues: &mut Issues<'_>) -> Auth {
-        crypto::install();
-        let mut issuers = Vec::new();
-        let mut names = HashSet::new();
-        for (i, ic) in config.issuers.iter().enumerate() {
-            let path = format!("issuers[{i}]");
-            if ic.name.is_empty() || !names.insert(ic.name.as_str()) {
-                issues.push(
-                    format!("{path}.name"),
-                    format!("issuer name `{}` is empty or used twice", ic.name),
-                );
-                continue;
-            }
-            if ic.issuer.is_empty() {
-                issues.push(format!("{path}.issuer"), "must be the `iss` of the tokens");
-                continue;
-            }
-            for (field, d) in [
-                ("jwks_refresh", ic.jwks_refresh),
-                ("jwks_min_refresh", ic.jwks_min_refresh),
-                ("fetch_timeout", ic.fetch_timeout),
-            ] {
-                if d.0.is_zero() {
-                    issues.push(format!("{path}.{field}"), "must be more than zero");
-                }
-            }
-            if ic.jwks_min_refresh.0 > ic.jwks_refresh.0 {
-                issues.push(
-                    format!("{path}.jwks_min_refresh"),
-                    "must not exceed jwks_refresh",
-                );
-            }
-            let Some((source, secret)) = issuer_source(ic, &path, issues) else {
-                continue;
-            };
-            let Some(allowed) = allowed_algorithms(ic, &source, &path, issues) else {
-                continue;
-            };
-            let kept = previous
-                .and_then(|p| p.issuers.iter().find(|old| old.name == ic.name))
-                .filter(|old| old.same_as(ic, secret.as_deref()));
-            match kept {
-                Some(old) => issuers.push(Arc::clone(old)),
-                None => match Issuer::new(ic, source, allowed, secret.as_deref()) {
-                    Ok(issuer) => issuers.push(Arc::new(issuer)),
-                    Err(e) => issues.push(path, e),
-                },
-            }
-        }
-
-        let mut projection = Projection::default();
-        let mut identity_headers: Vec<HeaderName> = Vec::new();
-        for rc in &config.routes {
-            if let Some(user) = rc.rate_limit.as_ref().and_then(|r| r.per_user.as_ref()) {
-                projection.slot_for(user.claim.as_deref().unwrap_or("sub"));
-            }
-            if let Some(crate::config::AuthConfig::Policy(p)) = &rc.auth {
-                for (claim, rule) in &p.require_claims {
-                    let slot = projection.slot_for(claim);
-                    projection.fact_for(claim_fact(slot, &rule.0));
-                }
-                for claim in p.forward_claims.keys() {
-                    projection.slot_for(claim);
-                }
-                for scope in &p.require_scopes {
-                    projection.fact_for(Fact::Scope(scope.as_str().into()));
-                }
-                for header in p.forward_claims.values() {
-                    if let Ok(name) = HeaderName::from_bytes(header.as_bytes()) {
-                        if !identity_headers.contains(&name) {
-                            identity_headers.push(name);
-                        }
-                    }
-                }
-            }
-        }
-        let cache = match previous {
-            Some(p) if *p.projection == projection && p.cache.config == config.token_cache => {
-                Arc::clone(&p.cache)
-            }
-            _ => Arc::new(TokenCache::new(&config.token_cache)),
-        };
-        if config.token_cache.max_tokens == 0 {
-            issues.push("token_cache.max_tokens", "must be at least 1");
-        }
-        Auth {
-            issuers,
-            cache,
-            projection: Arc::new(projection),
-            identity_headers,
-        }
-    }
-
-    /// Compile a route's policy.
-    pub fn policy(
-        &self,
-        pc: &AuthPolicyConfig,
-        path: &str,
-        issues: &mut Issues<'_>,
-    ) -> Option<Policy> {
-        let before = issues.len();
-        if pc.issuers.is_empty() {
-            issues.push(format!("{path}.issuers"), "name at least one issuer");
-        }
-        let mut issuers = Vec::new();
-        for (i, name) in pc.issuers.iter().enumerate() {
-            match self.issuers.iter().find(|x| &x.name == name) {
-                Some(x) => issuers.push(Arc::clone(x)),
-                None => issues.push(
-                    format!("{path}.issuers[{i}]"),
-                    format!("no issuer named `{name}`"),
-                ),
-            }
-        }
-        for (i, scope) in pc.require_scopes.iter().enumerate() {
-            if scope.is_empty() || scope.contains(char::is_whitespace) || scope.contains('"') {
-                issues.push(
-                    format!("{path}.require_scopes[{i}]"),
-                    format!("`{scope}` is not a scope token"),
-                );
-            }
-        }
-        let sources = match &pc.token_from {
-            None => vec![TokenSource::Header],
-            Some(list) if list.is_empty() => {
-                issues.push(
-                    format!("{path}.token_from"),
-                    "leave it out for the default `[header]`",
-                );
-                Vec::new()
-            }
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    TokenSource::parse(s)
-                        .map_err(|e| issues.push(format!("{path}.token_from[{i}]"), e))
-                        .ok()
-                })
-                .collect(),
-        };
-        let mut forward = Vec::new();
-        for (claim, header) in &pc.forward_claims {
-            match HeaderName::from_bytes(header.as_bytes()) {
-                Ok(name)
-                    if RESERVED_HEADERS.contains(&name.as_str())
-                        || name.as_str().starts_with("x-forwarded-") =>
-                {
-                    issues.push(
-                        format!("{path}.forward_claims.{claim}"),
-                        format!("`{header}` cannot carry a claim"),
-                    );
-                }
-                // CGI and its heirs read `X_User` as `X-User`: a client could send the other
-                // spelling, and many proxies drop such names on the way.
-                Ok(name) if name.as_str().contains('_') => issues.push(
-                    format!("{path}.forward_claims.{claim}"),
-                    format!("`{header}` cannot carry a claim: write it with `-`, not `_`"),
-                ),
-                Ok(name) => {
-                    if let Some(slot) = self.projection.slot(claim) {
-                        forward.push((slot, name));
-                    }
-                }
-                Err(_) => issues.push(
-                    format!("{path}.forward_claims.{claim}"),
-                    format!("`{header}` is not a header name"),
-                ),
-            }
-        }
-        let p = &self.projection;
-        let claims = Facts::of(
-            pc.require_claims
-                .iter()
-                .filter_map(|(claim, rule)| p.fact(&claim_fact(p.slot(claim)?, &rule.0))),
-        );
-        let scopes = Facts::of(
-            pc.require_scopes
-                .iter()
-                .filter_map(|s| p.fact(&Fact::Scope(s.as_str().into()))),
-        );
-        if issues.len() != before {
-            return None;
-        }
-        Some(Policy {
-            issuers,
-            scopes,
-            scope_text: pc.require_scopes.join(" "),
-            claims,
-            sources,
-            forward,
-            strip_authorization: pc.strip_authorization,
-        })
-    }
-
     /// Authenticate a request for a route with `policy`.
     ///
     /// # Errors
@@ -570,14 +285,6 @@ impl Auth {
             }
         }
         Cached::Miss(key)
-    }
-}
-
-/// The fact that the claim in `slot` is one of `accepted`.
-fn claim_fact(slot: usize, accepted: &[String]) -> Fact {
-    Fact::Claim {
-        slot,
-        accepted: accepted.iter().map(|v| v.as_str().into()).collect(),
     }
 }
 

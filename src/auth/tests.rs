@@ -1,5 +1,5 @@
 //! Verification against every algorithm and every rejection, through the real config,
-//! runtime and policy code, with keys from a JWKS file.
+//! generation and policy code, with keys from a JWKS file.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pingora::http::RequestHeader;
@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::tools::{mint, public_jwk};
 use super::AuthError;
-use crate::runtime::Runtime;
+use crate::generation::Generation;
 
 // The test keys (tests/keys/, public: for tests only), for every unit test under auth/.
 pub(super) const RSA: &str = include_str!("../../tests/keys/rsa2048.pem");
@@ -21,11 +21,11 @@ pub(super) const ED: &str = include_str!("../../tests/keys/ed25519.pem");
 const ISS: &str = "https://id.example.com/";
 
 struct Setup {
-    runtime: Runtime,
+    generation: Generation,
     _dir: tempfile::TempDir,
 }
 
-/// A runtime with one issuer whose JWKS file holds `jwks`, and a route `r` with `policy`.
+/// A generation with one issuer whose JWKS file holds `jwks`, and a route `r` with `policy`.
 fn setup(jwks: Value, issuer_extra: &str, policy: &str) -> Setup {
     setup_for(jwks, "[api]", issuer_extra, policy)
 }
@@ -55,8 +55,11 @@ routes:
 ",
         file = file.display()
     );
-    let runtime = Runtime::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    Setup { runtime, _dir: dir }
+    let generation = Generation::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    Setup {
+        generation,
+        _dir: dir,
+    }
 }
 
 fn all_keys() -> Value {
@@ -82,11 +85,11 @@ fn claims(extra: Value) -> String {
 }
 
 async fn check(s: &Setup, token: &str) -> Result<super::Identity, AuthError> {
-    let route = &s.runtime.routes[0];
+    let route = &s.generation.routes[0];
     let mut req = RequestHeader::build("GET", b"/", None).unwrap();
     req.insert_header("authorization", format!("Bearer {token}"))
         .unwrap();
-    s.runtime
+    s.generation
         .auth
         .authenticate(route.policy.as_ref().unwrap(), &req)
         .await
@@ -139,7 +142,7 @@ routes:
     auth: { issuers: [legacy] }
 ";
     let s = Setup {
-        runtime: Runtime::from_yaml(yaml).unwrap(),
+        generation: Generation::from_yaml(yaml).unwrap(),
         _dir: dir,
     };
     let now = super::cache::unix_now();
@@ -194,7 +197,7 @@ routes:
     auth: { issuers: [wide] }
 ";
     let s = Setup {
-        runtime: Runtime::from_yaml(yaml).unwrap(),
+        generation: Generation::from_yaml(yaml).unwrap(),
         _dir: tempfile::tempdir().unwrap(),
     };
     let now = super::cache::unix_now();
@@ -266,7 +269,7 @@ async fn small_rsa_keys_are_not_loaded() {
     keys["keys"].as_array_mut().unwrap().push(small.clone());
     // No key refresher runs here: keep the wait for one short.
     let s = setup(keys, "    fetch_timeout: 50ms", ANY);
-    let issuer = &s.runtime.auth.issuers[0];
+    let issuer = &s.generation.auth.issuers[0];
     assert_eq!(
         issuer.keys().unwrap().len(),
         4,
@@ -455,7 +458,7 @@ routes:
     upstream: u
     auth: { issuers: [nobody], token_from: [body], forward_claims: { sub: Authorization, name: X_User } }
 ";
-    let err = Runtime::from_yaml(yaml).unwrap_err().to_string();
+    let err = Generation::from_yaml(yaml).unwrap_err().to_string();
     for expected in [
         "issuers[0].issuer: discovery needs an issuer URL",
         "issuers[1].algorithms[0]: `HS256` needs `hmac_secret_env`",

@@ -2,7 +2,7 @@
 //!
 //! These serde structs mirror the file field for field (`deny_unknown_fields` everywhere) and
 //! do no work of their own: turning them into ready-to-serve routes and pools is
-//! [`crate::runtime`]'s job. Parsing reports every error it can find at once, each with the
+//! [`crate::generation`]'s job. Parsing reports every error it can find at once, each with the
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
 mod lines;

@@ -551,14 +551,16 @@ pub struct LimitConfig {
 }
 
 impl LimitConfig {
-    /// Whether `other` describes the same buckets (everything but `headers`): a reload that
+    /// The settings that define its buckets (everything but `headers`): a reload that
     /// changes only whether headers are sent keeps the buckets.
-    pub fn same_buckets(&self, other: &LimitConfig) -> bool {
-        self.rate == other.rate
-            && self.burst == other.burst
-            && self.scope == other.scope
-            && self.claim == other.claim
-            && self.max_keys == other.max_keys
+    pub fn bucket_settings(&self) -> (Rate, u64, LimitScope, Option<String>, u64) {
+        (
+            self.rate,
+            self.burst,
+            self.scope,
+            self.claim.clone(),
+            self.max_keys,
+        )
     }
 }
 

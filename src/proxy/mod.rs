@@ -9,7 +9,6 @@
 //! pick a target (retrying another on connect failure), log. Refusals go through
 //! [`rescue`], the only code that writes an error response.
 
-pub mod headers;
 pub mod rescue;
 
 use std::net::IpAddr;
@@ -26,12 +25,13 @@ use pingora::{Error, ErrorType};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
 use crate::config::MethodOverrideHeaders;
+use crate::generation::{Generation, Route};
+use crate::headers;
 use crate::metrics::METRICS;
 use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
-use crate::runtime::{Route, Runtime};
 use crate::upstream::HashOn;
 pub use rescue::Refusal;
 
@@ -78,7 +78,7 @@ impl Drop for InFlight {
 pub struct RequestCtx {
     _in_flight: InFlight,
     /// The config snapshot this request uses from start to end.
-    runtime: Arc<Runtime>,
+    generation: Arc<Generation>,
     route: Option<usize>,
     started: Instant,
     /// Sent upstream and back to the client; made once, cloned by reference count.
@@ -102,7 +102,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     fn route(&self) -> Option<&Route> {
-        self.route.and_then(|i| self.runtime.routes.get(i))
+        self.route.and_then(|i| self.generation.routes.get(i))
     }
 }
 
@@ -121,7 +121,7 @@ impl Portcullis {
     /// Guard and route a request; `Err` is the refusal to send.
     fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         let req = session.req_header();
-        if headers::header_bytes(req) > ctx.runtime.max_request_header_bytes {
+        if headers::header_bytes(req) > ctx.generation.max_request_header_bytes {
             return Err(Refusal::HeadersTooLarge);
         }
         // The target as the client sent it: `uri` has already lost what it could not hold.
@@ -145,8 +145,8 @@ impl Portcullis {
             return Err(Refusal::BadRequest);
         }
         let host = routing::host_key(raw_host);
-        let table = &ctx.runtime.table;
-        let overridden = match ctx.runtime.method_override {
+        let table = &ctx.generation.table;
+        let overridden = match ctx.generation.method_override {
             MethodOverrideHeaders::Strip => {
                 // A query parameter cannot be stripped as a header is: refused instead.
                 if req.method == http::Method::POST
@@ -181,12 +181,12 @@ impl Portcullis {
     /// the per-route limit (before any crypto), token check, per-user and per-route limits,
     /// the pool's in-flight cap.
     async fn guard(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
-        let runtime = Arc::clone(&ctx.runtime);
-        let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
+        let generation = Arc::clone(&ctx.generation);
+        let Some(route) = ctx.route.and_then(|i| generation.routes.get(i)) else {
             return Ok(());
         };
         let limits = &route.limits;
-        let ip_key = ctx.client_ip.map(|ip| runtime.client_ips.key(ip));
+        let ip_key = ctx.client_ip.map(|ip| generation.client_ips.key(ip));
         if let (Some(limiter), Some(key)) = (&limits.per_ip, ip_key) {
             take(&mut ctx.tightest, limiter, key)?;
         }
@@ -199,11 +199,13 @@ impl Portcullis {
             if let Some(limiter) = &limits.per_route {
                 peek(&mut ctx.tightest, limiter, 0)?;
             }
-            let result = runtime
+            let result = generation
                 .auth
                 .authenticate(policy, session.req_header())
                 .await;
-            route.metrics.auth_decision(&result);
+            route
+                .metrics
+                .auth_decision(result.as_ref().err().map(|e| e.reason()));
             match result {
                 Ok(identity) => ctx.identity = Some(identity),
                 Err(e) => {
@@ -268,7 +270,7 @@ impl ProxyHttp for Portcullis {
         crate::connections::headers_received();
         RequestCtx {
             _in_flight: InFlight::start(),
-            runtime: self.reloader.current(),
+            generation: self.reloader.current(),
             route: None,
             started: Instant::now(),
             request_id: http::HeaderValue::from_static(""),
@@ -289,7 +291,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
-        ctx.client_ip = ctx.runtime.client_ips.resolve(
+        ctx.client_ip = ctx.generation.client_ips.resolve(
             client_ip(session),
             session
                 .req_header()
@@ -413,8 +415,8 @@ impl ProxyHttp for Portcullis {
             headers::strip_request_hop_by_hop(map, upgrade);
             // No client may send an identity header of its own, on any route, nor any other
             // header Portcullis owns, in any spelling.
-            ctx.runtime.owned_headers.strip(map);
-            if ctx.runtime.method_override == MethodOverrideHeaders::Strip {
+            ctx.generation.owned_headers.strip(map);
+            if ctx.generation.method_override == MethodOverrideHeaders::Strip {
                 headers::remove_all(map, &headers::METHOD_OVERRIDE);
             }
             if let Some(authority) = &ctx.authority {
@@ -506,7 +508,10 @@ impl ProxyHttp for Portcullis {
         let route = ctx.route();
         match route {
             Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
-            None => ctx.runtime.unmatched.observe(status, elapsed.as_secs_f64()),
+            None => ctx
+                .generation
+                .unmatched
+                .observe(status, elapsed.as_secs_f64()),
         }
         if self.access_log.enabled() {
             let req = session.req_header();

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::headers;
+use crate::headers;
 
 /// Why Portcullis answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

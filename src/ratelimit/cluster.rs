@@ -18,8 +18,8 @@ use pingora::services::background::BackgroundService;
 
 use super::gcra::now_ns;
 use super::Limiter;
+use crate::config::ClusterConfig;
 use crate::metrics::METRICS;
-use crate::reload::Reloader;
 
 /// Adds each key's admissions to its shared TAT (microseconds on Redis's clock) and returns
 /// how far ahead of now each TAT is. Keys expire once their bucket would be full again.
@@ -52,17 +52,27 @@ return redis.call('ZCARD', KEYS[1])
 /// Keys sent to Redis in one script call.
 const BATCH: usize = 256;
 
+/// What cluster sync needs of the serving generation: the `cluster:` settings and the
+/// cluster-scoped limiters.
+#[derive(Default)]
+pub struct ClusterPart {
+    /// `cluster:`; `None`: nothing to sync.
+    pub cluster: Option<ClusterConfig>,
+    /// The limiters with `scope: cluster`.
+    pub limiters: Vec<Arc<Limiter>>,
+}
+
 /// The background service that syncs cluster-scoped buckets.
 pub struct ClusterSync {
-    reloader: Arc<Reloader>,
+    part: Arc<arc_swap::ArcSwap<ClusterPart>>,
     node: String,
 }
 
 impl ClusterSync {
-    /// Sync the cluster limits of `reloader`'s config.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
+    /// Sync the limiters of `part`, as each reload publishes it.
+    pub fn new(part: Arc<arc_swap::ArcSwap<ClusterPart>>) -> Self {
         Self {
-            reloader,
+            part,
             node: format!("{:016x}", fastrand::u64(..)),
         }
     }
@@ -178,22 +188,17 @@ impl BackgroundService for ClusterSync {
         let mut conn: Option<Connection> = None;
         let mut up = false;
         loop {
-            let runtime = self.reloader.current();
-            let Some(cluster) = runtime.config.cluster.clone() else {
-                drop(runtime);
+            let part = self.part.load_full();
+            let Some(cluster) = part.cluster.clone() else {
+                drop(part);
                 tokio::select! {
                     _ = shutdown.changed() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             };
             let interval = cluster.sync_interval.0;
-            let limiters: Vec<Arc<Limiter>> = runtime
-                .routes
-                .iter()
-                .flat_map(|r| r.limits.all().cloned().collect::<Vec<_>>())
-                .filter(|l| l.cluster.is_some())
-                .collect();
-            drop(runtime);
+            let limiters = part.limiters.clone();
+            drop(part);
             let timeout = interval.max(Duration::from_millis(250));
             if conn.as_ref().is_none_or(|c| c.url != cluster.redis) {
                 conn = match connect(&cluster.redis, timeout).await {

@@ -37,8 +37,10 @@ pub struct Concurrency {
     in_flight: AtomicUsize,
     limit: AtomicUsize,
     adaptive: Option<Adaptive>,
-    limit_gauge: prometheus::IntGauge,
-    in_flight_gauge: prometheus::IntGauge,
+    pool: String,
+    /// Its gauges (limit, in flight), registered by [`Concurrency::register`] or the first
+    /// request, never by building it.
+    gauges: std::sync::OnceLock<[prometheus::IntGauge; 2]>,
 }
 
 /// A place in the pool; frees itself when dropped.
@@ -59,7 +61,20 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.pool.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.pool.in_flight_gauge.dec();
+        self.pool.gauges()[1].dec();
+    }
+}
+
+/// A cap, with its in-flight count and what it learned, is kept across a reload when its
+/// pool and its settings (the fixed limit, or the adaptive range) are.
+impl crate::carry::Carry for Concurrency {
+    type Key = (String, Option<usize>, Option<(usize, usize)>);
+
+    fn carry_key(&self) -> Self::Key {
+        match &self.adaptive {
+            None => (self.pool.clone(), Some(self.limit()), None),
+            Some(a) => (self.pool.clone(), None, Some((a.min, a.max))),
+        }
     }
 }
 
@@ -87,15 +102,26 @@ impl Concurrency {
     }
 
     fn build(pool: &str, limit: usize, adaptive: Option<Adaptive>) -> Concurrency {
-        let limit_gauge = METRICS.concurrency_limit.with_label_values(&[pool]);
-        limit_gauge.set(i64::try_from(limit).unwrap_or(i64::MAX));
         Concurrency {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
             adaptive,
-            limit_gauge,
-            in_flight_gauge: METRICS.in_flight.with_label_values(&[pool]),
+            pool: pool.to_string(),
+            gauges: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Make its gauges exist, the limit set to the cap now: the commit step of a reload.
+    pub fn register(&self) {
+        let _ = self.gauges();
+    }
+
+    fn gauges(&self) -> &[prometheus::IntGauge; 2] {
+        self.gauges.get_or_init(|| {
+            let limit = METRICS.concurrency_limit.with_label_values(&[&self.pool]);
+            limit.set(i64::try_from(self.limit()).unwrap_or(i64::MAX));
+            [limit, METRICS.in_flight.with_label_values(&[&self.pool])]
+        })
     }
 
     /// The cap now.
@@ -115,7 +141,7 @@ impl Concurrency {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        self.in_flight_gauge.inc();
+        self.gauges()[1].inc();
         if let Some(a) = &self.adaptive {
             a.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         }
@@ -169,8 +195,7 @@ impl Concurrency {
         .clamp(a.min as f64, a.max as f64);
         let limit = w.limit as usize;
         self.limit.store(limit, Ordering::Relaxed);
-        self.limit_gauge
-            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        self.gauges()[0].set(i64::try_from(limit).unwrap_or(i64::MAX));
     }
 }
 

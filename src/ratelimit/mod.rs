@@ -8,6 +8,7 @@
 //! background ([`cluster`]); no request ever waits on Redis.
 
 pub mod cluster;
+pub mod compile;
 pub mod concurrency;
 pub mod gcra;
 
@@ -82,9 +83,23 @@ pub struct Limiter {
     buckets: Buckets,
     /// `RateLimit-Policy` item: `"per_ip";q=100;w=2`.
     pub policy_header: String,
-    allowed: prometheus::IntCounter,
-    denied: prometheus::IntCounter,
+    /// Its decision counters (allowed, denied), registered by [`Limiter::register`] or the
+    /// first check, never by building it.
+    series: std::sync::OnceLock<[prometheus::IntCounter; 2]>,
     pub(crate) cluster: Option<ClusterShare>,
+}
+
+/// A limiter's buckets are kept across a reload when its route, kind and bucket settings are.
+impl crate::carry::Carry for Limiter {
+    type Key = (
+        String,
+        LimitKind,
+        (crate::config::Rate, u64, LimitScope, Option<String>, u64),
+    );
+
+    fn carry_key(&self) -> Self::Key {
+        (self.route.clone(), self.kind, self.config.bucket_settings())
+    }
 }
 
 impl std::fmt::Debug for Limiter {
@@ -119,7 +134,6 @@ impl Limiter {
             shape.burst,
             window.ceil().max(1.0) as u64
         );
-        let m = &METRICS.ratelimit_decisions;
         Limiter {
             kind,
             route: route.to_string(),
@@ -127,14 +141,35 @@ impl Limiter {
             shape,
             buckets,
             policy_header,
-            allowed: m.with_label_values(&[route, kind.name(), "allowed"]),
-            denied: m.with_label_values(&[route, kind.name(), "denied"]),
+            series: std::sync::OnceLock::new(),
             cluster: (config.scope == LimitScope::Cluster).then(|| ClusterShare {
                 dirty: Mutex::new(Vec::new()),
                 nodes: AtomicU64::new(1),
                 connected: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Drop the decision series of limit `kind` of `route`: the commit step of a reload that
+    /// removed that limit (or the route).
+    pub fn forget(route: &str, kind: LimitKind) {
+        for result in ["allowed", "denied"] {
+            let _ = METRICS
+                .ratelimit_decisions
+                .remove_label_values(&[route, kind.name(), result]);
+        }
+    }
+
+    /// Make its series exist (at zero when new): the commit step of a reload.
+    pub fn register(&self) {
+        let _ = self.series();
+    }
+
+    fn series(&self) -> &[prometheus::IntCounter; 2] {
+        self.series.get_or_init(|| {
+            let m = &METRICS.ratelimit_decisions;
+            ["allowed", "denied"].map(|r| m.with_label_values(&[&self.route, self.kind.name(), r]))
+        })
     }
 
     /// The bucket shape in force: the whole limit, or this node's share while the cluster
@@ -174,9 +209,9 @@ impl Limiter {
             Buckets::Keyed(store) => store.get_or_insert(key, now, Bucket::default, take),
         };
         if verdict.allowed {
-            self.allowed.inc();
+            self.series()[0].inc();
         } else {
-            self.denied.inc();
+            self.series()[1].inc();
         }
         if let (true, Some(c)) = (report, &self.cluster) {
             c.dirty.lock().unwrap_or_else(|p| p.into_inner()).push(key);
@@ -196,7 +231,7 @@ impl Limiter {
     pub fn refuses(&self, key: u128) -> Option<Verdict> {
         let shape = self.shape();
         let wait = self.with_bucket(key, |b| b.is_empty(shape, gcra::now_ns()))??;
-        self.denied.inc();
+        self.series()[1].inc();
         Some(Verdict {
             allowed: false,
             remaining: 0,

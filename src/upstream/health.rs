@@ -17,7 +17,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::Pool;
-use crate::reload::Reloader;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -168,24 +167,24 @@ fn millis(d: Duration) -> u64 {
 
 /// The background service that runs every pool's probes.
 pub struct HealthSupervisor {
-    reloader: Arc<Reloader>,
+    pools: Arc<arc_swap::ArcSwap<Vec<Arc<Pool>>>>,
     tick: Duration,
 }
 
 impl HealthSupervisor {
-    /// Probe the pools of whatever config `reloader` serves.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
+    /// Probe `pools`, as each reload publishes them.
+    pub fn new(pools: Arc<arc_swap::ArcSwap<Vec<Arc<Pool>>>>) -> Self {
         Self {
-            reloader,
+            pools,
             tick: Duration::from_millis(100),
         }
     }
 
     /// Start every probe that is due now.
     pub fn run_due_probes(&self) {
-        let runtime = self.reloader.current();
+        let pools = self.pools.load();
         let now = now_ms();
-        for pool in runtime.pools.iter() {
+        for pool in pools.iter() {
             if pool.probe.is_none() {
                 continue;
             }

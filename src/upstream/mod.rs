@@ -4,6 +4,7 @@
 //! that it can outlive a config reload (a target that stays keeps its `Arc<Target>`). This
 //! module never talks HTTP to a client and never decides routing.
 
+pub mod compile;
 pub mod health;
 
 use std::collections::HashMap;
@@ -34,13 +35,14 @@ pub struct Target {
     /// Milliseconds since [`health::epoch`] when the next probe is due.
     next_probe_ms: AtomicU64,
     probing: AtomicBool,
-    gauge: prometheus::IntGauge,
+    pool: String,
+    /// Its health gauge, registered by [`Target::register`] or the first flip, never by
+    /// building it.
+    gauge: std::sync::OnceLock<prometheus::IntGauge>,
 }
 
 impl Target {
     fn new(pool: &str, addr: SocketAddr, label: String) -> Target {
-        let gauge = METRICS.target_healthy.with_label_values(&[pool, &label]);
-        gauge.set(1);
         Target {
             addr,
             label,
@@ -51,8 +53,24 @@ impl Target {
             failures: AtomicUsize::new(0),
             next_probe_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
-            gauge,
+            pool: pool.to_string(),
+            gauge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Make its health gauge exist, set to its health now: the commit step of a reload.
+    pub fn register(&self) {
+        self.set_gauge();
+    }
+
+    fn set_gauge(&self) {
+        self.gauge
+            .get_or_init(|| {
+                METRICS
+                    .target_healthy
+                    .with_label_values(&[&self.pool, &self.label])
+            })
+            .set(i64::from(self.is_healthy()));
     }
 
     /// Take traffic again and forget the probe history: for a target whose pool has no
@@ -61,7 +79,7 @@ impl Target {
         self.successes.store(0, Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         self.healthy.store(true, Ordering::Relaxed);
-        self.gauge.set(1);
+        self.set_gauge();
     }
 
     /// Whether the target takes traffic.
@@ -76,7 +94,7 @@ impl Target {
             let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
             if !self.is_healthy() && n >= healthy_after {
                 self.healthy.store(true, Ordering::Relaxed);
-                self.gauge.set(1);
+                self.set_gauge();
                 return Some(true);
             }
         } else {
@@ -84,11 +102,20 @@ impl Target {
             let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
             if self.is_healthy() && n >= unhealthy_after {
                 self.healthy.store(false, Ordering::Relaxed);
-                self.gauge.set(0);
+                self.set_gauge();
                 return Some(false);
             }
         }
         None
+    }
+}
+
+/// A target's health is kept across a reload when its pool, address and spelling are.
+impl crate::carry::Carry for Target {
+    type Key = (String, SocketAddr, String);
+
+    fn carry_key(&self) -> Self::Key {
+        (self.pool.clone(), self.addr, self.label.clone())
     }
 }
 
@@ -126,8 +153,6 @@ pub struct PoolSettings {
 pub struct Pool {
     /// Its in-flight cap, when configured.
     pub concurrency: Option<Arc<crate::ratelimit::Concurrency>>,
-    /// The cap's config, to keep its state across reloads.
-    pub concurrency_config: Option<crate::config::ConcurrencyConfig>,
     /// Its name in the config.
     pub name: String,
     /// Its targets, in config order.
@@ -178,11 +203,13 @@ impl Pool {
         let mut backends = Vec::with_capacity(targets.len());
         let mut kept = Vec::with_capacity(targets.len());
         for (i, (addr, label)) in targets.into_iter().enumerate() {
-            let carried = previous.and_then(|p| p.targets.iter().find(|t| t.addr == addr));
-            kept.push(match carried {
-                Some(t) => Arc::clone(t),
-                None => Arc::new(Target::new(name, addr, label)),
-            });
+            let key = (name.to_string(), addr, label.clone());
+            kept.push(
+                match crate::carry::kept(previous.into_iter().flat_map(|p| &p.targets), &key) {
+                    Some(t) => t,
+                    None => Arc::new(Target::new(name, addr, label)),
+                },
+            );
             let backend = Backend {
                 addr: PeerAddr::Inet(addr),
                 weight: 1,
@@ -201,7 +228,6 @@ impl Pool {
         };
         Ok(Pool {
             concurrency: None,
-            concurrency_config: None,
             name: name.to_string(),
             targets: kept,
             settings,
@@ -250,6 +276,40 @@ impl Pool {
     /// How many targets are healthy.
     pub fn healthy_count(&self) -> usize {
         self.targets.iter().filter(|t| t.is_healthy()).count()
+    }
+}
+
+/// The commit step of a reload, once `new` serves in place of `old` (or at start, with no
+/// `old`): the gauges of new targets and caps appear, those of targets and caps that are gone
+/// are dropped, and a pool whose health check was removed takes every target back (no probe
+/// is left to readmit one).
+pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
+    for pool in new {
+        if pool.probe.is_none() {
+            for target in &pool.targets {
+                target.assume_healthy();
+            }
+        }
+        for target in &pool.targets {
+            target.register();
+        }
+        if let Some(cap) = &pool.concurrency {
+            cap.register();
+        }
+    }
+    for pool in old {
+        let kept = new.iter().find(|p| p.name == pool.name);
+        for target in &pool.targets {
+            if !kept.is_some_and(|p| p.targets.iter().any(|t| Arc::ptr_eq(t, target))) {
+                let _ = METRICS
+                    .target_healthy
+                    .remove_label_values(&[&pool.name, &target.label]);
+            }
+        }
+        if pool.concurrency.is_some() && kept.is_none_or(|p| p.concurrency.is_none()) {
+            let _ = METRICS.concurrency_limit.remove_label_values(&[&pool.name]);
+            let _ = METRICS.in_flight.remove_label_values(&[&pool.name]);
+        }
     }
 }
 

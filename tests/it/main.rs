@@ -13,6 +13,7 @@ mod connections;
 mod faults;
 mod hygiene;
 mod key_sets;
+mod layers;
 mod lifecycle;
 mod ratelimit;
 mod reload;

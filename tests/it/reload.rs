@@ -522,3 +522,173 @@ async fn removing_the_health_check_readmits_every_target() {
         .unwrap();
     assert_eq!(ready["upstreams"]["pool"]["healthy"], 2, "{ready}");
 }
+
+/// The `portcullis_*` samples of a scrape that a reload could touch: all but the reload
+/// counters and the open-connection gauge (the scrapes' own traffic).
+fn series_of(metrics: &crate::support::metrics::Metrics) -> Vec<String> {
+    let mut lines: Vec<String> = metrics
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("portcullis_"))
+        .filter(|l| !l.starts_with(RELOADS) && !l.starts_with("portcullis_connections_"))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// A config that compiles a new pool (a target, a probe, a concurrency cap), a new route
+/// with limits, and an issuer with a key file, and is then refused for a route naming no
+/// pool: none of what it compiled may show in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_leaves_metrics_as_they_were() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let proxy = Proxy::start(&config(&a, &b, "")).await;
+    let http = client();
+    get_echo(&http, &proxy.url("/stable")).await;
+    assert_eq!(status(&http, &proxy.url("/nowhere")).await, 404);
+    // Counted once the response is sent: wait for both, so nothing moves after.
+    let requests = "portcullis_requests_total";
+    proxy
+        .wait_metric(
+            requests,
+            &[("route", "stable"), ("status_class", "2xx")],
+            1.0,
+        )
+        .await;
+    proxy
+        .wait_metric(requests, &[("route", ""), ("status_class", "4xx")], 1.0)
+        .await;
+    let before = series_of(&proxy.metrics().await);
+
+    let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/config/keys/example-jwks.json");
+    let refused = format!(
+        "issuers:\n  - name: files\n    issuer: https://files.test/\n    jwks_file: {jwks}\n    audiences: [api]\n\
+         upstreams:\n{}{}{}\
+         routes:\n  - name: stable\n    match: {{ path_prefix: /stable }}\n    upstream: a\n    auth: none\n\
+         \x20 - name: limited\n    match: {{ path_prefix: /limited }}\n    upstream: c\n    auth: {{ issuers: [files] }}\n\
+         \x20   rate_limit:\n      per_ip: {{ rate: 10/s, burst: 10 }}\n      per_route: {{ rate: 10/s, burst: 10 }}\n\
+         \x20 - name: ghost\n    match: {{ path_prefix: /ghost }}\n    upstream: nowhere\n    auth: none\n",
+        pool("a", &[a.addr().to_string()], &[]),
+        pool("b", &[b.addr().to_string()], &[]),
+        pool(
+            "c",
+            &["127.0.0.1:9".to_string()],
+            &[
+                "concurrency: { limit: 5 }",
+                "health_check: { http: { path: /healthz }, interval: 1s }",
+            ],
+        ),
+    );
+    proxy.write_config(&refused);
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["issues"]
+            .to_string()
+            .contains("no upstream named `nowhere`"),
+        "{body}"
+    );
+    assert_eq!(series_of(&proxy.metrics().await), before);
+}
+
+/// An accepted reload drops the series of what it removed (a route, a pool, a limit) and a
+/// renamed route's series move to the new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_reload_removes_and_moves_series() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let limited = "  - name: fresh\n    match: { path_prefix: /fresh }\n    upstream: b\n    rate_limit:\n      per_ip: { rate: 100/s, burst: 100 }\n";
+    let first = format!(
+        "upstreams:\n{}{}routes:\n  - name: stable\n    match: {{ path_prefix: /stable }}\n    upstream: a\n    rate_limit:\n      per_route: {{ rate: 100/s, burst: 100 }}\n{limited}",
+        pool("a", &[a.addr().to_string()], &[]),
+        pool("b", &[b.addr().to_string()], &["concurrency: { limit: 5 }"]),
+    );
+    let proxy = Proxy::start(&first).await;
+    let http = client();
+    get_echo(&http, &proxy.url("/stable")).await;
+    get_echo(&http, &proxy.url("/fresh")).await;
+    let m = proxy.metrics().await;
+    let b_target = [("upstream", "b")];
+    assert!(m.has("portcullis_upstream_target_healthy", &b_target));
+    assert!(m.has("portcullis_upstream_concurrency_limit", &b_target));
+    assert!(m.has(
+        "portcullis_ratelimit_decisions_total",
+        &[
+            ("route", "stable"),
+            ("limit", "per_route"),
+            ("result", "allowed")
+        ]
+    ));
+    assert!(m.has(
+        "portcullis_requests_total",
+        &[("route", "fresh"), ("status_class", "2xx")]
+    ));
+
+    // Pool b, route fresh and stable's limit removed.
+    proxy.write_config(&format!(
+        "upstreams:\n{}routes:\n  - name: stable\n    match: {{ path_prefix: /stable }}\n    upstream: a\n",
+        pool("a", &[a.addr().to_string()], &[]),
+    ));
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let m = proxy.metrics().await;
+    for (name, labels) in [
+        ("portcullis_upstream_target_healthy", &b_target[..]),
+        ("portcullis_upstream_concurrency_limit", &b_target[..]),
+        ("portcullis_upstream_in_flight", &b_target[..]),
+        ("portcullis_requests_total", &[("route", "fresh")][..]),
+        (
+            "portcullis_ratelimit_decisions_total",
+            &[("route", "fresh")][..],
+        ),
+        (
+            "portcullis_ratelimit_decisions_total",
+            &[("route", "stable")][..],
+        ),
+    ] {
+        let found = m
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .any(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            });
+        assert!(!found, "{name}{labels:?} is still there:\n{}", m.text());
+    }
+    assert!(m.has(
+        "portcullis_requests_total",
+        &[("route", "stable"), ("status_class", "2xx")]
+    ));
+
+    // stable renamed steady: the series follow the name.
+    proxy.write_config(&format!(
+        "upstreams:\n{}routes:\n  - name: steady\n    match: {{ path_prefix: /stable }}\n    upstream: a\n",
+        pool("a", &[a.addr().to_string()], &[]),
+    ));
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    get_echo(&http, &proxy.url("/stable")).await;
+    proxy
+        .wait_metric(
+            "portcullis_requests_total",
+            &[("route", "steady"), ("status_class", "2xx")],
+            1.0,
+        )
+        .await;
+    let m = proxy.metrics().await;
+    assert!(
+        !m.text().contains("route=\"stable\""),
+        "stable's series are still there:\n{}",
+        m.text()
+    );
+    assert_eq!(
+        m.get(
+            "portcullis_requests_total",
+            &[("route", "steady"), ("status_class", "2xx")]
+        ),
+        Some(1.0)
+    );
+}

@@ -1,0 +1,523 @@
+//! The compiled, ready-to-serve form of a config.
+//!
+//! A [`Generation`] is built from a parsed [`Config`] in one go (addresses parsed, route table
+//! compiled, pools and probes made) and is then immutable: it lives behind the reloader's
+//! `ArcSwap`, and each request takes one snapshot of it for its whole life. Building never
+//! touches the generation that is serving; it only borrows state to carry over (target
+//! health, buckets, caps, keys).
+//!
+//! Each domain compiles its own section in its own module: [`crate::settings::check`],
+//! [`ClientIps::compile`], [`crate::auth::Auth::build`], [`upstream::compile`],
+//! [`ratelimit::compile`], [`routing::compile_match`]. This module holds the generation type
+//! and the order they run in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::Auth;
+use crate::client_ip::ClientIps;
+use crate::config::{AuthConfig, Config, ConfigError, Issues, Parsed};
+use crate::headers::OwnedHeaders;
+use crate::metrics::RouteMetrics;
+use crate::ratelimit::cluster::ClusterPart;
+use crate::ratelimit::{self, RouteLimits};
+use crate::routing::{self, RouteTable};
+use crate::settings::ConnectionLimits;
+use crate::upstream::{self, Pool};
+
+/// A route, compiled.
+pub struct Route {
+    /// Its name.
+    pub name: String,
+    /// The pool that serves it.
+    pub pool: Arc<Pool>,
+    /// Its request counters.
+    pub metrics: RouteMetrics,
+    /// What it requires of a token; `None` for `auth: none`.
+    pub policy: Option<crate::auth::Policy>,
+    /// Its rate limits.
+    pub limits: RouteLimits,
+}
+
+/// Everything a request needs, for one generation of the config.
+pub struct Generation {
+    /// 1 for the config loaded at start, one more for each successful reload.
+    pub number: u64,
+    /// The config it was built from.
+    pub config: Config,
+    /// Routes, in config order.
+    pub routes: Vec<Route>,
+    /// The lookup table over `routes`.
+    pub table: RouteTable,
+    /// Pools, in config order.
+    pub pools: Vec<Arc<Pool>>,
+    /// Counters for requests no route took.
+    pub unmatched: RouteMetrics,
+    /// Requests whose request line and headers exceed this are refused with 431.
+    pub max_request_header_bytes: usize,
+    /// What happens to method override headers.
+    pub method_override: crate::config::MethodOverrideHeaders,
+    /// Connection limits and timeouts (`server.max_connections`, ...).
+    pub connections: ConnectionLimits,
+    /// Issuers, token cache and what routes need of tokens.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Finds the client address behind trusted proxies.
+    pub client_ips: ClientIps,
+    /// The client headers removed from every request (identity headers, spellings with `_`).
+    pub owned_headers: OwnedHeaders,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.number)
+            .field("routes", &self.routes.len())
+            .field("pools", &self.pools.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    /// Compile `parsed`. State of pools in `previous` carries over where targets stay.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem found, each with its path and line.
+    pub fn build(
+        parsed: &Parsed,
+        previous: Option<&Generation>,
+        number: u64,
+    ) -> Result<Generation, ConfigError> {
+        let config = &parsed.config;
+        let mut issues = Issues::new(&parsed.index);
+        crate::settings::check(config, &mut issues);
+        let auth = Auth::build(config, previous.map(|p| &*p.auth), &mut issues);
+        let client_ips = ClientIps::compile(&config.client_ip, &mut issues);
+        ratelimit::compile::check_cluster(config, &mut issues);
+
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        let mut pool_index: HashMap<&str, usize> = HashMap::new();
+        for (i, up) in config.upstreams.iter().enumerate() {
+            let path = format!("upstreams[{i}]");
+            if pool_index.insert(up.name.as_str(), i).is_some() {
+                issues.push(
+                    format!("{path}.name"),
+                    format!("duplicate upstream `{}`", up.name),
+                );
+                continue;
+            }
+            let old = previous.and_then(|p| p.pools.iter().find(|old| old.name == up.name));
+            if let Some(mut pool) =
+                upstream::compile::pool(up, &path, old.map(|p| &**p), &mut issues)
+            {
+                pool.concurrency =
+                    ratelimit::compile::concurrency(up, &path, old.map(|p| &**p), &mut issues);
+                pools.push(Arc::new(pool));
+            }
+        }
+        let pools_by_name: HashMap<&str, &Arc<Pool>> =
+            pools.iter().map(|p| (p.name.as_str(), p)).collect();
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut matches = Vec::with_capacity(config.routes.len());
+        let mut names = HashSet::new();
+        for (i, rc) in config.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if rc.name.is_empty() {
+                issues.push(format!("{path}.name"), "a route needs a name");
+            } else if !names.insert(rc.name.as_str()) {
+                issues.push(
+                    format!("{path}.name"),
+                    format!("duplicate route `{}`", rc.name),
+                );
+            }
+            let Some(m) = routing::compile_match(rc, &path, &mut issues) else {
+                continue;
+            };
+            let policy = match &rc.auth {
+                Some(AuthConfig::Policy(p)) => {
+                    match auth.policy(p, &format!("{path}.auth"), &mut issues) {
+                        Some(policy) => Some(policy),
+                        None => continue,
+                    }
+                }
+                Some(AuthConfig::None) => None,
+                None if config.issuers.is_empty() => None,
+                None => {
+                    issues.push(
+                        format!("{path}.auth"),
+                        "with issuers configured every route must say `auth:`; write `auth: none` \
+                         to serve it without a token",
+                    );
+                    continue;
+                }
+            };
+            let Some(pool) = pools_by_name.get(rc.upstream.as_str()) else {
+                if !pool_index.contains_key(rc.upstream.as_str()) {
+                    issues.push(
+                        format!("{path}.upstream"),
+                        format!("no upstream named `{}`", rc.upstream),
+                    );
+                }
+                continue;
+            };
+            let old_route = previous.and_then(|p| p.routes.iter().find(|r| r.name == rc.name));
+            let Some(limits) = ratelimit::compile::route_limits(
+                rc,
+                &path,
+                config,
+                &auth.projection,
+                old_route.map(|r| &r.limits),
+                &mut issues,
+            ) else {
+                continue;
+            };
+            matches.push(m);
+            routes.push(Route {
+                name: rc.name.clone(),
+                pool: Arc::clone(pool),
+                metrics: RouteMetrics::new(&rc.name, policy.is_some()),
+                policy,
+                limits,
+            });
+        }
+        let table = match RouteTable::build(&matches) {
+            Ok(t) => t,
+            Err(clashes) => {
+                for (a, b) in clashes {
+                    let route = |k: usize| {
+                        config
+                            .routes
+                            .iter()
+                            .position(|r| r.name == routes[k].name)
+                            .unwrap_or(k)
+                    };
+                    issues.push(
+                        format!("routes[{}].match", route(a)),
+                        format!(
+                            "route `{}` takes the same requests as route `{}`",
+                            routes[a].name, routes[b].name
+                        ),
+                    );
+                }
+                RouteTable::default()
+            }
+        };
+        let max_request_header_bytes = config.server.max_request_header_bytes;
+        let owned_headers = OwnedHeaders::new(
+            &auth.identity_headers,
+            config.server.headers_with_underscores,
+        );
+        issues.finish(Generation {
+            number,
+            config: config.clone(),
+            routes,
+            table,
+            pools,
+            unmatched: RouteMetrics::new("", false),
+            max_request_header_bytes,
+            method_override: config.server.method_override_headers,
+            connections: ConnectionLimits::from_config(&config.server),
+            auth: Arc::new(auth),
+            client_ips,
+            owned_headers,
+        })
+    }
+
+    /// Compile config text; for tests and `check`.
+    ///
+    /// # Errors
+    /// As [`Config::parse`] and [`Generation::build`].
+    pub fn from_yaml(text: &str) -> Result<Generation, ConfigError> {
+        Generation::build(&Config::parse(text)?, None, 1)
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+impl Generation {
+    /// The commit step, run once this generation serves in place of `old` (or at start, with
+    /// no `old`), and never for a generation that was refused: each domain applies the
+    /// effects its compile left out. Metric series of new routes, limits, targets and caps
+    /// appear (at zero); those of routes, limits, targets, caps and issuers that are gone
+    /// are dropped, so a renamed route's series move to the new name.
+    pub fn commit(&self, old: Option<&Generation>) {
+        self.unmatched.register();
+        for route in &self.routes {
+            route.metrics.register();
+            for limiter in route.limits.all() {
+                limiter.register();
+            }
+        }
+        upstream::commit(old.map_or(&[][..], |o| &o.pools), &self.pools);
+        self.auth.commit(old.map(|o| &*o.auth));
+        let Some(old) = old else { return };
+        for route in &old.routes {
+            match self.routes.iter().find(|r| r.name == route.name) {
+                None => crate::metrics::forget_route(
+                    &route.name,
+                    crate::auth::AuthError::reasons(),
+                    &ratelimit::LimitKind::ALL.map(ratelimit::LimitKind::name),
+                ),
+                Some(kept) => {
+                    for limiter in route.limits.all() {
+                        if !kept.limits.all().any(|l| l.kind == limiter.kind) {
+                            ratelimit::Limiter::forget(&route.name, limiter.kind);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the background services and the connection gate read of the serving generation,
+/// each its own part, so that none of them needs the reloader: [`Parts::publish`] stores a
+/// new generation's parts once it serves (the commit step of a reload).
+#[derive(Clone)]
+pub struct Parts {
+    /// The issuers, for the key refresher.
+    pub issuers: Arc<ArcSwap<Vec<Arc<crate::auth::Issuer>>>>,
+    /// The pools, for the health supervisor.
+    pub pools: Arc<ArcSwap<Vec<Arc<Pool>>>>,
+    /// `cluster:` and the cluster-scoped limiters, for cluster sync.
+    pub cluster: Arc<ArcSwap<ClusterPart>>,
+    /// The connection limits and timeouts, for the connection gate.
+    pub connections: Arc<ArcSwap<ConnectionLimits>>,
+}
+
+impl Parts {
+    /// The parts of `generation`.
+    pub fn of(generation: &Generation) -> Parts {
+        Parts {
+            issuers: Arc::new(ArcSwap::from_pointee(generation.auth.issuers.clone())),
+            pools: Arc::new(ArcSwap::from_pointee(generation.pools.clone())),
+            cluster: Arc::new(ArcSwap::from_pointee(generation.cluster_part())),
+            connections: Arc::new(ArcSwap::from_pointee(generation.connections)),
+        }
+    }
+
+    /// Publish `generation`'s parts in place of the ones before.
+    pub fn publish(&self, generation: &Generation) {
+        self.issuers
+            .store(Arc::new(generation.auth.issuers.clone()));
+        self.pools.store(Arc::new(generation.pools.clone()));
+        self.cluster.store(Arc::new(generation.cluster_part()));
+        self.connections.store(Arc::new(generation.connections));
+    }
+}
+
+impl Generation {
+    fn cluster_part(&self) -> ClusterPart {
+        ClusterPart {
+            cluster: self.config.cluster.clone(),
+            limiters: self
+                .routes
+                .iter()
+                .flat_map(|r| r.limits.all())
+                .filter(|l| l.cluster.is_some())
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+upstreams:
+  - name: orders
+    targets: [\"127.0.0.1:9001\", \"127.0.0.1:9002\"]
+    health_check: { http: { path: /healthz }, interval: 1s }
+routes:
+  - name: orders
+    match: { path_prefix: /v1/orders, methods: [GET] }
+    upstream: orders
+";
+
+    #[test]
+    fn builds_a_valid_config() {
+        let rt = Generation::from_yaml(BASE).unwrap();
+        assert_eq!(rt.routes.len(), 1);
+        assert_eq!(rt.pools[0].targets.len(), 2);
+        assert!(rt.pools[0].probe.is_some());
+        let i = rt
+            .table
+            .lookup("x", "/v1/orders/1", &http::Method::GET)
+            .unwrap();
+        assert_eq!(rt.routes[i].name, "orders");
+    }
+
+    #[test]
+    fn connection_settings_compile_and_zero_limits_are_refused() {
+        let rt = Generation::from_yaml(&format!(
+            "server:\n  max_connections: 10\n  max_connections_per_ip: 2\n  \
+             keepalive_timeout: 5s\n  request_header_timeout: 3s\n{BASE}"
+        ))
+        .unwrap();
+        let c = rt.connections;
+        assert_eq!((c.max, c.max_per_ip), (Some(10), Some(2)));
+        assert_eq!(c.keepalive, std::time::Duration::from_secs(5));
+        assert_eq!(c.request_header_timeout, std::time::Duration::from_secs(3));
+        let defaults = Generation::from_yaml(BASE).unwrap().connections;
+        assert_eq!((defaults.max, defaults.max_per_ip), (None, None));
+        assert_eq!(defaults.keepalive, std::time::Duration::from_secs(60));
+        assert_eq!(
+            defaults.request_header_timeout,
+            std::time::Duration::from_secs(10)
+        );
+
+        let err = Generation::from_yaml(&format!(
+            "server:\n  max_connections: 0\n  max_connections_per_ip: 0\n  \
+             request_header_timeout: 0s\n{BASE}"
+        ))
+        .unwrap_err();
+        let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.max_connections",
+                "server.max_connections_per_ip",
+                "server.request_header_timeout"
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_path_and_line() {
+        let text = "
+listeners:
+  - address: \"nowhere\"
+upstreams:
+  - name: a
+    targets: [\"127.0.0.1\"]
+    hash_on: client_ip
+routes:
+  - name: r
+    match: { host: \"bad host\", path_prefix: x, methods: [FETCH] }
+    upstream: missing
+";
+        let err = Generation::from_yaml(text).unwrap_err();
+        let got: Vec<(String, Option<usize>)> = err
+            .issues()
+            .iter()
+            .map(|i| (i.path.clone(), i.line))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("listeners[0].address".into(), Some(3)),
+                ("upstreams[0].targets[0]".into(), Some(6)),
+                ("upstreams[0].hash_on".into(), Some(7)),
+                ("routes[0].match.host".into(), Some(10)),
+                ("routes[0].match.path_prefix".into(), Some(10)),
+                ("routes[0].match.methods".into(), Some(10)),
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_upstream_and_duplicates() {
+        let text = format!(
+            "{BASE}  - name: orders\n    match: {{ path_prefix: /v1/orders, methods: [GET] }}\n    upstream: nope\n"
+        );
+        let err = Generation::from_yaml(&text).unwrap_err();
+        let msgs: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("routes[1].name: duplicate route `orders`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("routes[1].upstream: no upstream named `nope`")),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn overlapping_routes_are_refused() {
+        let text = format!(
+            "{BASE}  - name: again\n    match: {{ path_prefix: /v1/orders }}\n    upstream: orders\n"
+        );
+        let err = Generation::from_yaml(&text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("route `again` takes the same requests as route `orders`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rate_limit_config_errors() {
+        let text = "
+client_ip: { trusted_proxies: [\"10.0.0.0/8\", nonsense] }
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+    concurrency: { limit: 5, adaptive: true }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    rate_limit:
+      per_ip: { rate: 5/s, burst: 0 }
+      per_user: { rate: 5/s, burst: 5 }
+      per_route: { rate: 5/s, burst: 5, scope: cluster }
+";
+        let err = Generation::from_yaml(text).unwrap_err().to_string();
+        for expected in [
+            "client_ip.trusted_proxies[1]: `nonsense` is not an address or CIDR",
+            "upstreams[0].concurrency: give either `limit` or `adaptive: true`, not both",
+            "routes[0].rate_limit.per_ip.burst: must be at least 1",
+            "routes[0].rate_limit.per_user: needs an auth policy",
+            "routes[0].rate_limit.per_route.scope: `scope: cluster` needs a `cluster:` section",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_limiters_and_caps() {
+        let text = "
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+    concurrency: { adaptive: true, min: 4, max: 50 }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    rate_limit:
+      per_ip: { rate: 5/s, burst: 5 }
+      per_route: { rate: 9/s, burst: 9 }
+";
+        let old = Generation::from_yaml(text).unwrap();
+        let changed = text
+            .replace("rate: 9/s, burst: 9", "rate: 10/s, burst: 10")
+            .replace("rate: 5/s, burst: 5", "rate: 5/s, burst: 5, headers: true");
+        let parsed = Config::parse(&changed).unwrap();
+        let new = Generation::build(&parsed, Some(&old), 2).unwrap();
+        let (o, n) = (&old.routes[0].limits, &new.routes[0].limits);
+        assert!(Arc::ptr_eq(
+            o.per_ip.as_ref().unwrap(),
+            n.per_ip.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            o.per_route.as_ref().unwrap(),
+            n.per_route.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            old.pools[0].concurrency.as_ref().unwrap(),
+            new.pools[0].concurrency.as_ref().unwrap()
+        ));
+    }
+}

@@ -1,0 +1,135 @@
+//! The process's own settings: listeners (addresses and certificates), the admin endpoint and
+//! `server:`. Those read once at start (listeners, admin, threads) are checked at every
+//! compile all the same, so that `check` reports them; a reload that changes them keeps the
+//! old values and says so.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{Config, Issues};
+
+/// Check the process settings: listener and admin addresses (parsed, none twice, the admin
+/// apart), listener certificates (loaded as the listener will load them), and the `server:`
+/// numbers that have a floor.
+pub fn check(config: &Config, issues: &mut Issues<'_>) {
+    let mut seen = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}].address");
+        match l.address.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !seen.insert(addr) {
+                    issues.push(path, format!("address `{}` is listed twice", l.address));
+                }
+            }
+            Err(_) => issues.push(path, format!("`{}` is not an `ip:port` address", l.address)),
+        }
+        if let Some(tls) = &l.tls {
+            let mut readable = true;
+            for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(file) {
+                    readable = false;
+                    issues.push(
+                        format!("listeners[{i}].tls.{field}"),
+                        format!("cannot read `{}`: {e}", file.display()),
+                    );
+                }
+            }
+            if readable {
+                if let Err(e) = check_tls_pair(&tls.cert, &tls.key) {
+                    issues.push(format!("listeners[{i}].tls"), e);
+                }
+            }
+        }
+    }
+    if let Some(admin) = &config.admin {
+        match admin.address.parse::<SocketAddr>() {
+            Ok(addr) if seen.contains(&addr) => issues.push(
+                "admin.address",
+                format!("`{}` is also a proxy listener", admin.address),
+            ),
+            Ok(_) => {}
+            Err(_) => issues.push(
+                "admin.address",
+                format!("`{}` is not an `ip:port` address", admin.address),
+            ),
+        }
+    }
+    if config.server.threads == Some(0) {
+        issues.push("server.threads", "must be at least 1");
+    }
+    if config.server.max_request_header_bytes < 1024 {
+        issues.push("server.max_request_header_bytes", "must be at least 1024");
+    }
+    for (field, value) in [
+        ("server.max_connections", config.server.max_connections),
+        (
+            "server.max_connections_per_ip",
+            config.server.max_connections_per_ip,
+        ),
+    ] {
+        if value == Some(0) {
+            issues.push(field, "must be at least 1 (leave it out for no limit)");
+        }
+    }
+    if config.server.request_header_timeout.0.is_zero() {
+        issues.push("server.request_header_timeout", "must be more than 0");
+    }
+}
+
+/// Load a certificate and key as the TLS listener will. Pingora loads them only when its
+/// listener thread starts and panics there on a bad file, leaving a process without
+/// listeners; here a bad pair is a config error that `check` reports and `run` refuses.
+fn check_tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let Ok(Some((chain, private_key))) = pingora::tls::load_certs_and_key_files(&cert, &key) else {
+        return Err(format!(
+            "`{cert}` must hold a PEM certificate and `{key}` a PEM private key"
+        ));
+    };
+    // Without a process-wide provider `ServerConfig::builder` would panic; this installs
+    // the same ring provider Pingora's listener uses, once.
+    pingora::tls::install_default_crypto_provider();
+    pingora::tls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map(drop)
+        .map_err(|e| format!("`{cert}` and `{key}` are not a usable certificate and key: {e}"))
+}
+
+/// The connection settings of one config generation, compiled from `server:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; `None`: no limit.
+    pub max: Option<usize>,
+    /// Most connections open at once from one client IP; `None`: no limit.
+    pub max_per_ip: Option<usize>,
+    /// How long an idle connection waits for its next request (`keepalive_timeout`).
+    pub keepalive: Duration,
+    /// The same for Pingora, which counts whole seconds and reads 0 as "forever": rounded
+    /// up, `None` for no keep-alive (`keepalive_timeout: 0s`). Pingora applies it to each
+    /// read of a request's headers.
+    pub keepalive_secs: Option<u64>,
+    /// Time a request's headers may take: from the start of the connection for its first
+    /// request, from the first byte for the next ones.
+    pub request_header_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Compile the `server:` fields.
+    pub fn from_config(server: &crate::config::ServerConfig) -> ConnectionLimits {
+        let keepalive = server.keepalive_timeout.0;
+        let keepalive_secs = if keepalive.is_zero() {
+            None
+        } else {
+            Some(keepalive.as_secs() + u64::from(keepalive.subsec_nanos() > 0))
+        };
+        ConnectionLimits {
+            max: server.max_connections,
+            max_per_ip: server.max_connections_per_ip,
+            keepalive,
+            keepalive_secs,
+            request_header_timeout: server.request_header_timeout.0,
+        }
+    }
+}
