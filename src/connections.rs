@@ -22,6 +22,7 @@ use pingora::server::ShutdownWatch;
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
+use crate::memory::Activity;
 use crate::metrics::METRICS;
 use crate::reload::Reloader;
 
@@ -194,6 +195,7 @@ pub struct Connections<A> {
     proxy: Arc<A>,
     reloader: Arc<Reloader>,
     admission: Arc<Admission>,
+    activity: Arc<Activity>,
 }
 
 impl<A> Connections<A> {
@@ -205,7 +207,22 @@ impl<A> Connections<A> {
             proxy,
             reloader,
             admission: Arc::new(Admission::default()),
+            activity: Arc::new(Activity::default()),
         }
+    }
+
+    /// What the memory housekeeper watches: this app's runtime and its closed connections.
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
+    }
+}
+
+/// Counts the connection as closed for the housekeeper when dropped.
+struct Closing<'a>(&'a Activity);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.closed();
     }
 }
 
@@ -266,6 +283,8 @@ where
             }
         };
         m.connections_accepted.inc();
+        self.activity.note_runtime();
+        let _closing = Closing(&self.activity);
 
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 streams run in tasks of their own: Pingora's connection loop as it is.
