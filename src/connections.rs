@@ -5,7 +5,8 @@
 //! connection (after the TLS handshake), which is where a connection is admitted or closed at
 //! once, counted while open (an RAII [`Ticket`]), and where each HTTP/1 request on it is given
 //! its time limit. It never reads or writes the connection itself and decides nothing about
-//! requests: the proxy does that.
+//! requests: the proxy does that. It also tells the memory housekeeper ([`crate::memory`])
+//! which runtime its connections run on and when they close.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
