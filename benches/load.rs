@@ -1429,9 +1429,10 @@ fn idle_table(s: &Settings, runs: &[IdleRun]) -> String {
         "{} keep-alive connections opened one after another, each after one `GET {PATH}` \
          answered in full, then left idle; the proxy's resident memory (VmRSS) read 1 s after \
          start-up (before), 2 s after the last one opened (open), and {} s after they all \
-         closed (after), then 1 s after 100 more requests on new connections (after + traffic: \
-         mimalloc purges freed pages only when the thread that freed them allocates again). \
-         Per connection: (open − before) / connections, in kB of 1,000 bytes. One worker \
+         closed (after; with no traffic in between, Portcullis's memory housekeeper must hand \
+         the freed pages back, as mimalloc by itself purges them only when the thread that \
+         freed them allocates again), then 1 s after 100 more requests on new connections \
+         (after + traffic). Per connection: (open − before) / connections, in kB of 1,000 bytes. One worker \
          thread each, pinned as above; keep-alive 300 s for Portcullis and HAProxy, Pingora's \
          fixed 60 s for the bare proxy.\n",
         thousands(s.idle_conns as f64),
@@ -1439,19 +1440,20 @@ fn idle_table(s: &Settings, runs: &[IdleRun]) -> String {
     );
     let _ = writeln!(
         r,
-        "| system | listener | before | open | **per idle connection** | after | after + traffic | after + traffic / before |"
+        "| system | listener | before | open | **per idle connection** | after | **after / before** | after + traffic | after + traffic / before |"
     );
-    let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(r, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for run in runs {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.1} MiB | {:.1} MiB | **{:.1} kB** | {:.1} MiB | {:.1} MiB | {:.2}× |",
+            "| {} | {} | {:.1} MiB | {:.1} MiB | **{:.1} kB** | {:.1} MiB | **{:.2}×** | {:.1} MiB | {:.2}× |",
             run.system.name(),
             if run.tls { "TLS" } else { "plain" },
             run.before_kib as f64 / 1024.0,
             run.open_kib as f64 / 1024.0,
             run.per_conn_bytes() / 1000.0,
             run.after_kib as f64 / 1024.0,
+            run.after_kib as f64 / run.before_kib.max(1) as f64,
             run.traffic_kib as f64 / 1024.0,
             run.traffic_kib as f64 / run.before_kib.max(1) as f64
         );

@@ -5,7 +5,8 @@
 //! connection (after the TLS handshake), which is where a connection is admitted or closed at
 //! once, counted while open (an RAII [`Ticket`]), and where each HTTP/1 request on it is given
 //! its time limit. It never reads or writes the connection itself and decides nothing about
-//! requests: the proxy does that.
+//! requests: the proxy does that. It also tells the memory housekeeper ([`crate::memory`])
+//! which runtime its connections run on and when they close.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use pingora::server::ShutdownWatch;
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
+use crate::memory::Activity;
 use crate::metrics::METRICS;
 pub use crate::settings::ConnectionLimits;
 
@@ -156,6 +158,7 @@ pub struct Connections<A> {
     proxy: Arc<A>,
     limits: Arc<arc_swap::ArcSwap<ConnectionLimits>>,
     admission: Arc<Admission>,
+    activity: Arc<Activity>,
 }
 
 impl<A> Connections<A> {
@@ -172,7 +175,22 @@ impl<A> Connections<A> {
             proxy,
             limits,
             admission: Arc::new(Admission::default()),
+            activity: Arc::new(Activity::default()),
         }
+    }
+
+    /// What the memory housekeeper watches: this app's runtime and its closed connections.
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
+    }
+}
+
+/// Counts the connection as closed for the housekeeper when dropped.
+struct Closing<'a>(&'a Activity);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.closed();
     }
 }
 
@@ -235,6 +253,8 @@ where
             }
         };
         m.connections_accepted.inc();
+        self.activity.note_runtime();
+        let _closing = Closing(&self.activity);
 
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // HTTP/2 streams run in tasks of their own: Pingora's connection loop as it is.

@@ -3,7 +3,7 @@
 //! The binary (`src/main.rs`) only parses the command line; everything lives here:
 //! [`config`] (the YAML file), [`runtime`] (its compiled form), [`routing`], [`upstream`]
 //! (pools, balancing, health), [`connections`] (limits and timeouts per client connection), [`proxy`] (the request path), [`reload`], [`admin`],
-//! [`metrics`], [`access_log`], [`server`] (wiring) and [`demo`].
+//! [`metrics`], [`memory`] (handing freed memory back), [`access_log`], [`server`] (wiring) and [`demo`].
 
 pub mod access_log;
 pub mod admin;
@@ -15,6 +15,7 @@ pub mod connections;
 pub mod demo;
 pub mod generation;
 pub mod headers;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

@@ -15,6 +15,23 @@ use portcullis::reload::Reloader;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// mimalloc's own C API, from the library the `mimalloc` crate links. Declared here rather
+// than through `libmimalloc-sys`, whose declaration needs its `extended` feature and a new
+// dependency (`cty`) for this one function.
+extern "C" {
+    fn mi_collect(force: bool);
+}
+
+/// Hand the memory the calling thread freed (and mimalloc's empty arenas) back to the
+/// system now instead of on this thread's next allocations: the release hook of
+/// `portcullis::memory`, run on each proxy worker once traffic stops after connections closed.
+#[allow(unsafe_code)]
+fn release_freed_memory() {
+    // SAFETY: `void mi_collect(bool force)` takes no pointers and may be called from any
+    // thread at any time; it only walks the calling thread's heap and the shared arenas.
+    unsafe { mi_collect(true) }
+}
+
 /// An authenticating edge proxy on Pingora.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -177,6 +194,7 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    portcullis::memory::set_release(release_freed_memory);
     match cli.command {
         Command::Check { config } => match Reloader::from_file(&config) {
             Ok(reloader) => {

@@ -64,6 +64,9 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "portcullis_connections_refused_tota
 /// `portcullis_connections_header_timeouts_total`: connections closed because their request
 /// headers were not complete within `server.request_header_timeout`.
 pub const CONNECTIONS_HEADER_TIMEOUTS_TOTAL: &str = "portcullis_connections_header_timeouts_total";
+/// `portcullis_memory_releases_total`: times freed memory was handed back to the system after
+/// connections closed and the proxy went quiet (see `crate::memory`).
+pub const MEMORY_RELEASES_TOTAL: &str = "portcullis_memory_releases_total";
 
 /// The metrics, registered on first use.
 pub struct Metrics {
@@ -117,6 +120,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// See [`CONNECTIONS_HEADER_TIMEOUTS_TOTAL`].
     pub connections_header_timeouts: IntCounter,
+    /// See [`MEMORY_RELEASES_TOTAL`].
+    pub memory_releases: IntCounter,
 }
 
 /// Status classes used as the `status_class` label, indexed by `status / 100`.
@@ -275,6 +280,12 @@ impl Metrics {
                  server.request_header_timeout."
             )
             .expect("register connection header timeouts"),
+            memory_releases: register_int_counter!(
+                MEMORY_RELEASES_TOTAL,
+                "Times freed memory was handed back to the system after connections closed and \
+                 the proxy went quiet."
+            )
+            .expect("register memory releases"),
         }
     }
 }

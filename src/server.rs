@@ -99,10 +99,9 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
         &server.configuration,
         Portcullis::new(Arc::clone(&reloader), access_log.clone()),
     );
-    let mut proxy_service = Service::new(
-        "portcullis proxy".into(),
-        Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections)),
-    );
+    let connections = Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections));
+    let activity = connections.activity();
+    let mut proxy_service = Service::new("portcullis proxy".into(), connections);
     for listener in &config.listeners {
         let endpoint = ListenerConfig::tcp(listener.address.clone());
         let endpoint = match &listener.tls {
@@ -154,6 +153,13 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
         background_service("config watcher", ConfigWatcher::new(Arc::clone(&reloader)));
     watcher.threads = Some(1);
     server.add_service(watcher);
+    // Idle (a look every 5 s) unless the binary installed a release hook.
+    let mut housekeeper = background_service(
+        "memory housekeeping",
+        crate::memory::Housekeeper::new(activity),
+    );
+    housekeeper.threads = Some(1);
+    server.add_service(housekeeper);
     extra(&mut server);
 
     tracing::info!(

@@ -264,3 +264,63 @@ async fn an_idle_keepalive_connection_costs_at_most_20_kb() {
     );
     drop(idle);
 }
+
+/// Issue 13's other bound: once idle connections close and the traffic stops, the proxy's
+/// resident memory comes back within 10% of what it was before they opened, with no new
+/// traffic to make the allocator give back what was freed (the memory housekeeper does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_comes_back_when_closed_connections_leave_the_proxy_quiet() {
+    const N: usize = 2000;
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start(&body(&up)).await;
+    let pid = proxy.pid();
+    // Warm up as above, so that "before" holds what any proxy keeps after its first traffic.
+    let mut warm = Vec::new();
+    for _ in 0..N / 4 {
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(request(&mut s).await, Ok(200));
+        warm.push(s);
+    }
+    drop(warm);
+    let quiet = |what: &'static str, bound: usize| {
+        eventually(what, Duration::from_secs(10), move || async move {
+            let open = sockets(pid);
+            if open < bound {
+                Ok(())
+            } else {
+                Err(format!("{open} sockets open"))
+            }
+        })
+    };
+    quiet("the warm-up connections to close", N / 8).await;
+    let before = rss_kib(pid);
+
+    let mut idle = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(request(&mut s).await, Ok(200));
+        idle.push(s);
+    }
+    let open = rss_kib(pid);
+    assert!(
+        open > before + before / 5,
+        "RSS {before} -> {open} KiB: too little growth to tell anything"
+    );
+    drop(idle);
+    quiet("the connections to close", N / 8).await;
+    // No request from here on: only /proc is read.
+    eventually(
+        "resident memory back within 10% of before",
+        Duration::from_secs(60),
+        || async {
+            let now = rss_kib(pid);
+            if now * 10 <= before * 11 {
+                Ok(())
+            } else {
+                Err(format!("RSS {before} -> {open} -> {now} KiB"))
+            }
+        },
+    )
+    .await;
+    assert!(proxy.metric("portcullis_memory_releases_total", &[]).await >= 1.0);
+}
