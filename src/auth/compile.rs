@@ -50,7 +50,7 @@ fn issuer_source(
         return None;
     }
     if ic.discovery {
-        if let Err(e) = issuer::check_fetch_url(&ic.issuer) {
+        if let Err(e) = super::fetch::check_fetch_url(&ic.issuer) {
             issues.push(
                 format!("{path}.issuer"),
                 format!("discovery needs an issuer URL: {e}"),
@@ -60,7 +60,7 @@ fn issuer_source(
         return Some((KeySource::Discovery(ic.issuer.clone()), None));
     }
     if let Some(uri) = &ic.jwks_uri {
-        if let Err(e) = issuer::check_fetch_url(uri) {
+        if let Err(e) = super::fetch::check_fetch_url(uri) {
             issues.push(format!("{path}.jwks_uri"), e);
             return None;
         }

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod compile;
 pub mod crypto;
+pub mod fetch;
 pub mod identity;
 pub mod issuer;
 pub mod keys;

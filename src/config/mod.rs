@@ -5,8 +5,10 @@
 //! [`crate::generation`]'s job. Parsing reports every error it can find at once, each with the
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
+pub mod limits;
 mod lines;
 pub mod types;
+pub mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,8 +16,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+pub use limits::*;
 pub use lines::LineIndex;
 pub use types::*;
+pub use values::*;
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -8,35 +8,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-/// A duration written like `500ms`, `5s`, `10m` or `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as `500ms`, `5s` or `10m`")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s.trim())
-                    .map(Dur)
-                    .map_err(|e| E::custom(format!("invalid duration `{s}`: {e}")))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Dur, E> {
-                Err(E::custom(format!(
-                    "a duration needs a unit: write `{n}s` or `{n}ms`"
-                )))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
-                self.visit_u64(n.unsigned_abs())
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+use super::limits::RateLimitConfig;
+use super::values::Dur;
 
 /// A listener for client traffic.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -485,122 +458,6 @@ fn default_fetch_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
-/// A rate written `N/s`, `N/min` or `N/h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Requests per period.
-    pub count: u64,
-    /// The period.
-    pub per: Duration,
-}
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let bad = || {
-            de::Error::custom(format!(
-                "invalid rate `{s}`, expected `N/s`, `N/min` or `N/h`"
-            ))
-        };
-        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = n.trim().parse().map_err(|_| bad())?;
-        let per = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            _ => return Err(bad()),
-        };
-        if count == 0 {
-            return Err(de::Error::custom("a rate must be more than zero"));
-        }
-        Ok(Rate { count, per })
-    }
-}
-
-/// Where a limit's buckets live.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitScope {
-    /// In this node only.
-    #[default]
-    Local,
-    /// Shared by every node through Redis (needs `cluster:`).
-    Cluster,
-}
-
-/// One token-bucket limit.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitConfig {
-    /// Sustained rate.
-    pub rate: Rate,
-    /// Requests allowed at once on a full bucket.
-    pub burst: u64,
-    /// `local` (default) or `cluster`.
-    #[serde(default)]
-    pub scope: LimitScope,
-    /// Send `RateLimit-Policy` and `RateLimit` on allowed responses too (always on 429).
-    #[serde(default)]
-    pub headers: bool,
-    /// For `per_user`: the claim (dotted path) that names the user. Default `sub`.
-    #[serde(default)]
-    pub claim: Option<String>,
-    /// Most keys (clients, users) tracked; past it, the buckets nearest full go first.
-    #[serde(default = "default_max_keys")]
-    pub max_keys: u64,
-}
-
-impl LimitConfig {
-    /// The settings that define its buckets (everything but `headers`): a reload that
-    /// changes only whether headers are sent keeps the buckets.
-    pub fn bucket_settings(&self) -> (Rate, u64, LimitScope, Option<String>, u64) {
-        (
-            self.rate,
-            self.burst,
-            self.scope,
-            self.claim.clone(),
-            self.max_keys,
-        )
-    }
-}
-
-fn default_max_keys() -> u64 {
-    1_000_000
-}
-
-/// A route's rate limits.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Per client IP, before authentication: protects the verifier too.
-    #[serde(default)]
-    pub per_ip: Option<LimitConfig>,
-    /// Per user (a claim of the verified token), after authentication.
-    #[serde(default)]
-    pub per_user: Option<LimitConfig>,
-    /// For the whole route.
-    #[serde(default)]
-    pub per_route: Option<LimitConfig>,
-    /// Failed token checks per client IP; once spent, the IP is refused before any check.
-    #[serde(default)]
-    pub auth_failures_per_ip: Option<LimitConfig>,
-}
-
-/// Limits shared across a fleet through Redis.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// `redis://host:port/db`.
-    pub redis: String,
-    /// How often each node reconciles its buckets with Redis.
-    #[serde(default = "default_sync_interval")]
-    pub sync_interval: Dur,
-}
-
-fn default_sync_interval() -> Dur {
-    Dur(Duration::from_millis(100))
-}
-
 /// How the client address is found.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -682,6 +539,7 @@ fn default_token_ttl() -> Dur {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::values::Rate;
 
     #[test]
     fn rates() {

@@ -1,0 +1,164 @@
+//! Fetching an issuer's documents (discovery and key sets): which URLs may be fetched, at
+//! every redirect hop; the one HTTP client; errors and log lines without URLs' secrets; and
+//! `Cache-Control: max-age`.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use super::keys::MAX_JWKS_BYTES;
+
+/// Most redirects one fetch follows.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Key sets are fetched over HTTPS; plain HTTP only to a loopback address (tests, sidecars).
+///
+/// # Errors
+/// A message when the URL is not allowed.
+pub fn check_fetch_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+    check_url(&parsed).map_err(|why| format!("`{url}` {why}"))
+}
+
+/// [`check_fetch_url`] on a parsed URL; the reason does not name the URL.
+pub(super) fn check_url(url: &reqwest::Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err("must use https (plain http only to loopback)".into())
+            }
+        }
+        other => Err(format!("has unsupported scheme `{other}`")),
+    }
+}
+
+/// Whether a fetch that has been at `previous` (the URL asked for first) may go on to `next`:
+/// `next` passes [`check_fetch_url`]'s rule, and after https never plain http.
+pub(super) fn check_hop(previous: &[reqwest::Url], next: &reqwest::Url) -> Result<(), String> {
+    let shown = redacted(next);
+    check_url(next).map_err(|why| format!("`{shown}` refused: {why}"))?;
+    if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
+        return Err(format!(
+            "`{shown}` refused: no step down from https to plain http"
+        ));
+    }
+    Ok(())
+}
+
+/// `url` without user, password, query or fragment: what a log may show of a URL that a
+/// server chose.
+pub(super) fn redacted(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Follow a redirect only as far as [`MAX_REDIRECTS`] hops, each passing [`check_hop`].
+pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        // `previous` holds every URL requested so far, the first one included.
+        let verdict = if attempt.previous().len() > MAX_REDIRECTS {
+            Err(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            check_hop(attempt.previous(), attempt.url()).map_err(|why| format!("redirect to {why}"))
+        };
+        match verdict {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
+        }
+    })
+}
+
+static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy())
+        .referer(false)
+        .build()
+        .ok()
+});
+
+/// GET a small document, bounded in time and size, following redirects as
+/// [`redirect_policy`] allows. Gives the body, any `max-age` and the URL it came from.
+pub(super) async fn get(
+    url: &str,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Option<Duration>, reqwest::Url), String> {
+    let client = CLIENT.as_ref().ok_or("HTTP client unavailable")?;
+    let fetch = async {
+        let mut resp = client
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {}", without_url(&e)))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: status {}", resp.status()));
+        }
+        let max_age = resp
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
+        let fetched_from = resp.url().clone();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("GET {url}: {}", without_url(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!(
+                    "GET {url}: document larger than {MAX_JWKS_BYTES} bytes"
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, max_age, fetched_from))
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
+}
+
+pub(super) fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(&format!(" for url ({url})"), "");
+        s = s.replace(url.as_str(), "");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+pub(super) fn max_age(cache_control: &str) -> Option<Duration> {
+    cache_control.split(',').find_map(|directive| {
+        let (name, value) = directive.trim().split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("max-age") {
+            value
+                .trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+                .map(Duration::from_secs)
+        } else {
+            None
+        }
+    })
+}
