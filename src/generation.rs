@@ -264,6 +264,12 @@ impl Generation {
                     &ratelimit::LimitKind::ALL.map(ratelimit::LimitKind::name),
                 ),
                 Some(kept) => {
+                    if route.policy.is_some() && kept.policy.is_none() {
+                        crate::metrics::forget_auth_decisions(
+                            &route.name,
+                            crate::auth::AuthError::reasons(),
+                        );
+                    }
                     for limiter in route.limits.all() {
                         if !kept.limits.all().any(|l| l.kind == limiter.kind) {
                             ratelimit::Limiter::forget(&route.name, limiter.kind);
@@ -519,5 +525,28 @@ routes:
             old.pools[0].concurrency.as_ref().unwrap(),
             new.pools[0].concurrency.as_ref().unwrap()
         ));
+    }
+
+    /// A kept route that stops checking tokens loses its token-check series at the commit.
+    #[test]
+    fn a_route_that_stops_checking_tokens_loses_its_auth_series() {
+        let config = |auth: &str| {
+            format!(
+                "issuers:\n  - name: files\n    issuer: https://files.test/\n    jwks_file: {}/config/keys/example-jwks.json\n    audiences: [api]\nupstreams:\n  - name: u\n    targets: [\"127.0.0.1:9\"]\nroutes:\n  - name: stops-checking\n    match: {{ path_prefix: / }}\n    upstream: u\n    auth: {auth}\n",
+                env!("CARGO_MANIFEST_DIR")
+            )
+        };
+        let series = || {
+            crate::metrics::render().lines().any(|l| {
+                l.starts_with("portcullis_auth_decisions_total") && l.contains("stops-checking")
+            })
+        };
+        let first = Generation::from_yaml(&config("{ issuers: [files] }")).unwrap();
+        first.commit(None);
+        assert!(series(), "a route with a policy has its allowed series");
+        let second = Generation::from_yaml(&config("none")).unwrap();
+        assert!(series(), "compiling changes nothing");
+        second.commit(Some(&first));
+        assert!(!series(), "the commit dropped them");
     }
 }

@@ -360,6 +360,19 @@ impl RouteMetrics {
     }
 }
 
+/// Drop the token-check series of route `name`: it was removed, or no longer checks tokens.
+pub fn forget_auth_decisions<'a>(name: &str, reasons: impl IntoIterator<Item = &'a str>) {
+    let m = &*METRICS;
+    let _ = m
+        .auth_decisions
+        .remove_label_values(&[name, "allowed", "ok"]);
+    for reason in reasons {
+        let _ = m
+            .auth_decisions
+            .remove_label_values(&[name, "denied", reason]);
+    }
+}
+
 /// Drop the series of a route that a reload removed, so dashboards do not show it forever:
 /// `auth_reasons` are the denial reasons and `limits` the limit names its series may carry.
 pub fn forget_route<'a>(
@@ -372,14 +385,7 @@ pub fn forget_route<'a>(
         let _ = m.requests.remove_label_values(&[name, class]);
     }
     let _ = m.request_duration.remove_label_values(&[name]);
-    let _ = m
-        .auth_decisions
-        .remove_label_values(&[name, "allowed", "ok"]);
-    for reason in auth_reasons {
-        let _ = m
-            .auth_decisions
-            .remove_label_values(&[name, "denied", reason]);
-    }
+    forget_auth_decisions(name, auth_reasons);
     for limit in limits {
         for result in ["allowed", "denied"] {
             let _ = m
