@@ -855,6 +855,19 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
+/// The bare Pingora proxy on `addr`, one worker thread, forwarding to `upstream`.
+fn bare(t: &Tools, cpu: Option<&str>, addr: SocketAddr, upstream: SocketAddr) -> Command {
+    let args = [
+        "--listen".into(),
+        addr.to_string(),
+        "--upstream".into(),
+        upstream.to_string(),
+        "--threads".into(),
+        "1".into(),
+    ];
+    pinned(cpu, &t.bare, &args)
+}
+
 /// `program args` under `bash` with the open-file limit raised (5,000 connections need it)
 /// and pinned to `cpu`. Both `bash` and `taskset` exec, so the child's pid is the program's.
 fn pinned(cpu: Option<&str>, program: &Path, args: &[String]) -> Command {
@@ -1079,17 +1092,7 @@ fn run_one(
             let args = ["run".into(), "--config".into(), path.display().to_string()];
             pinned(cpu, &t.portcullis, &args)
         }
-        System::Bare => {
-            let args = [
-                "--listen".into(),
-                addr.to_string(),
-                "--upstream".into(),
-                w.upstream.to_string(),
-                "--threads".into(),
-                "1".into(),
-            ];
-            pinned(cpu, &t.bare, &args)
-        }
+        System::Bare => bare(t, cpu, addr, w.upstream),
         System::Haproxy => {
             let path = w.dir.join(format!("{tag}.cfg"));
             std::fs::write(&path, haproxy_config(case, w, addr)).unwrap();
@@ -1321,15 +1324,7 @@ fn idle_run(
         }
         System::Bare => {
             assert!(!tls, "bare Pingora serves plain HTTP only");
-            let args = [
-                "--listen".into(),
-                addr.to_string(),
-                "--upstream".into(),
-                w.upstream.to_string(),
-                "--threads".into(),
-                "1".into(),
-            ];
-            pinned(cpu, &t.bare, &args)
+            bare(t, cpu, addr, w.upstream)
         }
         System::Haproxy => {
             let path = w.dir.join(format!("{tag}.cfg"));
