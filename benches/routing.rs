@@ -168,6 +168,7 @@ fn header_rewrite(c: &mut Criterion) {
     let owned = headers::OwnedHeaders::new(
         &[http::HeaderName::from_static("x-user-id")],
         Default::default(),
+        Default::default(),
     );
     group.bench_function("request_clone_only", |b| {
         b.iter_batched(|| (), |()| black_box(req.clone()), BatchSize::SmallInput)

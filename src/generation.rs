@@ -208,6 +208,7 @@ impl Generation {
         let owned_headers = OwnedHeaders::new(
             &auth.identity_headers,
             config.server.headers_with_underscores,
+            config.server.method_override_headers,
         );
         issues.finish(Generation {
             number,

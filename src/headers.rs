@@ -10,7 +10,7 @@ use http::response::Parts as RespParts;
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::HeadersWithUnderscores;
+use crate::config::{HeadersWithUnderscores, MethodOverrideHeaders};
 
 // Names as constants: a `&str` name is parsed again on every call, on every request.
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -131,12 +131,19 @@ pub struct OwnedHeaders {
     /// is compared with under `allow`.
     owned: Vec<Box<str>>,
     underscores: HeadersWithUnderscores,
+    /// Whether [`METHOD_OVERRIDE`] headers are removed (`strip`) or forwarded (`honor`).
+    overrides: MethodOverrideHeaders,
 }
 
 impl OwnedHeaders {
     /// The owned set for a config whose routes forward claims in `identity` (names without
-    /// `_`, which the config refuses).
-    pub fn new(identity: &[HeaderName], underscores: HeadersWithUnderscores) -> Self {
+    /// `_`, which the config refuses), with its `server.headers_with_underscores` and
+    /// `server.method_override_headers`.
+    pub fn new(
+        identity: &[HeaderName],
+        underscores: HeadersWithUnderscores,
+        overrides: MethodOverrideHeaders,
+    ) -> Self {
         let mut owned: Vec<Box<str>> = OWNED.iter().map(|n| Box::from(*n)).collect();
         for name in identity {
             if !owned.iter().any(|o| **o == *name.as_str()) {
@@ -147,12 +154,14 @@ impl OwnedHeaders {
             identity: identity.to_vec(),
             owned,
             underscores,
+            overrides,
         }
     }
 
     /// Remove every client header Portcullis owns from a request going upstream: the identity
-    /// headers, `Forwarded`, any `X-Forwarded-*` but the three it sets, and the names spelled
-    /// with `_` (all of them under `drop`; under `allow`, those naming an owned header).
+    /// headers, `Forwarded`, any `X-Forwarded-*` but the three it sets, the method overrides
+    /// under `strip`, and the names spelled with `_` (all of them under `drop`; under `allow`,
+    /// those naming an owned header).
     /// One pass over the names first: most requests carry none of them.
     pub fn strip(&self, headers: &mut HeaderMap) {
         if !headers.keys().any(|k| self.owns(k)) {
@@ -182,7 +191,9 @@ impl OwnedHeaders {
         if let Some(rest) = text.strip_prefix(X_FORWARDED_PREFIX) {
             return !matches!(rest, "for" | "proto" | "host");
         }
-        text == "forwarded" || self.identity.contains(name)
+        text == "forwarded"
+            || self.identity.contains(name)
+            || (self.overrides == MethodOverrideHeaders::Strip && METHOD_OVERRIDE.contains(name))
     }
 }
 
@@ -290,16 +301,6 @@ const HOP_BY_HOP_RESPONSE: [HeaderName; 5] = [
     PROXY_AUTHENTICATE,
     UPGRADE,
 ];
-
-/// Remove every header named in `names`. One pass over the headers first: most requests
-/// carry none of them, and a scan of a few names is cheaper than a hashed probe per name.
-pub fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if headers.keys().any(|k| names.contains(k)) {
-        for name in names {
-            headers.remove(name);
-        }
-    }
-}
 
 /// Remove hop-by-hop headers from a request going upstream. `upgrade` keeps `Upgrade` and
 /// `Connection: upgrade` so WebSocket handshakes pass through.
@@ -525,6 +526,35 @@ mod tests {
         assert_eq!(r.headers["x-kept"], "yes");
     }
 
+    /// Method overrides are owned under `strip` and the client's to send under `honor`;
+    /// their `_` spellings are owned either way (under `allow`).
+    #[test]
+    fn method_overrides_are_stripped_unless_honoured() {
+        for (overrides, kept) in [
+            (MethodOverrideHeaders::Strip, false),
+            (MethodOverrideHeaders::Honor, true),
+        ] {
+            let owned = OwnedHeaders::new(&[], HeadersWithUnderscores::Allow, overrides);
+            let mut r = parts(&[
+                ("host", "h"),
+                ("x-http-method-override", "DELETE"),
+                ("x-http-method", "DELETE"),
+                ("x-method-override", "DELETE"),
+                ("x_http_method_override", "DELETE"),
+            ]);
+            owned.strip(&mut r.headers);
+            for name in &METHOD_OVERRIDE {
+                assert_eq!(
+                    r.headers.contains_key(name),
+                    kept,
+                    "{name} under {overrides:?}"
+                );
+            }
+            assert!(!r.headers.contains_key("x_http_method_override"));
+            assert_eq!(r.headers["host"], "h");
+        }
+    }
+
     fn owned(underscores: HeadersWithUnderscores) -> OwnedHeaders {
         OwnedHeaders::new(
             &[
@@ -532,6 +562,7 @@ mod tests {
                 HeaderName::from_static("x-tenant"),
             ],
             underscores,
+            MethodOverrideHeaders::Strip,
         )
     }
 

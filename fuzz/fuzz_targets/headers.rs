@@ -14,7 +14,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::HeaderMap;
 use libfuzzer_sys::fuzz_target;
 use pingora_http::{RequestHeader, ResponseHeader};
-use portcullis::config::HeadersWithUnderscores;
+use portcullis::config::{HeadersWithUnderscores, MethodOverrideHeaders};
 use portcullis::headers;
 
 const REQUEST_HOP: [&str; 6] = [
@@ -112,7 +112,12 @@ fn check_request(flags: u8, head: &str) {
         HeadersWithUnderscores::Allow
     };
     let strip_overrides = flags & 32 == 0;
-    let owned = headers::OwnedHeaders::new(&identity, underscores);
+    let overrides = if strip_overrides {
+        MethodOverrideHeaders::Strip
+    } else {
+        MethodOverrideHeaders::Honor
+    };
+    let owned = headers::OwnedHeaders::new(&identity, underscores, overrides);
     // An absolute-form target's host, as `admit` keeps it.
     let authority = uri
         .authority()
@@ -122,9 +127,6 @@ fn check_request(flags: u8, head: &str) {
         let map = &mut parts.headers;
         headers::strip_request_hop_by_hop(map, upgrade);
         owned.strip(map);
-        if strip_overrides {
-            headers::remove_all(map, &headers::METHOD_OVERRIDE);
-        }
         if let Some(authority) = &authority {
             map.insert(HOST, authority.clone());
         }

@@ -414,11 +414,8 @@ impl ProxyHttp for Portcullis {
             let map = &mut parts.headers;
             headers::strip_request_hop_by_hop(map, upgrade);
             // No client may send an identity header of its own, on any route, nor any other
-            // header Portcullis owns, in any spelling.
+            // header Portcullis owns (method overrides under `strip`), in any spelling.
             ctx.generation.owned_headers.strip(map);
-            if ctx.generation.method_override == MethodOverrideHeaders::Strip {
-                headers::remove_all(map, &headers::METHOD_OVERRIDE);
-            }
             if let Some(authority) = &ctx.authority {
                 map.insert(http::header::HOST, authority.clone());
             }
