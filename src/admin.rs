@@ -46,24 +46,36 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
     respond(status, "application/json", body.to_string().into_bytes())
 }
 
-/// The readiness report: ready when a config is loaded and every pool has a healthy target.
-pub fn readiness(generation: &Generation) -> (bool, serde_json::Value) {
+/// The readiness report. A node is ready when a config is loaded and its listeners are bound
+/// (both hold once this endpoint answers: the config is loaded before anything serves, and
+/// `run` binds every listener before it starts). Pools and issuers count only when
+/// `readiness:` names them: their state is the same on every node, so failing readiness for
+/// them would only take every node out of the load balancer at once. `verbose` adds each
+/// pool's healthy targets and each issuer's keys, required or not.
+pub fn readiness(generation: &Generation, verbose: bool) -> (bool, serde_json::Value) {
+    let required = &generation.config.readiness;
     let mut not_ready = Vec::new();
     let mut pools = serde_json::Map::new();
     for pool in &generation.pools {
         let healthy = pool.healthy_count();
-        if healthy == 0 {
+        let is_required = required.require_pools.contains(&pool.name);
+        if is_required && healthy == 0 {
             not_ready.push(format!("upstream `{}` has no healthy target", pool.name));
         }
         pools.insert(
             pool.name.clone(),
-            json!({ "healthy": healthy, "targets": pool.targets.len() }),
+            json!({
+                "healthy": healthy,
+                "targets": pool.targets.len(),
+                "required": is_required,
+            }),
         );
     }
     let mut issuers = serde_json::Map::new();
     for issuer in &generation.auth.issuers {
         let keys = issuer.keys();
-        if keys.is_none() {
+        let is_required = required.require_issuers.contains(&issuer.name);
+        if is_required && keys.is_none() {
             not_ready.push(format!("issuer `{}` has no keys yet", issuer.name));
         }
         issuers.insert(
@@ -72,20 +84,31 @@ pub fn readiness(generation: &Generation) -> (bool, serde_json::Value) {
                 "keys": keys.as_ref().map_or(0, |k| k.len()),
                 "stale": issuer.is_stale(),
                 "age_seconds": keys.map(|k| k.loaded_at.elapsed().map_or(0, |d| d.as_secs())),
+                "required": is_required,
             }),
         );
     }
     let ready = not_ready.is_empty();
-    (
-        ready,
+    let body = if verbose {
         json!({
             "ready": ready,
             "generation": generation.number,
             "upstreams": pools,
             "issuers": issuers,
             "not_ready": not_ready,
-        }),
-    )
+        })
+    } else {
+        json!({ "ready": ready, "not_ready": not_ready })
+    };
+    (ready, body)
+}
+
+/// Whether a query string asks for `verbose` (`?verbose`, `?verbose=1`, `?verbose=true`).
+fn wants_verbose(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| matches!(p, "verbose" | "verbose=1" | "verbose=true"))
+    })
 }
 
 #[async_trait]
@@ -93,16 +116,19 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let verbose = wants_verbose(session.req_header().uri.query());
         // Admin requests carry no body worth reading; drain it so keep-alive stays correct.
         let _ = session.drain_request_body().await;
         match (path.as_str(), method) {
             ("/metrics", Method::GET) => respond(StatusCode::OK, "text/plain; version=0.0.4", {
-                self.reloader.current().auth.observe();
+                let generation = self.reloader.current();
+                generation.auth.observe();
+                crate::upstream::observe(&generation.pools);
                 crate::metrics::render().into_bytes()
             }),
             ("/healthz", Method::GET) => json_response(StatusCode::OK, json!({"status": "ok"})),
             ("/readyz", Method::GET) => {
-                let (ready, body) = readiness(&self.reloader.current());
+                let (ready, body) = readiness(&self.reloader.current(), verbose);
                 let status = if ready {
                     StatusCode::OK
                 } else {

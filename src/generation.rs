@@ -451,6 +451,26 @@ routes:
     }
 
     #[test]
+    fn readiness_names_must_exist() {
+        let ok = format!("readiness: {{ require_pools: [orders] }}\n{BASE}");
+        let generation = Generation::from_yaml(&ok).unwrap();
+        assert_eq!(generation.config.readiness.require_pools, ["orders"]);
+        let text = format!(
+            "readiness: {{ require_pools: [orders, ordres], require_issuers: [corp] }}\n{BASE}"
+        );
+        let err = Generation::from_yaml(&text).unwrap_err();
+        let msgs: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "line 1: readiness.require_pools[1]: no upstream named `ordres`",
+                "line 1: readiness.require_issuers[0]: no issuer named `corp`",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn overlapping_routes_are_refused() {
         let text = format!(
             "{BASE}  - name: again\n    match: {{ path_prefix: /v1/orders }}\n    upstream: orders\n"

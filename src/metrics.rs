@@ -17,6 +17,8 @@ pub const REQUESTS_TOTAL: &str = "portcullis_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "portcullis_request_duration_seconds";
 /// `portcullis_upstream_target_healthy{upstream,target}`: 1 healthy, 0 not.
 pub const UPSTREAM_TARGET_HEALTHY: &str = "portcullis_upstream_target_healthy";
+/// `portcullis_upstream_healthy_targets{upstream}`: targets taking traffic, read at scrape.
+pub const UPSTREAM_HEALTHY_TARGETS: &str = "portcullis_upstream_healthy_targets";
 /// `portcullis_upstream_retries_total{upstream}`: connection failures retried on another target.
 pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
 /// `portcullis_config_reloads_total{result}`: reloads, `success` or `failure`.
@@ -76,6 +78,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// See [`UPSTREAM_TARGET_HEALTHY`].
     pub target_healthy: IntGaugeVec,
+    /// See [`UPSTREAM_HEALTHY_TARGETS`].
+    pub healthy_targets: IntGaugeVec,
     /// See [`UPSTREAM_RETRIES_TOTAL`].
     pub upstream_retries: IntCounterVec,
     /// See [`CONFIG_RELOADS_TOTAL`].
@@ -178,6 +182,12 @@ impl Metrics {
                 &["upstream", "target"]
             )
             .expect("register target health"),
+            healthy_targets: register_int_gauge_vec!(
+                UPSTREAM_HEALTHY_TARGETS,
+                "Targets of an upstream that take traffic now.",
+                &["upstream"]
+            )
+            .expect("register healthy targets"),
             upstream_retries: register_int_counter_vec!(
                 UPSTREAM_RETRIES_TOTAL,
                 "Connection failures retried on another target, by upstream.",

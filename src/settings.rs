@@ -75,6 +75,37 @@ pub fn check(config: &Config, issues: &mut Issues<'_>) {
     if config.server.request_header_timeout.0.is_zero() {
         issues.push("server.request_header_timeout", "must be more than 0");
     }
+    check_readiness(config, issues);
+}
+
+/// Every pool and issuer `readiness:` names must exist: a misspelt name would otherwise wait
+/// for nothing, or make a node that is fine look unready.
+fn check_readiness(config: &Config, issues: &mut Issues<'_>) {
+    let pools: HashSet<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let issuers: HashSet<&str> = config.issuers.iter().map(|i| i.name.as_str()).collect();
+    for (field, names, known, what) in [
+        (
+            "require_pools",
+            &config.readiness.require_pools,
+            &pools,
+            "upstream",
+        ),
+        (
+            "require_issuers",
+            &config.readiness.require_issuers,
+            &issuers,
+            "issuer",
+        ),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            if !known.contains(name.as_str()) {
+                issues.push(
+                    format!("readiness.{field}[{i}]"),
+                    format!("no {what} named `{name}`"),
+                );
+            }
+        }
+    }
 }
 
 /// Load a certificate and key as the TLS listener will. Pingora loads them only when its

@@ -31,6 +31,9 @@ pub struct Config {
     /// The admin endpoint: metrics, health, reload.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// What `/readyz` waits for besides a loaded config.
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
     /// Process-wide settings.
     #[serde(default)]
     pub server: ServerConfig,

@@ -40,6 +40,20 @@ pub struct AdminConfig {
     pub address: String,
 }
 
+/// What `/readyz` waits for besides a loaded config and bound listeners. Pools and issuers are
+/// the same on every node, so by default their state does not make a node unready (that would
+/// only empty the Service); name them here to opt in.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// Upstreams that must have a healthy target.
+    #[serde(default)]
+    pub require_pools: Vec<String>,
+    /// Issuers whose keys must be loaded.
+    #[serde(default)]
+    pub require_issuers: Vec<String>,
+}
+
 /// Process-wide settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

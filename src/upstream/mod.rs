@@ -279,6 +279,16 @@ impl Pool {
     }
 }
 
+/// Fill the gauges that read the pools' live state: called at each scrape.
+pub fn observe(pools: &[Arc<Pool>]) {
+    for pool in pools {
+        METRICS
+            .healthy_targets
+            .with_label_values(&[&pool.name])
+            .set(i64::try_from(pool.healthy_count()).unwrap_or(i64::MAX));
+    }
+}
+
 /// The commit step of a reload, once `new` serves in place of `old` (or at start, with no
 /// `old`): the gauges of new targets and caps appear, those of targets and caps that are gone
 /// are dropped, and a pool whose health check was removed takes every target back (no probe
@@ -305,6 +315,9 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
                     .target_healthy
                     .remove_label_values(&[&pool.name, &target.label]);
             }
+        }
+        if kept.is_none() {
+            let _ = METRICS.healthy_targets.remove_label_values(&[&pool.name]);
         }
         if pool.concurrency.is_some() && kept.is_none_or(|p| p.concurrency.is_none()) {
             let _ = METRICS.concurrency_limit.remove_label_values(&[&pool.name]);

@@ -22,6 +22,18 @@ async fn healthz_and_readyz() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "ready": true, "not_ready": [] }),
+        "terse by default"
+    );
+    let resp = http
+        .get(proxy.admin_url("/readyz?verbose"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["ready"], true, "{body}");
     assert_eq!(body["generation"], 1, "{body}");
     assert_eq!(body["upstreams"]["pool"]["healthy"], 1, "{body}");

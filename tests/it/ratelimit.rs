@@ -465,7 +465,7 @@ fn issuers(jwks: &JwksServer) -> String {
 async fn wait_for_keys(proxy: &Proxy) {
     eventually("keys of issuer corp", Duration::from_secs(10), || async {
         let body: Value = client()
-            .get(proxy.admin_url("/readyz"))
+            .get(proxy.admin_url("/readyz?verbose"))
             .send()
             .await
             .map_err(|e| e.to_string())?

@@ -308,7 +308,7 @@ async fn health_state_carries_over_a_reload() {
         "the unhealthy target came back by the reload"
     );
     let ready: serde_json::Value = http
-        .get(proxy.admin_url("/readyz"))
+        .get(proxy.admin_url("/readyz?verbose"))
         .send()
         .await
         .unwrap()
@@ -513,7 +513,7 @@ async fn removing_the_health_check_readmits_every_target() {
         1.0
     );
     let ready: serde_json::Value = http
-        .get(proxy.admin_url("/readyz"))
+        .get(proxy.admin_url("/readyz?verbose"))
         .send()
         .await
         .unwrap()

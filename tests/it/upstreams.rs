@@ -156,7 +156,7 @@ async fn http_check_ejects_a_failing_target_and_readmits_it() {
     assert_eq!(ups[1].hits(), before, "an ejected target got traffic");
 
     let ready: serde_json::Value = http
-        .get(proxy.admin_url("/readyz"))
+        .get(proxy.admin_url("/readyz?verbose"))
         .send()
         .await
         .unwrap()
@@ -233,19 +233,27 @@ async fn tcp_check_ejects_and_readmits() {
     assert_eq!(spread(&proxy, &http, 10).await.get("u0"), Some(&5));
 }
 
+/// `/readyz`, and its status.
+async fn readyz(http: &reqwest::Client, proxy: &Proxy, query: &str) -> (u16, serde_json::Value) {
+    let resp = http
+        .get(proxy.admin_url(&format!("/readyz{query}")))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// A dead pool answers 502 at once; it does not make the node unready (every node would see
+/// the same and the Service would empty), unless `readiness.require_pools` names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_target_ejected_gives_502_at_once_and_readyz_503() {
+async fn every_target_ejected_gives_502_at_once_and_readyz_only_when_required() {
     let mut up = Upstream::start("only").await;
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &[up.addr().to_string()],
-        &[FAST_HTTP_CHECK],
-    )))
-    .await;
+    let body = one_route(&pool("pool", &[up.addr().to_string()], &[FAST_HTTP_CHECK]));
+    let proxy = Proxy::start(&body).await;
     let http = client();
     let target = up.addr().to_string();
-    let ready = http.get(proxy.admin_url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(readyz(&http, &proxy, "").await.0, 200);
 
     up.stop().await;
     proxy
@@ -267,30 +275,53 @@ async fn every_target_ejected_gives_502_at_once_and_readyz_503() {
         assert_eq!(body["error"], "no_healthy_upstream", "{body}");
     }
 
-    let resp = http.get(proxy.admin_url("/readyz")).send().await.unwrap();
-    assert_eq!(resp.status(), 503);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["ready"], false);
-    let reasons = body["not_ready"].to_string();
-    assert!(reasons.contains("pool"), "{body}");
-    assert!(reasons.contains("no healthy target"), "{body}");
-    assert_eq!(body["upstreams"]["pool"]["healthy"], 0, "{body}");
+    // Not required: still ready, and the verbose report and the metrics show the dead pool.
+    let (status, terse) = readyz(&http, &proxy, "").await;
+    assert_eq!(status, 200, "{terse}");
+    assert_eq!(terse["ready"], true, "{terse}");
+    assert!(terse.get("upstreams").is_none(), "terse: {terse}");
+    let (status, verbose) = readyz(&http, &proxy, "?verbose").await;
+    assert_eq!(status, 200, "{verbose}");
+    assert_eq!(verbose["upstreams"]["pool"]["healthy"], 0, "{verbose}");
+    assert_eq!(verbose["upstreams"]["pool"]["required"], false, "{verbose}");
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_upstream_healthy_targets",
+                &[("upstream", "pool")]
+            )
+            .await,
+        0.0
+    );
+
+    // Required: the node is unready while the pool is dead.
+    proxy.write_config(&format!("readiness: {{ require_pools: [pool] }}\n{body}"));
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let (status, terse) = readyz(&http, &proxy, "").await;
+    assert_eq!(status, 503, "{terse}");
+    assert_eq!(terse["ready"], false);
+    let reasons = terse["not_ready"].to_string();
+    assert!(reasons.contains("pool"), "{terse}");
+    assert!(reasons.contains("no healthy target"), "{terse}");
 
     up.restart().await;
     eventually("readyz to recover", Duration::from_secs(10), || async {
-        let s = http
-            .get(proxy.admin_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if s == 200 {
-            Ok(())
-        } else {
-            Err(s.to_string())
+        match readyz(&http, &proxy, "").await {
+            (200, _) => Ok(()),
+            (s, body) => Err(format!("{s} {body}")),
         }
     })
     .await;
+    assert_eq!(
+        proxy
+            .metric(
+                "portcullis_upstream_healthy_targets",
+                &[("upstream", "pool")]
+            )
+            .await,
+        1.0
+    );
     get_echo(&http, &proxy.url("/x")).await;
 }
 
