@@ -39,6 +39,8 @@ pub struct Route {
     pub policy: Option<crate::auth::Policy>,
     /// Its rate limits.
     pub limits: RouteLimits,
+    /// Its timeouts and retries (its own over its pool's).
+    pub forwarding: upstream::forwarding::Forwarding,
 }
 
 /// Everything a request needs, for one generation of the config.
@@ -173,6 +175,8 @@ impl Generation {
             ) else {
                 continue;
             };
+            let forwarding =
+                upstream::forwarding::route(rc, &pool.settings.forwarding, &path, &mut issues);
             matches.push(m);
             routes.push(Route {
                 name: rc.name.clone(),
@@ -180,6 +184,7 @@ impl Generation {
                 metrics: RouteMetrics::new(&rc.name, policy.is_some()),
                 policy,
                 limits,
+                forwarding,
             });
         }
         let table = match RouteTable::build(&matches) {

@@ -26,6 +26,8 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// The request id header, read from the client when well formed and always sent both ways.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Which attempt of the request this is (1, then 2, ... on retries), for the upstream.
+pub const X_PORTCULLIS_ATTEMPTS: HeaderName = HeaderName::from_static("x-portcullis-attempts");
 /// Headers that ask a backend to take a `POST` as another method (Symfony, Laravel, Rails,
 /// ASP.NET): stripped unless `server.method_override_headers` is `honor`.
 pub const METHOD_OVERRIDE: [HeaderName; 3] = [
@@ -98,6 +100,7 @@ fn form_decode(text: &str) -> String {
 /// same `HTTP_*` variable (the bug class of CVE-2024-45614). Lowercase, with `-`.
 pub const OWNED: &[&str] = &[
     "x-request-id",
+    "x-portcullis-attempts",
     // RFC 7239: removed from every request; Portcullis speaks `X-Forwarded-*` only.
     "forwarded",
     // Hop-by-hop and framing: Pingora and Portcullis set or strip them.

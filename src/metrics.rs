@@ -19,8 +19,11 @@ pub const REQUEST_DURATION_SECONDS: &str = "portcullis_request_duration_seconds"
 pub const UPSTREAM_TARGET_HEALTHY: &str = "portcullis_upstream_target_healthy";
 /// `portcullis_upstream_healthy_targets{upstream}`: targets taking traffic, read at scrape.
 pub const UPSTREAM_HEALTHY_TARGETS: &str = "portcullis_upstream_healthy_targets";
-/// `portcullis_upstream_retries_total{upstream}`: connection failures retried on another target.
+/// `portcullis_upstream_retries_total{upstream,reason}`: attempts tried again, by what failed.
 pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
+/// `portcullis_upstream_retry_budget_exhausted_total{upstream}`: retries the budget refused.
+pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL: &str =
+    "portcullis_upstream_retry_budget_exhausted_total";
 /// `portcullis_config_reloads_total{result}`: reloads, `success` or `failure`.
 pub const CONFIG_RELOADS_TOTAL: &str = "portcullis_config_reloads_total";
 /// `portcullis_config_generation`: which config is serving; 1 at start, +1 per reload.
@@ -82,6 +85,8 @@ pub struct Metrics {
     pub healthy_targets: IntGaugeVec,
     /// See [`UPSTREAM_RETRIES_TOTAL`].
     pub upstream_retries: IntCounterVec,
+    /// See [`UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL`].
+    pub retry_budget_exhausted: IntCounterVec,
     /// See [`CONFIG_RELOADS_TOTAL`].
     pub reloads: IntCounterVec,
     /// See [`CONFIG_GENERATION`].
@@ -190,10 +195,16 @@ impl Metrics {
             .expect("register healthy targets"),
             upstream_retries: register_int_counter_vec!(
                 UPSTREAM_RETRIES_TOTAL,
-                "Connection failures retried on another target, by upstream.",
-                &["upstream"]
+                "Attempts tried again, by upstream and what failed.",
+                &["upstream", "reason"]
             )
             .expect("register retries"),
+            retry_budget_exhausted: register_int_counter_vec!(
+                UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL,
+                "Retries not made because the pool's retry budget was spent.",
+                &["upstream"]
+            )
+            .expect("register retry budget"),
             reloads: register_int_counter_vec!(
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads by result (success, failure).",

@@ -5,6 +5,7 @@
 //! [`crate::generation`]'s job. Parsing reports every error it can find at once, each with the
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
+pub mod forwarding;
 pub mod limits;
 mod lines;
 pub mod types;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
 pub use types::*;

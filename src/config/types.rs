@@ -217,9 +217,15 @@ pub struct UpstreamConfig {
     /// Longest wait for each read from the target.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: Dur,
-    /// Further tries on another target when connecting fails.
-    #[serde(default = "default_retries")]
-    pub retries: usize,
+    /// The whole request, first byte to last; default: no limit.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Further tries when connecting fails: the older spelling of `retry.attempts` - 1.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Retries of the routes to this pool, unless a route says otherwise.
+    #[serde(default)]
+    pub retry: Option<super::forwarding::RetryConfig>,
     /// In-flight cap: `{ limit: N }` or `{ adaptive: true, min, max }`.
     #[serde(default)]
     pub concurrency: Option<ConcurrencyConfig>,
@@ -230,9 +236,6 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_read_timeout() -> Dur {
     Dur(Duration::from_secs(30))
-}
-fn default_retries() -> usize {
-    1
 }
 
 /// Active health checking of a pool's targets.
@@ -312,6 +315,18 @@ pub struct RouteConfig {
     /// Rate limits.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Retries, field by field over its pool's.
+    #[serde(default)]
+    pub retry: Option<super::forwarding::RetryConfig>,
+    /// The whole request, first byte to last; default: its pool's.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Time to connect to a target; default: its pool's.
+    #[serde(default)]
+    pub connect_timeout: Option<Dur>,
+    /// Longest wait for each read from the target; default: its pool's.
+    #[serde(default)]
+    pub read_timeout: Option<Dur>,
 }
 
 /// What requests a route takes.

@@ -2,14 +2,16 @@
 //! The stages make the decisions (routing, limits, authentication, target choice); this
 //! module decides only how they meet: which authentication failures the per-IP failure guard
 //! counts (not a missing token, nor keys still being fetched), which bytes a consistent-hash
-//! pool hashes (the client address or a header), when a failed connect is retried, and that
-//! a method override on a request other than POST must land on the route of its own method.
+//! pool hashes (the client address or a header), when a failed attempt is tried again
+//! ([`retry`]), and that a method override on a request other than POST must land on the
+//! route of its own method.
 //!
 //! Stages: snapshot the config, guard (header size, path), route, forward with clean headers,
-//! pick a target (retrying another on connect failure), log. Refusals go through
+//! pick a target (again after a failure the route retries), log. Refusals go through
 //! [`rescue`], the only code that writes an error response.
 
 pub mod rescue;
+mod retry;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,13 +29,27 @@ use crate::auth::{AuthError, Identity};
 use crate::config::MethodOverrideHeaders;
 use crate::generation::{Generation, Route};
 use crate::headers;
-use crate::metrics::METRICS;
 use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
+use crate::upstream::forwarding::Failure;
 use crate::upstream::HashOn;
 pub use rescue::Refusal;
+
+/// Past the route's `timeout` the request ends: 504 when nothing was sent yet, else the
+/// connections are cut (the upstream one is never reused).
+fn request_deadline(ctx: &mut RequestCtx) -> pingora::Result<()> {
+    let passed = ctx
+        .route()
+        .and_then(|r| r.forwarding.left(ctx.started))
+        .is_some_and(|left| left.is_zero());
+    if passed {
+        ctx.refusal = Some(Refusal::UpstreamTimeout);
+        return Err(Error::explain(ErrorType::ReadTimedout, "request timeout"));
+    }
+    Ok(())
+}
 
 /// The proxy.
 pub struct Portcullis {
@@ -98,6 +114,12 @@ pub struct RequestCtx {
     tightest: Option<Tightest>,
     /// A place in the upstream pool's in-flight cap.
     permit: Option<Permit>,
+    /// Attempts made to reach the upstream (1 for the first).
+    attempts: u32,
+    /// A place in the pool's retry budget, from the first attempt on.
+    budget: Option<retry::BudgetHold>,
+    /// The upstream status the current attempt is being retried for.
+    retrying_status: bool,
 }
 
 impl RequestCtx {
@@ -282,6 +304,9 @@ impl ProxyHttp for Portcullis {
             authority: None,
             tightest: None,
             permit: None,
+            attempts: 0,
+            budget: None,
+            retrying_status: false,
         }
     }
 
@@ -357,7 +382,11 @@ impl ProxyHttp for Portcullis {
                 .map(|v| v.as_bytes())
                 .unwrap_or(b""),
         };
-        let Some(i) = pool.select(key, &ctx.tried) else {
+        // A retry goes to a target not tried yet where one is left, else to the same again.
+        let picked = pool
+            .select(key, &ctx.tried)
+            .or_else(|| (!ctx.tried.is_empty()).then(|| pool.select(key, &[]))?);
+        let Some(i) = picked else {
             let refusal = if ctx.tried.is_empty() {
                 Refusal::NoHealthyTarget
             } else {
@@ -369,17 +398,26 @@ impl ProxyHttp for Portcullis {
                 refusal.code(),
             ));
         };
+        let Some((connect, read)) = route.forwarding.attempt(ctx.started) else {
+            ctx.refusal = Some(Refusal::UpstreamTimeout);
+            return Err(Error::explain(ErrorType::ReadTimedout, "request timeout"));
+        };
         ctx.target = Some(i);
+        ctx.attempts += 1;
+        if ctx.budget.is_none() {
+            ctx.budget = Some(retry::BudgetHold::new(&pool));
+        }
         let target = &pool.targets[i];
         let mut peer = HttpPeer::new(target.addr, false, String::new());
-        peer.options.connection_timeout = Some(pool.settings.connect_timeout);
-        peer.options.read_timeout = Some(pool.settings.read_timeout);
+        peer.options.connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
         Ok(Box::new(peer))
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
@@ -387,19 +425,67 @@ impl ProxyHttp for Portcullis {
         if let Some(i) = ctx.target.take() {
             ctx.tried.push(i);
         }
-        if let Some(route) = ctx.route() {
-            // Retry only when another target is left: otherwise the retry would only find
-            // none, and be counted as one that never happened.
-            if ctx.tried.len() <= route.pool.settings.retries && route.pool.has_untried(&ctx.tried)
-            {
-                METRICS
-                    .upstream_retries
-                    .with_label_values(&[&route.pool.name])
-                    .inc();
-                e.set_retry(true);
+        e.set_retry(retry::decide(session, ctx, Failure::ConnectFailure));
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        // A retry for the upstream's status was decided when its answer arrived.
+        let again = std::mem::take(&mut ctx.retrying_status)
+            || retry::classify(&e).is_some_and(|f| retry::decide(session, ctx, f));
+        if let Some(i) = ctx.target.take().filter(|_| again) {
+            ctx.tried.push(i);
+        }
+        e.set_retry(again);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let status = upstream_response.status.as_u16();
+        if let Some(failure) = Failure::of_status(status) {
+            if retry::decide(session, ctx, failure) {
+                // Not sent on: the attempt ends here and the next one starts.
+                ctx.retrying_status = true;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "retried on another attempt",
+                ));
             }
         }
-        e
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<std::time::Duration>> {
+        request_deadline(ctx)?;
+        Ok(None)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        request_deadline(ctx)
     }
 
     async fn upstream_request_filter(
@@ -432,6 +518,10 @@ impl ProxyHttp for Portcullis {
                 }
             }
             map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+            map.insert(
+                headers::X_PORTCULLIS_ATTEMPTS,
+                http::HeaderValue::from(ctx.attempts),
+            );
             headers::set_forwarded(parts, ip, tls);
         });
         Ok(())

@@ -86,14 +86,7 @@ pub fn pool(
         }
         (_, None) => HashOn::ClientIp,
     };
-    for (field, d) in [
-        ("connect_timeout", up.connect_timeout),
-        ("read_timeout", up.read_timeout),
-    ] {
-        if d.0.is_zero() {
-            issues.push(format!("{path}.{field}"), "must be more than zero");
-        }
-    }
+    let forwarding = super::forwarding::pool(up, path, issues);
     let probe = up
         .health_check
         .as_ref()
@@ -104,9 +97,7 @@ pub fn pool(
     let settings = PoolSettings {
         balance: up.balance,
         hash_on,
-        connect_timeout: up.connect_timeout.0,
-        read_timeout: up.read_timeout.0,
-        retries: up.retries,
+        forwarding,
     };
     match Pool::new(&up.name, targets, settings, probe, previous) {
         Ok(pool) => Some(pool),

@@ -5,13 +5,13 @@
 //! module never talks HTTP to a client and never decides routing.
 
 pub mod compile;
+pub mod forwarding;
 pub mod health;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use pingora::lb::selection::{consistent::KetamaHashing, BackendIter, BackendSelection};
 use pingora::lb::selection::{Random, RoundRobin};
@@ -141,12 +141,8 @@ pub struct PoolSettings {
     pub balance: Balance,
     /// Consistent hashing input.
     pub hash_on: HashOn,
-    /// Time to connect.
-    pub connect_timeout: Duration,
-    /// Time for each read.
-    pub read_timeout: Duration,
-    /// Further tries on another target after a connect failure.
-    pub retries: usize,
+    /// Timeouts and retries: the defaults of the routes to this pool.
+    pub forwarding: forwarding::Forwarding,
 }
 
 /// An upstream pool.
@@ -161,6 +157,8 @@ pub struct Pool {
     pub settings: PoolSettings,
     /// Active health checking, when configured.
     pub probe: Option<HealthProbe>,
+    /// Its requests and retries in flight.
+    pub budget: forwarding::RetryBudget,
     by_addr: HashMap<PeerAddr, usize, ahash::RandomState>,
     selector: Selector,
 }
@@ -232,6 +230,7 @@ impl Pool {
             targets: kept,
             settings,
             probe,
+            budget: forwarding::RetryBudget::default(),
             by_addr,
             selector,
         })
@@ -306,6 +305,14 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
         if let Some(cap) = &pool.concurrency {
             cap.register();
         }
+        for failure in forwarding::Failure::ALL {
+            METRICS
+                .upstream_retries
+                .with_label_values(&[&pool.name, failure.label()]);
+        }
+        METRICS
+            .retry_budget_exhausted
+            .with_label_values(&[&pool.name]);
     }
     for pool in old {
         let kept = new.iter().find(|p| p.name == pool.name);
@@ -318,6 +325,14 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
         }
         if kept.is_none() {
             let _ = METRICS.healthy_targets.remove_label_values(&[&pool.name]);
+            for failure in forwarding::Failure::ALL {
+                let _ = METRICS
+                    .upstream_retries
+                    .remove_label_values(&[&pool.name, failure.label()]);
+            }
+            let _ = METRICS
+                .retry_budget_exhausted
+                .remove_label_values(&[&pool.name]);
         }
         if pool.concurrency.is_some() && kept.is_none_or(|p| p.concurrency.is_none()) {
             let _ = METRICS.concurrency_limit.remove_label_values(&[&pool.name]);
@@ -329,6 +344,7 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pool(balance: Balance, n: usize) -> Pool {
         let targets = (0..n)
@@ -340,9 +356,12 @@ mod tests {
         let settings = PoolSettings {
             balance,
             hash_on: HashOn::ClientIp,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            retries: 1,
+            forwarding: forwarding::Forwarding {
+                connect_timeout: Duration::from_secs(1),
+                read_timeout: Duration::from_secs(1),
+                timeout: None,
+                retry: forwarding::DEFAULT_RETRY,
+            },
         };
         Pool::new(
             &format!("test-{balance:?}-{n}"),

@@ -17,6 +17,7 @@ mod layers;
 mod lifecycle;
 mod ratelimit;
 mod reload;
+mod retries;
 mod routing;
 mod tls;
 mod upstreams;

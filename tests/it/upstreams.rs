@@ -191,12 +191,22 @@ async fn http_check_ejects_a_stopped_target_and_readmits_it_on_restart() {
 
     ups[1].stop().await;
     proxy.wait_metric(HEALTHY, &labels, 0.0).await;
-    let retries = proxy.metric(RETRIES, &[("upstream", "pool")]).await;
+    let retries = proxy
+        .metric(
+            RETRIES,
+            &[("upstream", "pool"), ("reason", "connect_failure")],
+        )
+        .await;
     let seen = spread(&proxy, &http, 20).await;
     assert_eq!(seen.get("u0"), Some(&20), "{seen:?}");
     // Not even a connection attempt: an ejected target is never picked, so nothing is retried.
     assert_eq!(
-        proxy.metric(RETRIES, &[("upstream", "pool")]).await,
+        proxy
+            .metric(
+                RETRIES,
+                &[("upstream", "pool"), ("reason", "connect_failure")]
+            )
+            .await,
         retries
     );
 
@@ -219,10 +229,20 @@ async fn tcp_check_ejects_and_readmits() {
 
     ups[0].stop().await;
     proxy.wait_metric(HEALTHY, &labels, 0.0).await;
-    let retries = proxy.metric(RETRIES, &[("upstream", "pool")]).await;
+    let retries = proxy
+        .metric(
+            RETRIES,
+            &[("upstream", "pool"), ("reason", "connect_failure")],
+        )
+        .await;
     assert_eq!(spread(&proxy, &http, 10).await.get("u1"), Some(&10));
     assert_eq!(
-        proxy.metric(RETRIES, &[("upstream", "pool")]).await,
+        proxy
+            .metric(
+                RETRIES,
+                &[("upstream", "pool"), ("reason", "connect_failure")]
+            )
+            .await,
         retries
     );
     // A TCP check never sends HTTP.
@@ -354,7 +374,12 @@ async fn connect_failure_is_retried_on_another_target() {
     let targets = vec![dead, up.addr().to_string()];
     let proxy = Proxy::start(&one_route(&pool("pool", &targets, &["retries: 1"]))).await;
     let http = client();
-    let before = proxy.metric(RETRIES, &[("upstream", "pool")]).await;
+    let before = proxy
+        .metric(
+            RETRIES,
+            &[("upstream", "pool"), ("reason", "connect_failure")],
+        )
+        .await;
     for i in 0..20 {
         let resp = http.get(proxy.url(&format!("/{i}"))).send().await.unwrap();
         assert_eq!(
@@ -365,7 +390,13 @@ async fn connect_failure_is_retried_on_another_target() {
         );
     }
     assert_eq!(up.hits(), 20);
-    let retried = proxy.metric(RETRIES, &[("upstream", "pool")]).await - before;
+    let retried = proxy
+        .metric(
+            RETRIES,
+            &[("upstream", "pool"), ("reason", "connect_failure")],
+        )
+        .await
+        - before;
     // Round robin sends at least every other first try to the dead target.
     assert!(retried >= 10.0, "retries moved by {retried}");
 }
@@ -383,7 +414,15 @@ async fn without_retries_a_connect_failure_is_a_502() {
         *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
     }
     assert_eq!(statuses, HashMap::from([(200, 5), (502, 5)]));
-    assert_eq!(proxy.metric(RETRIES, &[("upstream", "pool")]).await, 0.0);
+    assert_eq!(
+        proxy
+            .metric(
+                RETRIES,
+                &[("upstream", "pool"), ("reason", "connect_failure")]
+            )
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +484,15 @@ async fn connect_timeout_bounds_a_silent_target_and_retries_elsewhere() {
             started.elapsed()
         );
     }
-    assert!(proxy.metric(RETRIES, &[("upstream", "pool")]).await >= 3.0);
+    assert!(
+        proxy
+            .metric(
+                RETRIES,
+                &[("upstream", "pool"), ("reason", "connect_failure")]
+            )
+            .await
+            >= 3.0
+    );
 
     let started = Instant::now();
     let resp = http.get(proxy.url("/silent")).send().await.unwrap();
@@ -551,6 +598,22 @@ async fn retries_are_counted_only_when_another_target_is_tried() {
             assert_eq!(body["error"], "upstream_unreachable", "{path}: {body}");
         }
     }
-    assert_eq!(proxy.metric(RETRIES, &[("upstream", "one")]).await, 0.0);
-    assert_eq!(proxy.metric(RETRIES, &[("upstream", "two")]).await, 3.0);
+    assert_eq!(
+        proxy
+            .metric(
+                RETRIES,
+                &[("upstream", "one"), ("reason", "connect_failure")]
+            )
+            .await,
+        0.0
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                RETRIES,
+                &[("upstream", "two"), ("reason", "connect_failure")]
+            )
+            .await,
+        3.0
+    );
 }

@@ -5,6 +5,9 @@
 //! Knobs a request can turn through headers (the proxy passes them on):
 //! - `x-delay-ms: N`: wait N milliseconds before answering;
 //! - `x-want-hop-headers: 1`: add hop-by-hop headers to the response, which the proxy must strip.
+//!
+//! [`Upstream::set_fault`] makes it answer a status, reset or hang instead; [`Upstream::received`]
+//! then holds every request that arrived, answered or not.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -57,7 +60,21 @@ struct State {
     health_hits: AtomicUsize,
     health_status: AtomicU16,
     delay_ms: AtomicU64,
+    fault: Mutex<Fault>,
     received: Mutex<Vec<Echo>>,
+}
+
+/// How the upstream fails every request (health checks excluded) once the delay has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It answers as usual.
+    None,
+    /// It answers with this status (and its JSON echo).
+    Status(u16),
+    /// It resets the connection (RST) without answering.
+    Reset,
+    /// It never answers.
+    Hang,
 }
 
 /// A running (or stopped) upstream server. Dropping it stops it.
@@ -77,6 +94,7 @@ impl Upstream {
             health_hits: AtomicUsize::new(0),
             health_status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
+            fault: Mutex::new(Fault::None),
             received: Mutex::new(Vec::new()),
         });
         let server = {
@@ -137,6 +155,11 @@ impl Upstream {
         self.state
             .delay_ms
             .store(u64::try_from(delay.as_millis()).unwrap(), Ordering::SeqCst);
+    }
+
+    /// Fail every request (health checks excluded) this way from now on.
+    pub fn set_fault(&self, fault: Fault) {
+        *self.state.fault.lock().unwrap() = fault;
     }
 
     /// Stop listening and cut every open connection; the port refuses connections when this
@@ -240,8 +263,23 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) {
                 if delay > 0 {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
+                let fault = *state.fault.lock().unwrap();
                 state.received.lock().unwrap().push(echo);
-                state.hits.fetch_add(1, Ordering::SeqCst);
+                let status = match fault {
+                    Fault::None => 200,
+                    Fault::Status(status) => status,
+                    Fault::Reset => {
+                        let _ = stream.set_zero_linger();
+                        return;
+                    }
+                    Fault::Hang => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                };
+                if status == 200 {
+                    state.hits.fetch_add(1, Ordering::SeqCst);
+                }
                 let mut extra = Vec::new();
                 if header("x-want-hop-headers").is_some() {
                     extra.extend([
@@ -251,7 +289,7 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) {
                         ("proxy-authenticate", "Basic realm=\"up\""),
                     ]);
                 }
-                (200, extra, payload)
+                (status, extra, payload)
             };
         if close {
             extra.push(("connection", "close"));
@@ -278,7 +316,9 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Status",
     }
 }
