@@ -21,6 +21,8 @@ pub const UPSTREAM_TARGET_HEALTHY: &str = "portcullis_upstream_target_healthy";
 pub const UPSTREAM_HEALTHY_TARGETS: &str = "portcullis_upstream_healthy_targets";
 /// `portcullis_upstream_retries_total{upstream,reason}`: attempts tried again, by what failed.
 pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
+/// `portcullis_upstream_ejections_total{upstream}`: targets ejected for failing requests.
+pub const UPSTREAM_EJECTIONS_TOTAL: &str = "portcullis_upstream_ejections_total";
 /// `portcullis_upstream_retry_budget_exhausted_total{upstream}`: retries the budget refused.
 pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL: &str =
     "portcullis_upstream_retry_budget_exhausted_total";
@@ -87,6 +89,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     /// See [`UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL`].
     pub retry_budget_exhausted: IntCounterVec,
+    /// See [`UPSTREAM_EJECTIONS_TOTAL`].
+    pub ejections: IntCounterVec,
     /// See [`CONFIG_RELOADS_TOTAL`].
     pub reloads: IntCounterVec,
     /// See [`CONFIG_GENERATION`].
@@ -205,6 +209,12 @@ impl Metrics {
                 &["upstream"]
             )
             .expect("register retry budget"),
+            ejections: register_int_counter_vec!(
+                UPSTREAM_EJECTIONS_TOTAL,
+                "Targets ejected for failing requests in a row (outlier detection).",
+                &["upstream"]
+            )
+            .expect("register ejections"),
             reloads: register_int_counter_vec!(
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads by result (success, failure).",

@@ -1,5 +1,6 @@
 //! The serde structs of how a request is forwarded: retries and timeouts, written on a pool
-//! (its defaults) and on a route (overriding them field by field).
+//! (its defaults) and on a route (overriding them field by field), and a pool's passive
+//! health (`outlier:`), which learns from the same attempts.
 
 use serde::Deserialize;
 
@@ -36,4 +37,19 @@ pub enum RetryCondition {
     Status(u16),
     /// A name.
     Name(String),
+}
+
+/// `outlier:` of a pool: passive health, from what requests see. Absent: the defaults.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// 5xx answers or connection failures in a row that eject a target (default 5; 0: off).
+    #[serde(default)]
+    pub consecutive_errors: Option<u32>,
+    /// A first ejection's length; the n-th in a row lasts n times it (default 30s).
+    #[serde(default)]
+    pub base_ejection: Option<Dur>,
+    /// Most of the pool, in percent, ejected at once (default 50).
+    #[serde(default)]
+    pub max_ejected_percent: Option<u32>,
 }

@@ -229,6 +229,9 @@ pub struct UpstreamConfig {
     /// In-flight cap: `{ limit: N }` or `{ adaptive: true, min, max }`.
     #[serde(default)]
     pub concurrency: Option<ConcurrencyConfig>,
+    /// Passive health: ejection of targets that fail requests in a row.
+    #[serde(default)]
+    pub outlier: Option<super::forwarding::OutlierConfig>,
 }
 
 fn default_connect_timeout() -> Dur {

@@ -51,6 +51,15 @@ fn request_deadline(ctx: &mut RequestCtx) -> pingora::Result<()> {
     Ok(())
 }
 
+/// Tell the pool how an attempt on its target `i` went (outlier detection).
+fn outcome(ctx: &RequestCtx, i: usize, ok: bool) {
+    if let Some(route) = ctx.route() {
+        if let Some(target) = route.pool.targets.get(i) {
+            route.pool.outcome(target, ok);
+        }
+    }
+}
+
 /// The proxy.
 pub struct Portcullis {
     reloader: Arc<Reloader>,
@@ -423,6 +432,7 @@ impl ProxyHttp for Portcullis {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(i) = ctx.target.take() {
+            outcome(ctx, i, false);
             ctx.tried.push(i);
         }
         e.set_retry(retry::decide(session, ctx, Failure::ConnectFailure));
@@ -437,9 +447,15 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
-        // A retry for the upstream's status was decided when its answer arrived.
-        let again = std::mem::take(&mut ctx.retrying_status)
-            || retry::classify(&e).is_some_and(|f| retry::decide(session, ctx, f));
+        // A retry for the upstream's status was decided (and the outcome recorded) when its
+        // answer arrived.
+        let again = std::mem::take(&mut ctx.retrying_status) || {
+            let failure = retry::classify(&e);
+            if let (Some(_), Some(i)) = (failure, ctx.target) {
+                outcome(ctx, i, false);
+            }
+            failure.is_some_and(|f| retry::decide(session, ctx, f))
+        };
         if let Some(i) = ctx.target.take().filter(|_| again) {
             ctx.tried.push(i);
         }
@@ -454,6 +470,9 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         let status = upstream_response.status.as_u16();
+        if let Some(i) = ctx.target {
+            outcome(ctx, i, status < 500);
+        }
         if let Some(failure) = Failure::of_status(status) {
             if retry::decide(session, ctx, failure) {
                 // Not sent on: the attempt ends here and the next one starts.

@@ -87,6 +87,7 @@ pub fn pool(
         (_, None) => HashOn::ClientIp,
     };
     let forwarding = super::forwarding::pool(up, path, issues);
+    let outlier = super::outlier::compile(up.outlier.as_ref(), &format!("{path}.outlier"), issues);
     let probe = up
         .health_check
         .as_ref()
@@ -98,6 +99,7 @@ pub fn pool(
         balance: up.balance,
         hash_on,
         forwarding,
+        outlier,
     };
     match Pool::new(&up.name, targets, settings, probe, previous) {
         Ok(pool) => Some(pool),

@@ -20,7 +20,8 @@ use super::Pool;
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn now_ms() -> u64 {
+/// Milliseconds since the process's health clock started.
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 

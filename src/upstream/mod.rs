@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod forwarding;
 pub mod health;
+pub mod outlier;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub struct Target {
     next_probe_ms: AtomicU64,
     probing: AtomicBool,
     pool: String,
+    /// Its passive health: ejected after failing requests in a row.
+    pub outlier: outlier::Outlier,
     /// Its health gauge, registered by [`Target::register`] or the first flip, never by
     /// building it.
     gauge: std::sync::OnceLock<prometheus::IntGauge>,
@@ -54,6 +57,7 @@ impl Target {
             next_probe_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             pool: pool.to_string(),
+            outlier: outlier::Outlier::default(),
             gauge: std::sync::OnceLock::new(),
         }
     }
@@ -70,7 +74,7 @@ impl Target {
                     .target_healthy
                     .with_label_values(&[&self.pool, &self.label])
             })
-            .set(i64::from(self.is_healthy()));
+            .set(i64::from(self.probe_healthy()));
     }
 
     /// Take traffic again and forget the probe history: for a target whose pool has no
@@ -82,17 +86,41 @@ impl Target {
         self.set_gauge();
     }
 
-    /// Whether the target takes traffic.
+    /// Whether the target takes traffic: its probes say it is healthy and it is not ejected.
     pub fn is_healthy(&self) -> bool {
+        self.probe_healthy() && !self.ejected()
+    }
+
+    /// Whether its active probes say it is healthy (always, without probes).
+    pub fn probe_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether it is ejected now; brings it back (and says so) once its time is up. The clock
+    /// is read only for a target that was ejected.
+    fn ejected(&self) -> bool {
+        if !self.outlier.may_be_ejected() {
+            return false;
+        }
+        let now = health::now_ms();
+        if self.outlier.is_ejected(now) {
+            return true;
+        }
+        if self.outlier.readmit(now, false) {
+            tracing::info!(upstream = %self.pool, target = %self.label, "target back from ejection: its time is up");
+        }
+        false
     }
 
     /// Record a probe result; returns `Some(new_state)` when the target flipped.
     fn observe(&self, ok: bool, healthy_after: usize, unhealthy_after: usize) -> Option<bool> {
         if ok {
             self.failures.store(0, Ordering::Relaxed);
+            if self.outlier.readmit(health::now_ms(), true) {
+                tracing::info!(upstream = %self.pool, target = %self.label, "target back from ejection: its probe passed");
+            }
             let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
-            if !self.is_healthy() && n >= healthy_after {
+            if !self.probe_healthy() && n >= healthy_after {
                 self.healthy.store(true, Ordering::Relaxed);
                 self.set_gauge();
                 return Some(true);
@@ -100,7 +128,7 @@ impl Target {
         } else {
             self.successes.store(0, Ordering::Relaxed);
             let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-            if self.is_healthy() && n >= unhealthy_after {
+            if self.probe_healthy() && n >= unhealthy_after {
                 self.healthy.store(false, Ordering::Relaxed);
                 self.set_gauge();
                 return Some(false);
@@ -143,6 +171,8 @@ pub struct PoolSettings {
     pub hash_on: HashOn,
     /// Timeouts and retries: the defaults of the routes to this pool.
     pub forwarding: forwarding::Forwarding,
+    /// When targets are ejected for failing requests.
+    pub outlier: outlier::OutlierPolicy,
 }
 
 /// An upstream pool.
@@ -272,6 +302,35 @@ impl Pool {
             .any(|(i, t)| t.is_healthy() && !tried.contains(&i))
     }
 
+    /// Record how an attempt on `target` went: a failure (a 5xx answer, a connection that
+    /// failed or broke) may eject it.
+    pub fn outcome(&self, target: &Target, ok: bool) {
+        if ok {
+            target.outlier.success();
+            return;
+        }
+        let policy = &self.settings.outlier;
+        let now = health::now_ms();
+        let room = || {
+            let out = self
+                .targets
+                .iter()
+                .filter(|t| t.outlier.is_ejected(now))
+                .count();
+            out < policy.max_ejected(self.targets.len())
+        };
+        if let outlier::Change::Ejected(length) = target.outlier.failure(policy, now, room) {
+            METRICS.ejections.with_label_values(&[&self.name]).inc();
+            tracing::warn!(
+                upstream = %self.name,
+                target = %target.label,
+                seconds = length.as_secs(),
+                errors = policy.consecutive_errors,
+                "target ejected: failed requests in a row"
+            );
+        }
+    }
+
     /// How many targets are healthy.
     pub fn healthy_count(&self) -> usize {
         self.targets.iter().filter(|t| t.is_healthy()).count()
@@ -333,6 +392,7 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
             let _ = METRICS
                 .retry_budget_exhausted
                 .remove_label_values(&[&pool.name]);
+            let _ = METRICS.ejections.remove_label_values(&[&pool.name]);
         }
         if pool.concurrency.is_some() && kept.is_none_or(|p| p.concurrency.is_none()) {
             let _ = METRICS.concurrency_limit.remove_label_values(&[&pool.name]);
@@ -362,6 +422,7 @@ mod tests {
                 timeout: None,
                 retry: forwarding::DEFAULT_RETRY,
             },
+            outlier: outlier::DEFAULT_OUTLIER,
         };
         Pool::new(
             &format!("test-{balance:?}-{n}"),

@@ -15,6 +15,7 @@ mod hygiene;
 mod key_sets;
 mod layers;
 mod lifecycle;
+mod outliers;
 mod ratelimit;
 mod reload;
 mod retries;

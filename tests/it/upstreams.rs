@@ -372,7 +372,13 @@ async fn connect_failure_is_retried_on_another_target() {
     let up = Upstream::start("alive").await;
     let dead = format!("127.0.0.1:{}", free_port());
     let targets = vec![dead, up.addr().to_string()];
-    let proxy = Proxy::start(&one_route(&pool("pool", &targets, &["retries: 1"]))).await;
+    // Outlier detection off: this is about retries, and it would take the dead target out.
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &targets,
+        &["retries: 1", "outlier: { consecutive_errors: 0 }"],
+    )))
+    .await;
     let http = client();
     let before = proxy
         .metric(
