@@ -21,6 +21,15 @@ pub const UPSTREAM_TARGET_HEALTHY: &str = "portcullis_upstream_target_healthy";
 pub const UPSTREAM_HEALTHY_TARGETS: &str = "portcullis_upstream_healthy_targets";
 /// `portcullis_upstream_retries_total{upstream,reason}`: attempts tried again, by what failed.
 pub const UPSTREAM_RETRIES_TOTAL: &str = "portcullis_upstream_retries_total";
+/// `portcullis_upstream_first_byte_seconds{upstream,target}`: attempt start to response headers.
+pub const UPSTREAM_FIRST_BYTE_SECONDS: &str = "portcullis_upstream_first_byte_seconds";
+/// `portcullis_upstream_attempt_duration_seconds{upstream,target}`: attempt start to its end.
+pub const UPSTREAM_ATTEMPT_DURATION_SECONDS: &str = "portcullis_upstream_attempt_duration_seconds";
+/// `portcullis_upstream_responses_total{upstream,target,code}`: answers by status code.
+pub const UPSTREAM_RESPONSES_TOTAL: &str = "portcullis_upstream_responses_total";
+/// `portcullis_upstream_connections_total{upstream,target,reused}`: connections used, pooled
+/// (`reused="true"`) or new.
+pub const UPSTREAM_CONNECTIONS_TOTAL: &str = "portcullis_upstream_connections_total";
 /// `portcullis_upstream_ejections_total{upstream}`: targets ejected for failing requests.
 pub const UPSTREAM_EJECTIONS_TOTAL: &str = "portcullis_upstream_ejections_total";
 /// `portcullis_upstream_retry_budget_exhausted_total{upstream}`: retries the budget refused.
@@ -91,6 +100,14 @@ pub struct Metrics {
     pub retry_budget_exhausted: IntCounterVec,
     /// See [`UPSTREAM_EJECTIONS_TOTAL`].
     pub ejections: IntCounterVec,
+    /// See [`UPSTREAM_FIRST_BYTE_SECONDS`].
+    pub upstream_first_byte: HistogramVec,
+    /// See [`UPSTREAM_ATTEMPT_DURATION_SECONDS`].
+    pub upstream_attempt_duration: HistogramVec,
+    /// See [`UPSTREAM_RESPONSES_TOTAL`].
+    pub upstream_responses: IntCounterVec,
+    /// See [`UPSTREAM_CONNECTIONS_TOTAL`].
+    pub upstream_connections: IntCounterVec,
     /// See [`CONFIG_RELOADS_TOTAL`].
     pub reloads: IntCounterVec,
     /// See [`CONFIG_GENERATION`].
@@ -145,6 +162,11 @@ pub fn status_class(status: u16) -> usize {
     usize::from(status / 100).min(5)
 }
 
+/// Buckets of every latency histogram, in seconds: 0.5 ms to 10 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
 
@@ -179,10 +201,7 @@ impl Metrics {
                 REQUEST_DURATION_SECONDS,
                 "Time from request to the last byte of the response, by route.",
                 &["route"],
-                vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0
-                ]
+                LATENCY_BUCKETS.to_vec()
             )
             .expect("register duration"),
             target_healthy: register_int_gauge_vec!(
@@ -215,6 +234,32 @@ impl Metrics {
                 &["upstream"]
             )
             .expect("register ejections"),
+            upstream_first_byte: register_histogram_vec!(
+                UPSTREAM_FIRST_BYTE_SECONDS,
+                "Time from the start of an attempt (connecting included) to the target's response headers.",
+                &["upstream", "target"],
+                LATENCY_BUCKETS.to_vec()
+            )
+            .expect("register first byte"),
+            upstream_attempt_duration: register_histogram_vec!(
+                UPSTREAM_ATTEMPT_DURATION_SECONDS,
+                "Time from the start of an attempt to its end (the last byte, or its failure).",
+                &["upstream", "target"],
+                LATENCY_BUCKETS.to_vec()
+            )
+            .expect("register attempt duration"),
+            upstream_responses: register_int_counter_vec!(
+                UPSTREAM_RESPONSES_TOTAL,
+                "Answers from targets, by status code.",
+                &["upstream", "target", "code"]
+            )
+            .expect("register upstream responses"),
+            upstream_connections: register_int_counter_vec!(
+                UPSTREAM_CONNECTIONS_TOTAL,
+                "Connections to targets used by attempts, pooled (reused=true) or new.",
+                &["upstream", "target", "reused"]
+            )
+            .expect("register upstream connections"),
             reloads: register_int_counter_vec!(
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads by result (success, failure).",

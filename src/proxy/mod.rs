@@ -34,7 +34,7 @@ use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
 use crate::upstream::forwarding::Failure;
-use crate::upstream::HashOn;
+use crate::upstream::{HashOn, Target};
 pub use rescue::Refusal;
 
 /// Past the route's `timeout` the request ends: 504 when nothing was sent yet, else the
@@ -51,12 +51,24 @@ fn request_deadline(ctx: &mut RequestCtx) -> pingora::Result<()> {
     Ok(())
 }
 
+/// The target of the current attempt, `i` in the route's pool.
+fn attempt_target(ctx: &RequestCtx, i: usize) -> Option<&Target> {
+    ctx.route()
+        .and_then(|r| r.pool.targets.get(i))
+        .map(|t| &**t)
+}
+
 /// Tell the pool how an attempt on its target `i` went (outlier detection).
 fn outcome(ctx: &RequestCtx, i: usize, ok: bool) {
-    if let Some(route) = ctx.route() {
-        if let Some(target) = route.pool.targets.get(i) {
-            route.pool.outcome(target, ok);
-        }
+    if let (Some(route), Some(target)) = (ctx.route(), attempt_target(ctx, i)) {
+        route.pool.outcome(target, ok);
+    }
+}
+
+/// The attempt on target `i` ended: its duration.
+fn attempt_ended(ctx: &mut RequestCtx, i: usize) {
+    if let (Some(started), Some(target)) = (ctx.attempt_started.take(), attempt_target(ctx, i)) {
+        target.series().ended(started.elapsed());
     }
 }
 
@@ -129,6 +141,8 @@ pub struct RequestCtx {
     budget: Option<retry::BudgetHold>,
     /// The upstream status the current attempt is being retried for.
     retrying_status: bool,
+    /// When the current attempt started (its target chosen).
+    attempt_started: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -316,6 +330,7 @@ impl ProxyHttp for Portcullis {
             attempts: 0,
             budget: None,
             retrying_status: false,
+            attempt_started: None,
         }
     }
 
@@ -413,6 +428,7 @@ impl ProxyHttp for Portcullis {
         };
         ctx.target = Some(i);
         ctx.attempts += 1;
+        ctx.attempt_started = Some(Instant::now());
         if ctx.budget.is_none() {
             ctx.budget = Some(retry::BudgetHold::new(&pool));
         }
@@ -433,6 +449,7 @@ impl ProxyHttp for Portcullis {
     ) -> Box<Error> {
         if let Some(i) = ctx.target.take() {
             outcome(ctx, i, false);
+            attempt_ended(ctx, i);
             ctx.tried.push(i);
         }
         e.set_retry(retry::decide(session, ctx, Failure::ConnectFailure));
@@ -454,6 +471,9 @@ impl ProxyHttp for Portcullis {
             if let (Some(_), Some(i)) = (failure, ctx.target) {
                 outcome(ctx, i, false);
             }
+            if let Some(i) = ctx.target {
+                attempt_ended(ctx, i);
+            }
             failure.is_some_and(|f| retry::decide(session, ctx, f))
         };
         if let Some(i) = ctx.target.take().filter(|_| again) {
@@ -461,6 +481,22 @@ impl ProxyHttp for Portcullis {
         }
         e.set_retry(again);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(target) = ctx.target.and_then(|i| attempt_target(ctx, i)) {
+            target.series().connected(reused);
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -472,6 +508,9 @@ impl ProxyHttp for Portcullis {
         let status = upstream_response.status.as_u16();
         if let Some(i) = ctx.target {
             outcome(ctx, i, status < 500);
+            if let (Some(started), Some(target)) = (ctx.attempt_started, attempt_target(ctx, i)) {
+                target.series().answered(status, started.elapsed());
+            }
         }
         if let Some(failure) = Failure::of_status(status) {
             if retry::decide(session, ctx, failure) {
@@ -606,6 +645,9 @@ impl ProxyHttp for Portcullis {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        if let Some(i) = ctx.target {
+            attempt_ended(ctx, i);
+        }
         let elapsed = ctx.started.elapsed();
         if let Some(permit) = ctx.permit.take() {
             // Only answers from the upstream tell the adaptive cap about its latency.

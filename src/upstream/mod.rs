@@ -8,6 +8,7 @@ pub mod compile;
 pub mod forwarding;
 pub mod health;
 pub mod outlier;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub struct Target {
     /// Its health gauge, registered by [`Target::register`] or the first flip, never by
     /// building it.
     gauge: std::sync::OnceLock<prometheus::IntGauge>,
+    /// Its request series, registered by [`Target::register`] or its first request.
+    series: std::sync::OnceLock<telemetry::TargetSeries>,
 }
 
 impl Target {
@@ -59,12 +62,30 @@ impl Target {
             pool: pool.to_string(),
             outlier: outlier::Outlier::default(),
             gauge: std::sync::OnceLock::new(),
+            series: std::sync::OnceLock::new(),
         }
     }
 
     /// Make its health gauge exist, set to its health now: the commit step of a reload.
     pub fn register(&self) {
         self.set_gauge();
+        self.series();
+    }
+
+    /// Its request series.
+    pub fn series(&self) -> &telemetry::TargetSeries {
+        self.series
+            .get_or_init(|| telemetry::TargetSeries::new(&self.pool, &self.label))
+    }
+
+    /// Drop its series: the commit step of a reload that removed it.
+    fn forget(&self) {
+        let _ = METRICS
+            .target_healthy
+            .remove_label_values(&[&self.pool, &self.label]);
+        if let Some(series) = self.series.get() {
+            series.forget();
+        }
     }
 
     fn set_gauge(&self) {
@@ -377,9 +398,7 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
         let kept = new.iter().find(|p| p.name == pool.name);
         for target in &pool.targets {
             if !kept.is_some_and(|p| p.targets.iter().any(|t| Arc::ptr_eq(t, target))) {
-                let _ = METRICS
-                    .target_healthy
-                    .remove_label_values(&[&pool.name, &target.label]);
+                target.forget();
             }
         }
         if kept.is_none() {

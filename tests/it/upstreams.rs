@@ -623,3 +623,73 @@ async fn retries_are_counted_only_when_another_target_is_tried() {
         3.0
     );
 }
+
+/// Each target's series: answers by code, time to first byte and attempt duration, pooled and
+/// new connections; present from the start, gone with the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_has_its_own_series() {
+    let ups = Upstream::start_many("u", 2).await;
+    ups[1].set_fault(crate::support::upstream::Fault::Status(404));
+    let body = one_route(&pool("pool", &addrs(&ups), &[]));
+    let proxy = Proxy::start(&body).await;
+    let (t0, t1) = (ups[0].addr().to_string(), ups[1].addr().to_string());
+    let series = |target: &str, extra: (&str, &str)| {
+        vec![("upstream", "pool"), ("target", target), extra]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let value = |m: &crate::support::metrics::Metrics, name: &str, l: &[(String, String)]| {
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        m.get(name, &l)
+    };
+    let m = proxy.metrics().await;
+    let conns = "portcullis_upstream_connections_total";
+    assert_eq!(
+        value(&m, conns, &series(&t0, ("reused", "true"))),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&m, conns, &series(&t0, ("reused", "false"))),
+        Some(0.0)
+    );
+
+    let http = client();
+    for i in 0..6 {
+        http.get(proxy.url(&format!("/{i}"))).send().await.unwrap();
+    }
+    let m = proxy.metrics().await;
+    let codes = "portcullis_upstream_responses_total";
+    assert_eq!(value(&m, codes, &series(&t0, ("code", "200"))), Some(3.0));
+    assert_eq!(value(&m, codes, &series(&t1, ("code", "404"))), Some(3.0));
+    let counted = |name: &str, target: &str| {
+        let l = [("upstream", "pool"), ("target", target)];
+        m.get(&format!("{name}_count"), &l)
+    };
+    assert_eq!(
+        counted("portcullis_upstream_first_byte_seconds", &t0),
+        Some(3.0)
+    );
+    assert_eq!(
+        counted("portcullis_upstream_attempt_duration_seconds", &t1),
+        Some(3.0)
+    );
+    // One client connection, kept alive: one new connection per target, then pooled ones.
+    assert_eq!(
+        value(&m, conns, &series(&t0, ("reused", "false"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&m, conns, &series(&t0, ("reused", "true"))),
+        Some(2.0)
+    );
+
+    // A reload without the second target drops its series.
+    proxy.write_config(&one_route(&pool("pool", &[t0.clone()], &[])));
+    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let m = proxy.metrics().await;
+    assert_eq!(value(&m, codes, &series(&t1, ("code", "404"))), None);
+    assert_eq!(value(&m, conns, &series(&t1, ("reused", "true"))), None);
+    assert_eq!(value(&m, codes, &series(&t0, ("code", "200"))), Some(3.0));
+}
