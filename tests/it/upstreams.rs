@@ -685,7 +685,7 @@ async fn every_target_has_its_own_series() {
     );
 
     // A reload without the second target drops its series.
-    proxy.write_config(&one_route(&pool("pool", &[t0.clone()], &[])));
+    proxy.write_config(&one_route(&pool("pool", std::slice::from_ref(&t0), &[])));
     let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let m = proxy.metrics().await;
