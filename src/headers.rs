@@ -28,6 +28,16 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Which attempt of the request this is (1, then 2, ... on retries), for the upstream.
 pub const X_PORTCULLIS_ATTEMPTS: HeaderName = HeaderName::from_static("x-portcullis-attempts");
+
+/// The value of [`X_PORTCULLIS_ATTEMPTS`] for attempt `n` (at most 10 are configurable), made
+/// without allocating.
+pub fn attempt_value(n: u32) -> HeaderValue {
+    const VALUES: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    match VALUES.get(n as usize) {
+        Some(v) => HeaderValue::from_static(v),
+        None => HeaderValue::from(n),
+    }
+}
 /// Headers that ask a backend to take a `POST` as another method (Symfony, Laravel, Rails,
 /// ASP.NET): stripped unless `server.method_override_headers` is `honor`.
 pub const METHOD_OVERRIDE: [HeaderName; 3] = [

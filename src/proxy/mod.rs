@@ -578,7 +578,7 @@ impl ProxyHttp for Portcullis {
             map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
             map.insert(
                 headers::X_PORTCULLIS_ATTEMPTS,
-                http::HeaderValue::from(ctx.attempts),
+                headers::attempt_value(ctx.attempts),
             );
             headers::set_forwarded(parts, ip, tls);
         });
