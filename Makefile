@@ -34,6 +34,8 @@ deps:
 	  missing="$$missing wrk"; why="$$why; wrk: the load benchmark (and its smoke run in make test) drives the proxies with it"; fi; \
 	if ! command -v g++ >/dev/null 2>&1; then \
 	  missing="$$missing g++"; why="$$why; g++: the fuzz targets build libFuzzer from its C++ source"; fi; \
+	if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then \
+	  missing="$$missing dnsmasq-base"; why="$$why; dnsmasq-base: the DNS tests start a real DNS server whose answers they change"; fi; \
 	if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
 	if [ -n "$$missing" ]; then \

@@ -66,7 +66,7 @@ pub fn readiness(generation: &Generation, verbose: bool) -> (bool, serde_json::V
             pool.name.clone(),
             json!({
                 "healthy": healthy,
-                "targets": pool.targets.len(),
+                "targets": pool.target_count(),
                 "required": is_required,
             }),
         );

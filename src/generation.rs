@@ -69,6 +69,8 @@ pub struct Generation {
     pub client_ips: ClientIps,
     /// The client headers removed from every request (identity headers, spellings with `_`).
     pub owned_headers: OwnedHeaders,
+    /// Where host-name targets are looked up (`server.dns`).
+    pub dns: Arc<upstream::Resolving>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -97,6 +99,7 @@ impl Generation {
         let auth = Auth::build(config, previous.map(|p| &*p.auth), &mut issues);
         let client_ips = ClientIps::compile(&config.client_ip, &mut issues);
         ratelimit::compile::check_cluster(config, &mut issues);
+        let dns = upstream::compile::resolving(&config.server.dns, &mut issues);
 
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut pool_index: HashMap<&str, usize> = HashMap::new();
@@ -228,6 +231,7 @@ impl Generation {
             auth: Arc::new(auth),
             client_ips,
             owned_headers,
+            dns: Arc::new(dns),
         })
     }
 
@@ -294,8 +298,10 @@ impl Generation {
 pub struct Parts {
     /// The issuers, for the key refresher.
     pub issuers: Arc<ArcSwap<Vec<Arc<crate::auth::Issuer>>>>,
-    /// The pools, for the health supervisor.
+    /// The pools, for the health supervisor and the DNS refresher.
     pub pools: Arc<ArcSwap<Vec<Arc<Pool>>>>,
+    /// `server.dns`, for the DNS refresher.
+    pub dns: Arc<ArcSwap<upstream::Resolving>>,
     /// `cluster:` and the cluster-scoped limiters, for cluster sync.
     pub cluster: Arc<ArcSwap<ClusterPart>>,
     /// The connection limits and timeouts, for the connection gate.
@@ -308,6 +314,7 @@ impl Parts {
         Parts {
             issuers: Arc::new(ArcSwap::from_pointee(generation.auth.issuers.clone())),
             pools: Arc::new(ArcSwap::from_pointee(generation.pools.clone())),
+            dns: Arc::new(ArcSwap::new(Arc::clone(&generation.dns))),
             cluster: Arc::new(ArcSwap::from_pointee(generation.cluster_part())),
             connections: Arc::new(ArcSwap::from_pointee(generation.connections)),
         }
@@ -318,6 +325,7 @@ impl Parts {
         self.issuers
             .store(Arc::new(generation.auth.issuers.clone()));
         self.pools.store(Arc::new(generation.pools.clone()));
+        self.dns.store(Arc::clone(&generation.dns));
         self.cluster.store(Arc::new(generation.cluster_part()));
         self.connections.store(Arc::new(generation.connections));
     }
@@ -357,7 +365,7 @@ routes:
     fn builds_a_valid_config() {
         let rt = Generation::from_yaml(BASE).unwrap();
         assert_eq!(rt.routes.len(), 1);
-        assert_eq!(rt.pools[0].targets.len(), 2);
+        assert_eq!(rt.pools[0].target_count(), 2);
         assert!(rt.pools[0].probe.is_some());
         let i = rt
             .table

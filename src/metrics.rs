@@ -35,6 +35,11 @@ pub const UPSTREAM_EJECTIONS_TOTAL: &str = "portcullis_upstream_ejections_total"
 /// `portcullis_upstream_retry_budget_exhausted_total{upstream}`: retries the budget refused.
 pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL: &str =
     "portcullis_upstream_retry_budget_exhausted_total";
+/// `portcullis_dns_lookups_total{upstream,name,result}`: lookups of a host-name target,
+/// `success` or `failure` (a failure keeps the last good addresses).
+pub const DNS_LOOKUPS_TOTAL: &str = "portcullis_dns_lookups_total";
+/// `portcullis_dns_addresses{upstream,name}`: addresses a host-name target has now.
+pub const DNS_ADDRESSES: &str = "portcullis_dns_addresses";
 /// `portcullis_config_reloads_total{result}`: reloads, `success` or `failure`.
 pub const CONFIG_RELOADS_TOTAL: &str = "portcullis_config_reloads_total";
 /// `portcullis_config_generation`: which config is serving; 1 at start, +1 per reload.
@@ -108,6 +113,10 @@ pub struct Metrics {
     pub upstream_responses: IntCounterVec,
     /// See [`UPSTREAM_CONNECTIONS_TOTAL`].
     pub upstream_connections: IntCounterVec,
+    /// See [`DNS_LOOKUPS_TOTAL`].
+    pub dns_lookups: IntCounterVec,
+    /// See [`DNS_ADDRESSES`].
+    pub dns_addresses: IntGaugeVec,
     /// See [`CONFIG_RELOADS_TOTAL`].
     pub reloads: IntCounterVec,
     /// See [`CONFIG_GENERATION`].
@@ -260,6 +269,18 @@ impl Metrics {
                 &["upstream", "target", "reused"]
             )
             .expect("register upstream connections"),
+            dns_lookups: register_int_counter_vec!(
+                DNS_LOOKUPS_TOTAL,
+                "Lookups of host-name targets, by upstream, name and result (success, failure).",
+                &["upstream", "name", "result"]
+            )
+            .expect("register dns lookups"),
+            dns_addresses: register_int_gauge_vec!(
+                DNS_ADDRESSES,
+                "Addresses a host-name target resolves to now, by upstream and name.",
+                &["upstream", "name"]
+            )
+            .expect("register dns addresses"),
             reloads: register_int_counter_vec!(
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads by result (success, failure).",

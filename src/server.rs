@@ -1,5 +1,5 @@
 //! Assembles and runs the Pingora server: the proxy on its listeners, the admin endpoint,
-//! health checks and the config watcher, with graceful shutdown.
+//! health checks, DNS refresh and the config watcher, with graceful shutdown.
 //!
 //! Nothing here handles a request; it wires the parts together once at start.
 
@@ -19,7 +19,7 @@ use crate::admin::Admin;
 use crate::connections::Connections;
 use crate::proxy::{self, Portcullis};
 use crate::reload::{ConfigWatcher, Reloader};
-use crate::upstream::HealthSupervisor;
+use crate::upstream::{DnsRefresher, HealthSupervisor};
 
 /// The socket buffers of a plain-HTTP client connection. Pingora's default read buffer is
 /// 64 KiB per connection, held as long as the connection is open, idle or not; its HTTP/1
@@ -135,6 +135,15 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     health.threads = Some(1);
     server.add_service(health);
+    let mut dns = background_service(
+        "dns refresh",
+        DnsRefresher::new(
+            Arc::clone(&reloader.parts().pools),
+            Arc::clone(&reloader.parts().dns),
+        ),
+    );
+    dns.threads = Some(1);
+    server.add_service(dns);
     let mut keys = background_service(
         "key refresh",
         crate::auth::KeyRefresher::new(Arc::clone(&reloader.parts().issuers)),

@@ -8,6 +8,7 @@
 pub mod forwarding;
 pub mod limits;
 mod lines;
+pub mod targets;
 pub mod types;
 pub mod values;
 
@@ -20,6 +21,7 @@ use serde::Deserialize;
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
+pub use targets::{DnsConfig, TargetConfig};
 pub use types::*;
 pub use values::*;
 

@@ -86,6 +86,9 @@ pub struct ServerConfig {
     /// Time a client has to send complete request headers (slowloris).
     #[serde(default = "default_request_header_timeout")]
     pub request_header_timeout: Dur,
+    /// Where host-name targets are looked up; default: the system's resolver settings.
+    #[serde(default)]
+    pub dns: super::DnsConfig,
 }
 
 /// What happens to client request headers whose names contain `_`
@@ -127,6 +130,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: None,
             keepalive_timeout: default_keepalive_timeout(),
             request_header_timeout: default_request_header_timeout(),
+            dns: super::DnsConfig::default(),
         }
     }
 }
@@ -200,8 +204,13 @@ pub enum Balance {
 pub struct UpstreamConfig {
     /// Name that routes refer to.
     pub name: String,
-    /// `ip:port` of each target.
-    pub targets: Vec<String>,
+    /// Each target: `ip:port` or `host:port` (every address of the name, re-resolved in
+    /// the background), alone or as `{ address, weight }`.
+    pub targets: Vec<super::TargetConfig>,
+    /// Longest time between two lookups of a host-name target (shorter when the record's
+    /// TTL is; never under 1 s).
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: Dur,
     /// Selection: `round_robin` (default), `random`, `consistent_hash`.
     #[serde(default)]
     pub balance: Balance,
@@ -238,6 +247,9 @@ fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(1))
 }
 fn default_read_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_dns_refresh() -> Dur {
     Dur(Duration::from_secs(30))
 }
 

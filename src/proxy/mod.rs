@@ -51,10 +51,11 @@ fn request_deadline(ctx: &mut RequestCtx) -> pingora::Result<()> {
     Ok(())
 }
 
-/// The target of the current attempt, `i` in the route's pool.
+/// The target of the current attempt, `i` in the pool's members the request uses.
 fn attempt_target(ctx: &RequestCtx, i: usize) -> Option<&Target> {
-    ctx.route()
-        .and_then(|r| r.pool.targets.get(i))
+    ctx.members
+        .as_ref()
+        .and_then(|m| m.targets.get(i))
         .map(|t| &**t)
 }
 
@@ -120,7 +121,10 @@ pub struct RequestCtx {
     started: Instant,
     /// Sent upstream and back to the client; made once, cloned by reference count.
     request_id: http::HeaderValue,
-    /// The target now in use, as an index into the route's pool.
+    /// The pool's members, as the first pick of a target saw them: every attempt and the
+    /// log line use this one snapshot.
+    members: Option<Arc<crate::upstream::Members>>,
+    /// The target now in use, as an index into `members`.
     target: Option<usize>,
     /// Targets that failed to connect for this request.
     tried: Vec<usize>,
@@ -319,6 +323,7 @@ impl ProxyHttp for Portcullis {
             route: None,
             started: Instant::now(),
             request_id: http::HeaderValue::from_static(""),
+            members: None,
             target: None,
             tried: Vec::new(),
             refusal: None,
@@ -406,12 +411,17 @@ impl ProxyHttp for Portcullis {
                 .map(|v| v.as_bytes())
                 .unwrap_or(b""),
         };
+        // Read before the pick, which borrows `ctx` for its snapshot of the pool's members.
+        let attempt = route.forwarding.attempt(ctx.started);
         // A retry goes to a target not tried yet where one is left, else to the same again.
-        let picked = pool
+        let members = ctx.members.get_or_insert_with(|| pool.members());
+        let picked = members
             .select(key, &ctx.tried)
-            .or_else(|| (!ctx.tried.is_empty()).then(|| pool.select(key, &[]))?);
+            .or_else(|| (!ctx.tried.is_empty()).then(|| members.select(key, &[]))?);
         let Some(i) = picked else {
-            let refusal = if ctx.tried.is_empty() {
+            let refusal = if members.targets.is_empty() {
+                Refusal::NoTargetYet
+            } else if ctx.tried.is_empty() {
                 Refusal::NoHealthyTarget
             } else {
                 Refusal::UpstreamUnreachable
@@ -422,7 +432,11 @@ impl ProxyHttp for Portcullis {
                 refusal.code(),
             ));
         };
-        let Some((connect, read)) = route.forwarding.attempt(ctx.started) else {
+        let Some(addr) = members.targets.get(i).map(|t| t.addr) else {
+            ctx.refusal = Some(Refusal::Internal);
+            return Err(Error::explain(ErrorType::HTTPStatus(500), "no target"));
+        };
+        let Some((connect, read)) = attempt else {
             ctx.refusal = Some(Refusal::UpstreamTimeout);
             return Err(Error::explain(ErrorType::ReadTimedout, "request timeout"));
         };
@@ -432,8 +446,7 @@ impl ProxyHttp for Portcullis {
         if ctx.budget.is_none() {
             ctx.budget = Some(retry::BudgetHold::new(&pool));
         }
-        let target = &pool.targets[i];
-        let mut peer = HttpPeer::new(target.addr, false, String::new());
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(read);
@@ -663,10 +676,10 @@ impl ProxyHttp for Portcullis {
         }
         if self.access_log.enabled() {
             let req = session.req_header();
-            let upstream = route.and_then(|r| {
+            let upstream = ctx.members.as_ref().and_then(|m| {
                 ctx.target
                     .or(ctx.tried.last().copied())
-                    .and_then(|i| r.pool.targets.get(i))
+                    .and_then(|i| m.targets.get(i))
             });
             self.access_log.write(&AccessRecord {
                 request_id: headers::request_id_str(&ctx.request_id),

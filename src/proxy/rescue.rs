@@ -26,6 +26,8 @@ pub enum Refusal {
     NoRoute,
     /// The route's pool has no healthy target.
     NoHealthyTarget,
+    /// The route's pool has no target at all yet: none of its host names has resolved (503).
+    NoTargetYet,
     /// Connecting to the upstream failed (after retries).
     UpstreamUnreachable,
     /// The upstream did not answer in time.
@@ -57,12 +59,13 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 18] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
         Refusal::NoRoute,
         Refusal::NoHealthyTarget,
+        Refusal::NoTargetYet,
         Refusal::UpstreamUnreachable,
         Refusal::UpstreamTimeout,
         Refusal::UpstreamError,
@@ -94,6 +97,11 @@ impl Refusal {
                 502,
                 "no_healthy_upstream",
                 "the upstream has no healthy target",
+            ),
+            Refusal::NoTargetYet => (
+                503,
+                "no_healthy_target",
+                "the upstream has no target yet: its host names have not resolved",
             ),
             Refusal::UpstreamUnreachable => (
                 502,
@@ -506,6 +514,7 @@ mod tests {
                 Refusal::HeadersTooLarge => (431, "headers_too_large"),
                 Refusal::NoRoute => (404, "no_route"),
                 Refusal::NoHealthyTarget => (502, "no_healthy_upstream"),
+                Refusal::NoTargetYet => (503, "no_healthy_target"),
                 Refusal::UpstreamUnreachable => (502, "upstream_unreachable"),
                 Refusal::UpstreamTimeout => (504, "upstream_timeout"),
                 Refusal::UpstreamError => (502, "upstream_error"),

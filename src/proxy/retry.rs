@@ -73,7 +73,11 @@ pub(super) fn decide(session: &Session, ctx: &mut RequestCtx, failure: Failure) 
         && session.response_written().is_none()
         && route.forwarding.attempt(ctx.started).is_some()
         // A target that cannot be connected to is not tried twice: only another one may help.
-        && (failure != Failure::ConnectFailure || pool.has_untried(&ctx.tried));
+        && (failure != Failure::ConnectFailure
+            || ctx
+                .members
+                .as_ref()
+                .is_some_and(|m| m.has_untried(&ctx.tried)));
     if !eligible {
         return false;
     }

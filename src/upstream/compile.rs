@@ -1,31 +1,71 @@
 //! Compiling `upstreams:`: pools, their targets and probes, from the config section and the
-//! serving generation's pool of the same name.
+//! serving generation's pool of the same name; and `server.dns`. Nothing here resolves a name.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 
+use super::dns::{Resolving, MIN_REFRESH};
 use super::health::{HealthProbe, ProbeKind};
-use super::{HashOn, Pool, PoolSettings};
-use crate::config::{Balance, HealthCheckConfig, Issues, UpstreamConfig};
+use super::{HashOn, Pool, PoolSettings, TargetAddress, TargetDef};
+use crate::config::targets::MAX_WEIGHT;
+use crate::config::{Balance, DnsConfig, HealthCheckConfig, Issues, UpstreamConfig};
 
-fn resolve(target: &str) -> Result<SocketAddr, String> {
+/// Read a target's address: an `ip:port`, or a host name and port. Never resolves.
+fn address(target: &str) -> Result<TargetAddress, String> {
     if let Ok(addr) = target.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(TargetAddress::Fixed(addr));
     }
-    if !target.contains(':') {
+    let Some((host, port)) = target.rsplit_once(':') else {
         return Err(format!("`{target}` needs a port (`host:port`)"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{target}`: `{port}` is not a port"))?;
+    if host.parse::<IpAddr>().is_ok() || host.contains(':') || host.starts_with('[') {
+        return Err(format!(
+            "`{target}` is not an address; write an IPv6 address in brackets (`[::1]:80`)"
+        ));
     }
-    // Host names are resolved when the config loads (and on each reload).
-    target
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{target}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{target}` resolves to no address"))
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!("`{target}`: `{host}` is not a host name"));
+    }
+    Ok(TargetAddress::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
 }
 
-/// Compile one `upstreams[]` entry: targets resolved (a host name to its first address),
-/// balancing, timeouts and its probe. Health of targets that stay carries over from
-/// `previous`, the pool of the same name in the serving generation.
+/// Compile `server.dns`: the name servers to ask, each `ip` or `ip:port` (port 53).
+pub fn resolving(dns: &DnsConfig, issues: &mut Issues<'_>) -> Resolving {
+    let mut nameservers = Vec::with_capacity(dns.nameservers.len());
+    for (i, ns) in dns.nameservers.iter().enumerate() {
+        match ns
+            .parse::<SocketAddr>()
+            .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        {
+            Ok(addr) => nameservers.push(addr),
+            Err(_) => issues.push(
+                format!("server.dns.nameservers[{i}]"),
+                format!("`{ns}` is not an `ip` or `ip:port`"),
+            ),
+        }
+    }
+    Resolving { nameservers }
+}
+
+/// Compile one `upstreams[]` entry: targets (a host name is kept as a name, resolved later
+/// in the background), weights, balancing, timeouts and its probe. Health of targets and
+/// addresses of names that stay carry over from `previous`, the pool of the same name in
+/// the serving generation.
 pub fn pool(
     up: &UpstreamConfig,
     path: &str,
@@ -45,16 +85,29 @@ pub fn pool(
     let mut targets = Vec::with_capacity(up.targets.len());
     let mut seen = HashSet::new();
     for (j, t) in up.targets.iter().enumerate() {
-        match resolve(t) {
-            Ok(addr) if !seen.insert(addr) => {
+        if !(1..=MAX_WEIGHT).contains(&t.weight) {
+            issues.push(
+                format!("{path}.targets[{j}].weight"),
+                format!("must be from 1 to {MAX_WEIGHT}"),
+            );
+        }
+        match address(&t.address) {
+            Ok(a) if !seen.insert(a.clone()) => {
                 issues.push(
                     format!("{path}.targets[{j}]"),
-                    format!("`{t}` is listed twice"),
+                    format!("`{}` is listed twice", t.address),
                 );
             }
-            Ok(addr) => targets.push((addr, t.clone())),
+            Ok(a) => targets.push(TargetDef {
+                written: t.address.clone(),
+                weight: usize::try_from(t.weight).unwrap_or(1),
+                address: a,
+            }),
             Err(e) => issues.push(format!("{path}.targets[{j}]"), e),
         }
+    }
+    if up.dns_refresh.0 < MIN_REFRESH {
+        issues.push(format!("{path}.dns_refresh"), "must be at least 1s");
     }
     let hash_on = match (up.balance, up.hash_on.as_deref()) {
         (Balance::ConsistentHash, None | Some("client_ip")) => HashOn::ClientIp,
@@ -88,10 +141,11 @@ pub fn pool(
     };
     let forwarding = super::forwarding::pool(up, path, issues);
     let outlier = super::outlier::compile(up.outlier.as_ref(), &format!("{path}.outlier"), issues);
+    let written: Vec<String> = up.targets.iter().map(|t| t.address.clone()).collect();
     let probe = up
         .health_check
         .as_ref()
-        .and_then(|hc| probe(hc, &up.targets, &format!("{path}.health_check"), issues));
+        .and_then(|hc| probe(hc, &written, &format!("{path}.health_check"), issues));
     if issues.len() != before {
         return None;
     }
@@ -100,6 +154,7 @@ pub fn pool(
         hash_on,
         forwarding,
         outlier,
+        dns_refresh: up.dns_refresh.0,
     };
     match Pool::new(&up.name, targets, settings, probe, previous) {
         Ok(pool) => Some(pool),

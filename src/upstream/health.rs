@@ -16,7 +16,7 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::Pool;
+use super::{Pool, Target};
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -27,8 +27,9 @@ pub(crate) fn now_ms() -> u64 {
 
 /// How a pool's targets are probed.
 pub struct HealthProbe {
-    /// One check for every target, or one shared by all (TCP, or HTTP with a fixed Host).
-    checks: Vec<Box<dyn HealthCheck + Send + Sync>>,
+    /// One check for each target as written (HTTP, its `Host`), or one shared by all (TCP,
+    /// or HTTP with a fixed Host, written `""`).
+    checks: Vec<(String, Box<dyn HealthCheck + Send + Sync>)>,
     /// Time between probes of one target.
     pub interval: Duration,
     /// Time one probe may take.
@@ -68,19 +69,19 @@ impl HealthProbe {
         unhealthy_after: usize,
         targets: &[String],
     ) -> Result<HealthProbe, String> {
-        let checks: Vec<Box<dyn HealthCheck + Send + Sync>> = match kind {
+        let checks: Vec<(String, Box<dyn HealthCheck + Send + Sync>)> = match kind {
             ProbeKind::Tcp => {
                 let mut tcp = TcpHealthCheck::new();
                 tcp.peer_template.options.connection_timeout = Some(timeout);
                 tcp.peer_template.options.total_connection_timeout = Some(timeout);
-                vec![tcp]
+                vec![(String::new(), tcp)]
             }
             ProbeKind::Http { path, status, host } => match host {
-                Some(host) => vec![http_check(&path, status, &host, timeout)?],
+                Some(host) => vec![(String::new(), http_check(&path, status, &host, timeout)?)],
                 None => targets
                     .iter()
-                    .map(|t| http_check(&path, status, t, timeout))
-                    .collect::<Result<_, _>>()?,
+                    .map(|t| Ok((t.clone(), http_check(&path, status, t, timeout)?)))
+                    .collect::<Result<_, String>>()?,
             },
         };
         Ok(HealthProbe {
@@ -92,11 +93,13 @@ impl HealthProbe {
         })
     }
 
-    fn check_for(&self, target: usize) -> Option<&(dyn HealthCheck + Send + Sync)> {
+    /// The check for a target written `written`.
+    fn check_for(&self, written: &str) -> Option<&(dyn HealthCheck + Send + Sync)> {
         self.checks
-            .get(target)
+            .iter()
+            .find(|(w, _)| w == written)
             .or_else(|| self.checks.first())
-            .map(|c| &**c)
+            .map(|(_, c)| &**c)
     }
 }
 
@@ -132,9 +135,10 @@ fn http_check(
     Ok(Box::new(check))
 }
 
-/// Probe target `i` of `pool` once and record the result.
-async fn probe(pool: Arc<Pool>, i: usize) {
-    let (Some(target), Some(probe)) = (pool.targets.get(i), pool.probe.as_ref()) else {
+/// Probe `target` of `pool` once and record the result.
+async fn probe(pool: Arc<Pool>, target: Arc<Target>) {
+    let Some(probe) = pool.probe.as_ref() else {
+        target.probing.store(false, Ordering::Release);
         return;
     };
     let backend = Backend {
@@ -142,7 +146,7 @@ async fn probe(pool: Arc<Pool>, i: usize) {
         weight: 1,
         ext: Default::default(),
     };
-    let ok = match probe.check_for(i) {
+    let ok = match probe.check_for(&target.written) {
         Some(check) => matches!(
             tokio::time::timeout(probe.timeout, check.check(&backend)).await,
             Ok(Ok(()))
@@ -189,7 +193,8 @@ impl HealthSupervisor {
             if pool.probe.is_none() {
                 continue;
             }
-            for (i, target) in pool.targets.iter().enumerate() {
+            // The members now: targets a DNS change added are probed from their first tick.
+            for target in &pool.members().targets {
                 if target.next_probe_ms.load(Ordering::Relaxed) > now {
                     continue;
                 }
@@ -200,7 +205,7 @@ impl HealthSupervisor {
                 {
                     continue;
                 }
-                tokio::spawn(probe(Arc::clone(pool), i));
+                tokio::spawn(probe(Arc::clone(pool), Arc::clone(target)));
             }
         }
     }

@@ -1,36 +1,44 @@
 //! Upstream pools: targets, their health, and picking one for a request.
 //!
-//! Selection uses pingora-load-balancing's algorithms; health is our own per-target state so
-//! that it can outlive a config reload (a target that stays keeps its `Arc<Target>`). This
-//! module never talks HTTP to a client and never decides routing.
+//! A pool's targets as configured ([`Spec`]) are fixed addresses or host names; its members
+//! ([`Members`]: the targets with an address now, and the balancer over them) are rebuilt off
+//! the request path whenever a name's addresses change ([`dns`]) and swapped in atomically.
+//! Selection uses pingora-load-balancing's algorithms, with each target's weight; health is
+//! our own per-target state so that it can outlive a config reload or a DNS change (a target
+//! that stays keeps its `Arc<Target>`). This module never talks HTTP to a client and never
+//! decides routing.
 
 pub mod compile;
+pub mod dns;
 pub mod forwarding;
 pub mod health;
+mod members;
 pub mod outlier;
 pub mod telemetry;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use pingora::lb::selection::{consistent::KetamaHashing, BackendIter, BackendSelection};
-use pingora::lb::selection::{Random, RoundRobin};
-use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use arc_swap::ArcSwap;
 
 use crate::config::Balance;
 use crate::metrics::METRICS;
 
+pub use dns::{DnsRefresher, Name, Resolving};
 pub use health::{HealthProbe, HealthSupervisor};
+pub use members::Members;
 
 /// One target of a pool, with the health state its probes keep.
 pub struct Target {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The address as written, for logs and labels.
+    /// The address as written for a fixed target; `host:port@ip:port` for an address of a
+    /// host name. For logs and labels.
     pub label: String,
+    /// The target as written in the config: a probe's `Host`.
+    pub written: String,
     healthy: AtomicBool,
     successes: AtomicUsize,
     failures: AtomicUsize,
@@ -48,10 +56,11 @@ pub struct Target {
 }
 
 impl Target {
-    fn new(pool: &str, addr: SocketAddr, label: String) -> Target {
+    fn new(pool: &str, addr: SocketAddr, label: String, written: &str) -> Target {
         Target {
             addr,
             label,
+            written: written.to_string(),
             // A new target serves until probes say otherwise, so a fresh start does not
             // wait a full probe cycle before taking traffic.
             healthy: AtomicBool::new(true),
@@ -177,12 +186,6 @@ pub enum HashOn {
     Header(http::HeaderName),
 }
 
-enum Selector {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-    Consistent(LoadBalancer<KetamaHashing>),
-}
-
 /// Settings of a pool that every request through it uses.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -194,7 +197,55 @@ pub struct PoolSettings {
     pub forwarding: forwarding::Forwarding,
     /// When targets are ejected for failing requests.
     pub outlier: outlier::OutlierPolicy,
+    /// Longest time between two lookups of a host name (the record's TTL when shorter).
+    pub dns_refresh: Duration,
 }
+
+/// Where a configured target is, as compiled: no name is resolved at compile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TargetAddress {
+    /// An `ip:port`.
+    Fixed(SocketAddr),
+    /// A host name and port, resolved in the background.
+    Name {
+        /// The host name, lowercase.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+/// A configured target, as compiled.
+#[derive(Debug, Clone)]
+pub struct TargetDef {
+    /// As written in the config.
+    pub written: String,
+    /// Its relative share of traffic (each address of a name has it).
+    pub weight: usize,
+    /// Where it is.
+    pub address: TargetAddress,
+}
+
+/// A configured target of a serving pool.
+pub struct Spec {
+    /// As written in the config.
+    pub written: String,
+    /// Its relative share of traffic.
+    pub weight: usize,
+    /// Where it is.
+    pub source: Source,
+}
+
+/// Where a [`Spec`]'s addresses come from.
+pub enum Source {
+    /// One fixed address.
+    Fixed(SocketAddr),
+    /// Every address a host name resolves to, as last resolved.
+    Name(Arc<Name>),
+}
+
+/// The members before and after a swap.
+pub type Swapped = (Arc<Members>, Arc<Members>);
 
 /// An upstream pool.
 pub struct Pool {
@@ -202,125 +253,100 @@ pub struct Pool {
     pub concurrency: Option<Arc<crate::ratelimit::Concurrency>>,
     /// Its name in the config.
     pub name: String,
-    /// Its targets, in config order.
-    pub targets: Vec<Arc<Target>>,
+    /// Its targets as configured, in config order.
+    pub specs: Vec<Spec>,
     /// How requests use it.
     pub settings: PoolSettings,
     /// Active health checking, when configured.
     pub probe: Option<HealthProbe>,
     /// Its requests and retries in flight.
     pub budget: forwarding::RetryBudget,
-    by_addr: HashMap<PeerAddr, usize, ahash::RandomState>,
-    selector: Selector,
+    /// The targets with an address now, and the balancer over them.
+    members: ArcSwap<Members>,
 }
-
-/// Build a pingora load balancer over fixed backends without an async context.
-fn balancer<S>(backends: &[Backend]) -> Option<LoadBalancer<S>>
-where
-    S: BackendSelection + 'static,
-    S::Iter: BackendIter,
-{
-    let set = backends.iter().cloned().collect();
-    let lb = LoadBalancer::<S>::from_backends(Backends::new(discovery::Static::new(set)));
-    // Static discovery never waits, so one poll finishes the update.
-    let ready = {
-        let mut update = std::pin::pin!(lb.update());
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        matches!(
-            update.as_mut().poll(&mut cx),
-            std::task::Poll::Ready(Ok(()))
-        )
-    };
-    ready.then_some(lb)
-}
-
-use std::future::Future;
 
 impl Pool {
-    /// Build a pool. Targets listed in `previous` keep their health state.
+    /// Build a pool. Names listed in `previous` keep their resolved addresses, and targets
+    /// their health state; a name never resolved yet has no member until it is.
     ///
     /// # Errors
     /// A message when pingora could not build the balancer.
     pub fn new(
         name: &str,
-        targets: Vec<(SocketAddr, String)>,
+        targets: Vec<TargetDef>,
         settings: PoolSettings,
         probe: Option<HealthProbe>,
         previous: Option<&Pool>,
     ) -> Result<Pool, String> {
-        let mut by_addr = HashMap::default();
-        let mut backends = Vec::with_capacity(targets.len());
-        let mut kept = Vec::with_capacity(targets.len());
-        for (i, (addr, label)) in targets.into_iter().enumerate() {
-            let key = (name.to_string(), addr, label.clone());
-            kept.push(
-                match crate::carry::kept(previous.into_iter().flat_map(|p| &p.targets), &key) {
-                    Some(t) => t,
-                    None => Arc::new(Target::new(name, addr, label)),
+        let specs: Vec<Spec> = targets
+            .into_iter()
+            .map(|t| Spec {
+                source: match t.address {
+                    TargetAddress::Fixed(addr) => Source::Fixed(addr),
+                    TargetAddress::Name { host, port } => {
+                        let key = (name.to_string(), host, port);
+                        let old = previous.into_iter().flat_map(|p| p.names());
+                        Source::Name(
+                            crate::carry::kept(old, &key)
+                                .unwrap_or_else(|| Arc::new(Name::new(key.0, key.1, key.2))),
+                        )
+                    }
                 },
-            );
-            let backend = Backend {
-                addr: PeerAddr::Inet(addr),
-                weight: 1,
-                ext: Default::default(),
-            };
-            by_addr.insert(backend.addr.clone(), i);
-            backends.push(backend);
-        }
-        let failed = || format!("upstream `{name}`: cannot build the load balancer");
-        let selector = match settings.balance {
-            Balance::RoundRobin => Selector::RoundRobin(balancer(&backends).ok_or_else(failed)?),
-            Balance::Random => Selector::Random(balancer(&backends).ok_or_else(failed)?),
-            Balance::ConsistentHash => {
-                Selector::Consistent(balancer(&backends).ok_or_else(failed)?)
-            }
-        };
+                written: t.written,
+                weight: t.weight,
+            })
+            .collect();
+        let old_members = previous.map(Pool::members);
+        let members = Members::build(
+            name,
+            &specs,
+            settings.balance,
+            old_members.iter().flat_map(|m| &m.targets),
+        )?;
         Ok(Pool {
             concurrency: None,
             name: name.to_string(),
-            targets: kept,
+            specs,
             settings,
             probe,
             budget: forwarding::RetryBudget::default(),
-            by_addr,
-            selector,
+            members: ArcSwap::from_pointee(members),
         })
     }
 
-    /// Pick a healthy target not in `tried`, by the pool's balance mode. `key` matters only
-    /// for consistent hashing.
-    pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
-        // One target: nothing to balance (Pingora's selection would allocate its
-        // seen-set on every request for the same answer).
-        if let [only] = self.targets.as_slice() {
-            return (only.is_healthy() && tried.is_empty()).then_some(0);
-        }
-        let accept = |b: &Backend, _: bool| {
-            self.by_addr
-                .get(&b.addr)
-                .is_some_and(|&i| self.targets[i].is_healthy() && !tried.contains(&i))
-        };
-        let max = self.targets.len().saturating_mul(2).max(8);
-        let picked = match &self.selector {
-            Selector::RoundRobin(lb) => lb.select_with(key, max, accept),
-            Selector::Random(lb) => lb.select_with(key, max, accept),
-            Selector::Consistent(lb) => lb.select_with(key, max, accept),
-        };
-        match picked {
-            Some(b) => self.by_addr.get(&b.addr).copied(),
-            // The algorithms bound their search; make sure a healthy target is never missed.
-            None => (0..self.targets.len())
-                .find(|i| self.targets[*i].is_healthy() && !tried.contains(i)),
-        }
+    /// The members now. A request keeps this snapshot for all its tries, so the indices it
+    /// holds stay valid, and a removed target it uses lives until it is done.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
     }
 
-    /// Whether a healthy target not in `tried` is left, that is, whether a retry could go
-    /// anywhere.
-    pub fn has_untried(&self, tried: &[usize]) -> bool {
-        self.targets
-            .iter()
-            .enumerate()
-            .any(|(i, t)| t.is_healthy() && !tried.contains(&i))
+    /// The host names among its targets.
+    pub fn names(&self) -> impl Iterator<Item = &Arc<Name>> {
+        self.specs.iter().filter_map(|s| match &s.source {
+            Source::Name(n) => Some(n),
+            Source::Fixed(_) => None,
+        })
+    }
+
+    /// Rebuild the members when a name's addresses changed since they were built, carrying
+    /// each staying target's health; returns the members before and after when it did.
+    /// Runs off the request path (the DNS refresher), one caller at a time.
+    ///
+    /// # Errors
+    /// A message when pingora could not build the balancer; the members stay as they were.
+    pub fn refresh(&self) -> Result<Option<Swapped>, String> {
+        let old = self.members();
+        if !old.is_stale(&self.specs) {
+            return Ok(None);
+        }
+        let new = Arc::new(Members::build(
+            &self.name,
+            &self.specs,
+            self.settings.balance,
+            &old.targets,
+        )?);
+        self.members.store(Arc::clone(&new));
+        Ok(Some((old, new)))
     }
 
     /// Record how an attempt on `target` went: a failure (a 5xx answer, a connection that
@@ -333,12 +359,13 @@ impl Pool {
         let policy = &self.settings.outlier;
         let now = health::now_ms();
         let room = || {
-            let out = self
+            let members = self.members();
+            let out = members
                 .targets
                 .iter()
                 .filter(|t| t.outlier.is_ejected(now))
                 .count();
-            out < policy.max_ejected(self.targets.len())
+            out < policy.max_ejected(members.targets.len())
         };
         if let outlier::Change::Ejected(length) = target.outlier.failure(policy, now, room) {
             METRICS.ejections.with_label_values(&[&self.name]).inc();
@@ -354,7 +381,12 @@ impl Pool {
 
     /// How many targets are healthy.
     pub fn healthy_count(&self) -> usize {
-        self.targets.iter().filter(|t| t.is_healthy()).count()
+        self.members().healthy_count()
+    }
+
+    /// How many targets it has now (a host name counts once per address).
+    pub fn target_count(&self) -> usize {
+        self.members().targets.len()
     }
 }
 
@@ -369,17 +401,18 @@ pub fn observe(pools: &[Arc<Pool>]) {
 }
 
 /// The commit step of a reload, once `new` serves in place of `old` (or at start, with no
-/// `old`): the gauges of new targets and caps appear, those of targets and caps that are gone
-/// are dropped, and a pool whose health check was removed takes every target back (no probe
-/// is left to readmit one).
+/// `old`): the gauges of new targets, names and caps appear, those of targets, names and caps
+/// that are gone are dropped, and a pool whose health check was removed takes every target
+/// back (no probe is left to readmit one).
 pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
     for pool in new {
+        let members = pool.members();
         if pool.probe.is_none() {
-            for target in &pool.targets {
+            for target in &members.targets {
                 target.assume_healthy();
             }
         }
-        for target in &pool.targets {
+        for target in &members.targets {
             target.register();
         }
         if let Some(cap) = &pool.concurrency {
@@ -396,11 +429,11 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
     }
     for pool in old {
         let kept = new.iter().find(|p| p.name == pool.name);
-        for target in &pool.targets {
-            if !kept.is_some_and(|p| p.targets.iter().any(|t| Arc::ptr_eq(t, target))) {
-                target.forget();
-            }
-        }
+        let kept_members = kept.map(|p| p.members());
+        forget_targets(
+            &pool.members(),
+            kept_members.as_deref().map_or(&[][..], |m| &m.targets),
+        );
         if kept.is_none() {
             let _ = METRICS.healthy_targets.remove_label_values(&[&pool.name]);
             for failure in forwarding::Failure::ALL {
@@ -418,21 +451,24 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
             let _ = METRICS.in_flight.remove_label_values(&[&pool.name]);
         }
     }
+    dns::commit(old, new);
+}
+
+/// Drop the series of `old`'s targets that are not among `kept`.
+fn forget_targets(old: &Members, kept: &[Arc<Target>]) {
+    for target in &old.targets {
+        if !kept.iter().any(|t| Arc::ptr_eq(t, target)) {
+            target.forget();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn pool(balance: Balance, n: usize) -> Pool {
-        let targets = (0..n)
-            .map(|i| {
-                let addr: SocketAddr = format!("127.0.0.1:{}", 10_000 + i).parse().unwrap();
-                (addr, addr.to_string())
-            })
-            .collect();
-        let settings = PoolSettings {
+    fn settings(balance: Balance) -> PoolSettings {
+        PoolSettings {
             balance,
             hash_on: HashOn::ClientIp,
             forwarding: forwarding::Forwarding {
@@ -442,33 +478,88 @@ mod tests {
                 retry: forwarding::DEFAULT_RETRY,
             },
             outlier: outlier::DEFAULT_OUTLIER,
-        };
+            dns_refresh: Duration::from_secs(30),
+        }
+    }
+
+    fn fixed(port: u16, weight: usize) -> TargetDef {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        TargetDef {
+            written: addr.to_string(),
+            weight,
+            address: TargetAddress::Fixed(addr),
+        }
+    }
+
+    fn weighted(balance: Balance, weights: &[usize]) -> Pool {
+        let targets = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| fixed(10_000 + u16::try_from(i).unwrap(), *w))
+            .collect();
         Pool::new(
-            &format!("test-{balance:?}-{n}"),
+            &format!("test-{balance:?}-{weights:?}"),
             targets,
-            settings,
+            settings(balance),
             None,
             None,
         )
         .unwrap()
     }
 
+    fn pool(balance: Balance, n: usize) -> Pool {
+        weighted(balance, &vec![1; n])
+    }
+
     #[test]
     fn round_robin_spreads_and_skips_unhealthy() {
         let p = pool(Balance::RoundRobin, 3);
+        let m = p.members();
         let mut seen = [0; 3];
         for _ in 0..30 {
-            seen[p.select(b"", &[]).unwrap()] += 1;
+            seen[m.select(b"", &[]).unwrap()] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
         for _ in 0..3 {
-            p.targets[1].observe(false, 2, 3);
+            m.targets[1].observe(false, 2, 3);
         }
-        assert!(!p.targets[1].is_healthy());
+        assert!(!m.targets[1].is_healthy());
         for _ in 0..30 {
-            assert_ne!(p.select(b"", &[]), Some(1));
+            assert_ne!(m.select(b"", &[]), Some(1));
         }
         assert_eq!(p.healthy_count(), 2);
+    }
+
+    /// Weights 1 and 3: round robin gives exactly one in four to the first, random about
+    /// that, consistent hashing about that share of keys. Ignoring weights gives one in two.
+    #[test]
+    fn round_robin_honours_weights() {
+        let rr = weighted(Balance::RoundRobin, &[1, 3]).members();
+        let mut seen = [0; 2];
+        for _ in 0..400 {
+            seen[rr.select(b"", &[]).unwrap()] += 1;
+        }
+        assert_eq!(seen, [100, 300], "round robin");
+    }
+
+    #[test]
+    fn random_honours_weights() {
+        let random = weighted(Balance::Random, &[1, 3]).members();
+        let mut seen = [0; 2];
+        for _ in 0..4000 {
+            seen[random.select(b"", &[]).unwrap()] += 1;
+        }
+        assert!((2700..3300).contains(&seen[1]), "random: {seen:?}");
+    }
+
+    #[test]
+    fn consistent_hash_honours_weights() {
+        let hash = weighted(Balance::ConsistentHash, &[1, 3]).members();
+        let mut seen = [0; 2];
+        for k in 0..2000 {
+            seen[hash.select(format!("key-{k}").as_bytes(), &[]).unwrap()] += 1;
+        }
+        assert!((1300..1700).contains(&seen[1]), "consistent hash: {seen:?}");
     }
 
     #[test]
@@ -478,14 +569,14 @@ mod tests {
             Balance::Random,
             Balance::ConsistentHash,
         ] {
-            let p = pool(balance, 4);
-            for t in &p.targets[..3] {
+            let m = pool(balance, 4).members();
+            for t in &m.targets[..3] {
                 for _ in 0..3 {
                     t.observe(false, 1, 3);
                 }
             }
-            assert_eq!(p.select(b"k", &[]), Some(3), "{balance:?}");
-            assert_eq!(p.select(b"k", &[3]), None, "{balance:?}");
+            assert_eq!(m.select(b"k", &[]), Some(3), "{balance:?}");
+            assert_eq!(m.select(b"k", &[3]), None, "{balance:?}");
         }
     }
 
@@ -496,13 +587,13 @@ mod tests {
             Balance::Random,
             Balance::ConsistentHash,
         ] {
-            let p = pool(balance, 1);
-            assert_eq!(p.select(b"k", &[]), Some(0));
-            assert_eq!(p.select(b"k", &[0]), None);
+            let m = pool(balance, 1).members();
+            assert_eq!(m.select(b"k", &[]), Some(0));
+            assert_eq!(m.select(b"k", &[0]), None);
             for _ in 0..3 {
-                p.targets[0].observe(false, 1, 3);
+                m.targets[0].observe(false, 1, 3);
             }
-            assert_eq!(p.select(b"k", &[]), None);
+            assert_eq!(m.select(b"k", &[]), None);
         }
     }
 
@@ -511,7 +602,7 @@ mod tests {
     /// target (or, rotating, moves each key). A target going down moves only its own keys.
     #[test]
     fn consistent_hash_is_sticky() {
-        let p = pool(Balance::ConsistentHash, 5);
+        let p = pool(Balance::ConsistentHash, 5).members();
         let keys: Vec<String> = (0..100).map(|i| format!("client-{i}")).collect();
         let first: Vec<usize> = keys
             .iter()
@@ -549,7 +640,8 @@ mod tests {
     #[test]
     fn thresholds() {
         let p = pool(Balance::RoundRobin, 1);
-        let t = &p.targets[0];
+        let m = p.members();
+        let t = &m.targets[0];
         assert_eq!(t.observe(false, 2, 3), None);
         assert_eq!(t.observe(false, 2, 3), None);
         assert_eq!(t.observe(false, 2, 3), Some(false));
@@ -561,15 +653,103 @@ mod tests {
     fn health_carries_over_to_a_rebuilt_pool() {
         let old = pool(Balance::RoundRobin, 2);
         for _ in 0..3 {
-            old.targets[0].observe(false, 2, 3);
+            old.members().targets[0].observe(false, 2, 3);
         }
-        let targets = old
-            .targets
-            .iter()
-            .map(|t| (t.addr, t.label.clone()))
-            .collect();
+        let targets = vec![fixed(10_000, 1), fixed(10_001, 1)];
         let new = Pool::new(&old.name, targets, old.settings.clone(), None, Some(&old)).unwrap();
-        assert!(!new.targets[0].is_healthy());
-        assert!(new.targets[1].is_healthy());
+        assert!(!new.members().targets[0].is_healthy());
+        assert!(new.members().targets[1].is_healthy());
+    }
+
+    fn named(host: &str) -> TargetDef {
+        TargetDef {
+            written: format!("{host}:8080"),
+            weight: 1,
+            address: TargetAddress::Name {
+                host: host.to_string(),
+                port: 8080,
+            },
+        }
+    }
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// A name has no member until it resolves; its addresses then become members at once,
+    /// a changed answer swaps them, a target that stays keeps its health, and a request
+    /// holding the old members still has the removed target.
+    #[test]
+    fn a_name_becomes_its_addresses() {
+        let p = Pool::new(
+            "named",
+            vec![fixed(9000, 1), named("api.test")],
+            settings(Balance::RoundRobin),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(p.target_count(), 1, "an unresolved name has no member");
+        assert!(p.refresh().unwrap().is_none(), "nothing changed");
+        let name = Arc::clone(p.names().next().unwrap());
+        assert!(name.set_addresses(vec![ip("127.0.0.3"), ip("127.0.0.2")]));
+        assert!(!name.set_addresses(vec![ip("127.0.0.2"), ip("127.0.0.3")]));
+        let (_, after) = p.refresh().unwrap().unwrap();
+        let labels: Vec<&str> = after.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "127.0.0.1:9000",
+                "api.test:8080@127.0.0.2:8080",
+                "api.test:8080@127.0.0.3:8080"
+            ]
+        );
+        assert_eq!(after.targets[1].written, "api.test:8080");
+        for _ in 0..3 {
+            after.targets[2].observe(false, 1, 3);
+        }
+        let in_flight = p.members();
+        name.set_addresses(vec![ip("127.0.0.3"), ip("127.0.0.4")]);
+        let (_, now) = p.refresh().unwrap().unwrap();
+        let addrs: Vec<String> = now.targets.iter().map(|t| t.addr.to_string()).collect();
+        assert_eq!(
+            addrs,
+            ["127.0.0.1:9000", "127.0.0.3:8080", "127.0.0.4:8080"]
+        );
+        assert!(Arc::ptr_eq(&now.targets[1], &in_flight.targets[2]));
+        assert!(
+            !now.targets[1].is_healthy(),
+            "health stays with the address"
+        );
+        assert_eq!(in_flight.targets[1].addr.to_string(), "127.0.0.2:8080");
+
+        // A reload keeps the name's addresses and the targets' health.
+        let reloaded = Pool::new(
+            "named",
+            vec![named("api.test"), fixed(9000, 1)],
+            settings(Balance::RoundRobin),
+            None,
+            Some(&p),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(reloaded.names().next().unwrap(), &name));
+        assert_eq!(reloaded.target_count(), 3);
+        assert!(!reloaded.members().targets[0].is_healthy());
+        // Another port is another name: it starts empty.
+        let mut other = named("api.test");
+        other.address = TargetAddress::Name {
+            host: "api.test".into(),
+            port: 9090,
+        };
+        let moved = Pool::new(
+            "named",
+            vec![other],
+            settings(Balance::RoundRobin),
+            None,
+            Some(&p),
+        )
+        .unwrap();
+        assert_eq!(moved.target_count(), 0);
+        assert_eq!(moved.members().select(b"", &[]), None);
     }
 }

@@ -20,5 +20,6 @@ mod ratelimit;
 mod reload;
 mod retries;
 mod routing;
+mod targets;
 mod tls;
 mod upstreams;

@@ -6,6 +6,7 @@
 //! - [`eventually`]: wait for health checks and reloads instead of sleeping fixed times.
 //! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
 
+pub mod dns;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;

@@ -86,7 +86,14 @@ pub struct Upstream {
 impl Upstream {
     /// Start an upstream named `name` on a free port of 127.0.0.1.
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_at(name, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Start an upstream named `name` on `addr` (port 0: a free one); `Err` when it is taken.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> std::io::Result<Upstream> {
+        let listener = TcpListener::bind(addr).await?;
         let state = Arc::new(State {
             name: name.to_string(),
             hits: AtomicUsize::new(0),
@@ -103,7 +110,7 @@ impl Upstream {
                 connection(stream, Arc::clone(&state))
             })
         };
-        Upstream { server, state }
+        Ok(Upstream { server, state })
     }
 
     /// Start `n` upstreams named `{prefix}0`, `{prefix}1`, ...
