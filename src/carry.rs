@@ -12,6 +12,7 @@
 //! | a limiter's buckets | route name, limit kind, rate, burst, scope, claim, `max_keys` |
 //! | a pool's in-flight cap | pool name, fixed limit or adaptive `min` and `max` |
 //! | a target's health | pool name, address, the target as written |
+//! | a host name's resolved addresses | pool name, host name, port |
 //! | an issuer's keys | every setting of the issuer, and its secret |
 //! | the token cache | `token_cache:` and the claims the routes use |
 
