@@ -234,3 +234,77 @@ fn probe(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::generation::Generation;
+
+    fn upstream(targets: &str, extra: &str) -> String {
+        format!(
+            "upstreams:\n  - name: u\n    targets: {targets}\n{extra}routes:\n  - name: r\n    match: {{ path_prefix: / }}\n    upstream: u\n"
+        )
+    }
+
+    /// A name compiles to a member-less name entry: nothing is resolved (`.invalid` never
+    /// resolves anywhere, so a compile that tried would fail).
+    #[test]
+    fn names_are_never_resolved_at_compile() {
+        let g = Generation::from_yaml(&upstream(
+            "[\"127.0.0.1:9\", \"Backend.INVALID:80\", { address: \"canary.invalid:80\", weight: 5 }]",
+            "    dns_refresh: 2s\n",
+        ))
+        .unwrap();
+        let pool = &g.pools[0];
+        assert_eq!(
+            pool.target_count(),
+            1,
+            "only the fixed address has a member"
+        );
+        let names: Vec<(&str, u16)> = pool.names().map(|n| (n.host.as_str(), n.port)).collect();
+        assert_eq!(names, [("backend.invalid", 80), ("canary.invalid", 80)]);
+        assert_eq!(pool.specs[2].weight, 5);
+        assert_eq!(pool.settings.dns_refresh, std::time::Duration::from_secs(2));
+        assert!(g.dns.nameservers.is_empty());
+    }
+
+    #[test]
+    fn target_and_resolver_errors() {
+        let text = format!(
+            "server:\n  dns: {{ nameservers: [\"127.0.0.1:5353\", \"10.0.0.1\", \"ns.example\"] }}\n{}",
+            upstream(
+                "[\"a.test:80\", \"A.test:80\", \"::1:80\", \"bad_host!:80\", \"x.test:http\", { address: \"b.test:80\", weight: 0 }, { address: \"c.test:80\", weight: 101 }]",
+                "    dns_refresh: 500ms\n",
+            )
+        );
+        let err = Generation::from_yaml(&text).unwrap_err();
+        let got: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+        for want in [
+            "server.dns.nameservers[2]: `ns.example` is not an `ip` or `ip:port`",
+            "upstreams[0].targets[1]: `A.test:80` is listed twice",
+            "upstreams[0].targets[2]: `::1:80` is not an address",
+            "upstreams[0].targets[3]: `bad_host!:80`: `bad_host!` is not a host name",
+            "upstreams[0].targets[4]: `x.test:http`: `http` is not a port",
+            "upstreams[0].targets[5].weight: must be from 1 to 100",
+            "upstreams[0].targets[6].weight: must be from 1 to 100",
+            "upstreams[0].dns_refresh: must be at least 1s",
+        ] {
+            assert!(
+                got.iter().any(|g| g.contains(want)),
+                "no `{want}` in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), 8, "{got:#?}");
+        let ok = Generation::from_yaml(&format!(
+            "server:\n  dns: {{ nameservers: [\"127.0.0.1:5353\", \"10.0.0.1\"] }}\n{}",
+            upstream("[\"a.test:80\"]", "")
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.dns.nameservers,
+            [
+                "127.0.0.1:5353".parse().unwrap(),
+                "10.0.0.1:53".parse().unwrap()
+            ]
+        );
+    }
+}
