@@ -130,6 +130,15 @@ async fn traffic_follows_the_answers() {
         2.0,
         "addresses gauge"
     );
+    let ready: serde_json::Value = client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["upstreams"]["app"]["targets"], 2, "{ready}");
 
     // Two slow requests in a row: round robin puts one on each address.
     let before = ups[0].arrivals();
@@ -178,6 +187,38 @@ async fn traffic_follows_the_answers() {
         ups[0].received().iter().any(|e| e.path == "/slow"),
         "the slow request on A finished there"
     );
+}
+
+/// The health check probes an address from the moment the name gains it: a new address
+/// that fails its probe is taken out, and traffic stays on the healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_addresses_are_probed() {
+    let (ups, port) = on_loopbacks(2).await;
+    ups[1].set_health_status(503);
+    let dns = Dnsmasq::start(&[("127.0.0.2", "app.test")]).await;
+    let check =
+        "    health_check: { http: { path: /healthz }, interval: 200ms, unhealthy_after: 1 }\n";
+    let proxy = start(&dns, &format!("[\"app.test:{port}\"]"), check).await;
+    served_by(&proxy, "a").await;
+    dns.set(
+        &[("127.0.0.2", "app.test"), ("127.0.0.3", "app.test")],
+        "app.test",
+        &["127.0.0.2", "127.0.0.3"],
+    )
+    .await;
+    let b_label = format!("app.test:{port}@127.0.0.3:{port}");
+    eventually("B to be probed", Duration::from_secs(10), || async {
+        if ups[1].health_hits() > 0 {
+            Ok(())
+        } else {
+            Err("no probe yet".to_string())
+        }
+    })
+    .await;
+    proxy
+        .wait_metric(HEALTHY, &[("upstream", "app"), ("target", &b_label)], 0.0)
+        .await;
+    assert_eq!(spread(&proxy, 10).await.get("a"), Some(&10));
 }
 
 /// A name that does not resolve at start: the proxy runs, answers 503 `no_healthy_target`,
