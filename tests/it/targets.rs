@@ -131,7 +131,7 @@ async fn traffic_follows_the_answers() {
         "addresses gauge"
     );
     let ready: serde_json::Value = client()
-        .get(proxy.admin_url("/readyz"))
+        .get(proxy.admin_url("/readyz?verbose"))
         .send()
         .await
         .unwrap()
