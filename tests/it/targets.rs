@@ -305,6 +305,20 @@ fn check(path: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Without `server.dns` the system's settings are used, `/etc/hosts` included: `localhost`
+/// resolves there (to 127.0.0.1, and perhaps ::1, which a retry steps over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_resolver_reads_etc_hosts() {
+    let up = Upstream::start("local").await;
+    let body = format!(
+        "upstreams:\n  - name: app\n    targets: [\"localhost:{}\"]\n    retries: 2\n\
+         routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: app\n",
+        up.addr().port()
+    );
+    let proxy = Proxy::start(&body).await;
+    served_by(&proxy, "local").await;
+}
+
 /// The config deploy/kubernetes.yaml embeds in its ConfigMap passes `check`, offline: its
 /// target is a cluster Service name no resolver here knows.
 #[test]
