@@ -221,6 +221,34 @@ async fn new_addresses_are_probed() {
     assert_eq!(spread(&proxy, 10).await.get("a"), Some(&10));
 }
 
+/// An answer's TTL shorter than `dns_refresh` brings the next lookup forward: with
+/// `dns_refresh: 1h` and a TTL of 1 s, a changed answer is followed within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_ttl_wins_over_dns_refresh() {
+    let (_ups, port) = on_loopbacks(2).await;
+    let dns = Dnsmasq::start_with_ttl(&[("127.0.0.2", "app.test")], 1).await;
+    let (body, server) = config(&dns, &format!("[\"app.test:{port}\"]"), "");
+    let body = body.replace("dns_refresh: 1s", "dns_refresh: 1h");
+    let proxy = Proxy::builder(&body).server(&server).start().await;
+    served_by(&proxy, "a").await;
+    dns.set(&[("127.0.0.3", "app.test")], "app.test", &["127.0.0.3"])
+        .await;
+    served_by(&proxy, "b").await;
+}
+
+/// A `dns_refresh` shorter than the TTL wins: an answer with a TTL of an hour is asked for
+/// again after 1 s (no cache holds it for its TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_refresh_wins_over_a_long_ttl() {
+    let (_ups, port) = on_loopbacks(2).await;
+    let dns = Dnsmasq::start_with_ttl(&[("127.0.0.2", "app.test")], 3600).await;
+    let proxy = start(&dns, &format!("[\"app.test:{port}\"]"), "").await;
+    served_by(&proxy, "a").await;
+    dns.set(&[("127.0.0.3", "app.test")], "app.test", &["127.0.0.3"])
+        .await;
+    served_by(&proxy, "b").await;
+}
+
 /// A name that does not resolve at start: the proxy runs, answers 503 `no_healthy_target`,
 /// and serves once the name appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

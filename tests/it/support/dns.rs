@@ -31,8 +31,14 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Start one answering `entries` (`(ip, name)` pairs), and wait until it answers.
+    /// Start one answering `entries` (`(ip, name)` pairs) with TTL 0, and wait until it
+    /// answers.
     pub async fn start(entries: &[(&str, &str)]) -> Dnsmasq {
+        Dnsmasq::start_with_ttl(entries, 0).await
+    }
+
+    /// The same, its answers carrying a TTL of `ttl` seconds.
+    pub async fn start_with_ttl(entries: &[(&str, &str)], ttl: u32) -> Dnsmasq {
         let dir = tempfile::tempdir().unwrap();
         // dnsmasq drops to `nobody` after start: its files must be readable by anyone.
         std::fs::set_permissions(
@@ -62,6 +68,7 @@ impl Dnsmasq {
                     dns.dir.path().join("pid").display()
                 ))
                 .arg(format!("--port={}", dns.port))
+                .arg(format!("--local-ttl={ttl}"))
                 .arg(format!("--addn-hosts={}", dns.hosts().display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
