@@ -249,6 +249,51 @@ async fn dns_refresh_wins_over_a_long_ttl() {
     served_by(&proxy, "b").await;
 }
 
+/// A name stands for its A and its AAAA records: an upstream on 127.0.0.2 and one on ::1,
+/// same port, both take traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_stands_for_its_a_and_aaaa_records() {
+    let (v4, v6, port) = 'found: {
+        for _ in 0..10 {
+            let v4 = Upstream::start_at("v4", "127.0.0.2:0".parse().unwrap())
+                .await
+                .unwrap();
+            let port = v4.addr().port();
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            if let Ok(v6) = Upstream::start_at("v6", v6).await {
+                break 'found (v4, v6, port);
+            }
+        }
+        panic!("no port free on both 127.0.0.2 and ::1");
+    };
+    let dns = Dnsmasq::start(&[("127.0.0.2", "dual.test"), ("::1", "dual.test")]).await;
+    let proxy = start(&dns, &format!("[\"dual.test:{port}\"]"), "").await;
+    proxy
+        .wait_metric(ADDRESSES, &[("upstream", "app")], 2.0)
+        .await;
+    let http = client();
+    eventually("both to serve", Duration::from_secs(10), || async {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let resp = http.get(proxy.url("/")).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            match serde_json::from_str::<crate::support::Echo>(&text) {
+                Ok(echo) if status == 200 => seen.push(echo.upstream),
+                _ => return Err(format!("{status}: {text}")),
+            }
+        }
+        seen.sort();
+        if seen == ["v4", "v4", "v6", "v6"] {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+    drop((v4, v6));
+}
+
 /// A name that does not resolve at start: the proxy runs, answers 503 `no_healthy_target`,
 /// and serves once the name appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

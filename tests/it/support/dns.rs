@@ -82,8 +82,13 @@ impl Dnsmasq {
             }
         }
         assert!(dns.child.is_some(), "dnsmasq did not start");
-        if let Some((ip, name)) = entries.first() {
-            dns.wait_answer(name, &[ip]).await;
+        if let Some((_, name)) = entries.first() {
+            let ips: Vec<&str> = entries
+                .iter()
+                .filter(|(_, n)| n == name)
+                .map(|(ip, _)| *ip)
+                .collect();
+            dns.wait_answer(name, &ips).await;
         }
         dns
     }
