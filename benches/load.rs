@@ -313,6 +313,8 @@ struct Case {
     limits: bool,
     routes: usize,
     connections: u32,
+    /// To the upstream over TLS (its certificate checked against a CA of the bench's own).
+    upstream_tls: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -324,6 +326,7 @@ fn cases() -> Vec<Case> {
         limits,
         routes,
         connections,
+        upstream_tls: false,
     };
     // Cases compared with each other run next to each other: a target comparing two cases
     // (10,000 routes against one, limits on against off) pairs runs seconds apart.
@@ -337,6 +340,18 @@ fn cases() -> Vec<Case> {
             1,
             CONNS,
         ),
+        Case {
+            upstream_tls: true,
+            ..case(
+                "https-upstream",
+                "passthrough to an HTTPS upstream (TLS 1.3, verified)",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
         case(
             "routes-10k",
             "passthrough, 10,000 routes",
@@ -396,6 +411,15 @@ fn cases() -> Vec<Case> {
 
 /// What each system does in a case, for the report.
 fn what_it_does(case: &Case, system: System) -> String {
+    let it = what_it_does_downstream(case, system);
+    if case.upstream_tls {
+        format!("{it}, TLS to the upstream")
+    } else {
+        it
+    }
+}
+
+fn what_it_does_downstream(case: &Case, system: System) -> String {
     match system {
         System::Bare => "forwards".into(),
         System::Portcullis => {
@@ -607,9 +631,18 @@ struct Work {
     fresh_tokens: PathBuf,
     fresh_count: usize,
     upstream: SocketAddr,
+    /// The upstream's TLS port, and the CA that issued its certificate (for `localhost`).
+    tls_upstream: SocketAddr,
+    ca_file: PathBuf,
 }
 
-fn prepare(s: &Settings, t: &Tools, dir: &Path, upstream: SocketAddr) -> Work {
+fn prepare(
+    s: &Settings,
+    t: &Tools,
+    dir: &Path,
+    upstream: SocketAddr,
+    tls_upstream: SocketAddr,
+) -> Work {
     let jwks = serde_json::json!({"keys": [
         tools::public_jwk(RSA_PEM, "rsa", true).unwrap(),
         tools::public_jwk(EC_PEM, "ec", true).unwrap(),
@@ -632,7 +665,37 @@ fn prepare(s: &Settings, t: &Tools, dir: &Path, upstream: SocketAddr) -> Work {
         fresh_tokens,
         fresh_count,
         upstream,
+        tls_upstream,
+        ca_file: dir.join("upstream-ca.pem"),
     }
+}
+
+/// A CA, and a certificate for `localhost` it issued, for the upstream's TLS port:
+/// `upstream-ca.pem`, `upstream.crt` and `upstream.key` in `dir`.
+fn upstream_certificates(dir: &Path) -> (PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    // Names of their own: OpenSSL (HAProxy) takes a leaf whose issuer is its own subject for
+    // self-signed.
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "load bench CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(
+        dir.join("upstream-ca.pem"),
+        ca.self_signed(&ca_key).unwrap().pem(),
+    )
+    .unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let leaf = leaf.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("upstream.crt"), dir.join("upstream.key"));
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 impl Work {
@@ -664,11 +727,23 @@ issuers:
 upstreams:
   - name: up
     targets: ["{up}"]
-routes:
+{tls}routes:
 "#,
         id = case.id,
         jwks = w.dir.join("jwks.json").display(),
-        up = w.upstream,
+        up = if case.upstream_tls {
+            w.tls_upstream
+        } else {
+            w.upstream
+        },
+        tls = if case.upstream_tls {
+            format!(
+                "    tls: {{ sni: localhost, ca_file: \"{}\" }}\n",
+                w.ca_file.display()
+            )
+        } else {
+            String::new()
+        },
     );
     let auth = if case.auth.is_some() {
         "{ issuers: [bench] }"
@@ -765,7 +840,15 @@ frontend bench
 backend up
     server up {up}
 ",
-        up = w.upstream
+        up = if case.upstream_tls {
+            format!(
+                "{} ssl verify required ca-file {} sni str(localhost)",
+                w.tls_upstream,
+                w.ca_file.display()
+            )
+        } else {
+            w.upstream.to_string()
+        }
     );
     if case.limits {
         c.push_str(
@@ -857,9 +940,17 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
-/// The bare Pingora proxy on `addr`, one worker thread, forwarding to `upstream`.
-fn bare(t: &Tools, cpu: Option<&str>, addr: SocketAddr, upstream: SocketAddr) -> Command {
-    let args = [
+/// The bare Pingora proxy on `addr`, one worker thread, forwarding to `upstream`; with
+/// `tls_ca`, over TLS to `localhost`, trusting that CA (as its system store: Pingora's default
+/// trust reads `SSL_CERT_FILE`).
+fn bare(
+    t: &Tools,
+    cpu: Option<&str>,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    tls_ca: Option<&Path>,
+) -> Command {
+    let mut args = vec![
         "--listen".into(),
         addr.to_string(),
         "--upstream".into(),
@@ -867,7 +958,14 @@ fn bare(t: &Tools, cpu: Option<&str>, addr: SocketAddr, upstream: SocketAddr) ->
         "--threads".into(),
         "1".into(),
     ];
-    pinned(cpu, &t.bare, &args)
+    if tls_ca.is_some() {
+        args.extend(["--upstream-tls".into(), "localhost".into()]);
+    }
+    let mut cmd = pinned(cpu, &t.bare, &args);
+    if let Some(ca) = tls_ca {
+        cmd.env("SSL_CERT_FILE", ca);
+    }
+    cmd
 }
 
 /// `program args` under `bash` with the open-file limit raised (5,000 connections need it)
@@ -1094,7 +1192,8 @@ fn run_one(
             let args = ["run".into(), "--config".into(), path.display().to_string()];
             pinned(cpu, &t.portcullis, &args)
         }
-        System::Bare => bare(t, cpu, addr, w.upstream),
+        System::Bare if case.upstream_tls => bare(t, cpu, addr, w.tls_upstream, Some(&w.ca_file)),
+        System::Bare => bare(t, cpu, addr, w.upstream, None),
         System::Haproxy => {
             let path = w.dir.join(format!("{tag}.cfg"));
             std::fs::write(&path, haproxy_config(case, w, addr)).unwrap();
@@ -1334,7 +1433,7 @@ fn idle_run(
         }
         System::Bare => {
             assert!(!tls, "bare Pingora serves plain HTTP only");
-            bare(t, cpu, addr, w.upstream)
+            bare(t, cpu, addr, w.upstream, None)
         }
         System::Haproxy => {
             let path = w.dir.join(format!("{tag}.cfg"));
@@ -1747,6 +1846,15 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
         "passthrough: CPU/request ≤ 1.1× bare Pingora",
         ("passthrough", Portcullis),
         ("passthrough", Bare),
+        cpu,
+        "µs",
+        true,
+        1.1,
+    );
+    ratio(
+        "HTTPS upstream: CPU/request ≤ 1.1× bare Pingora",
+        ("https-upstream", Portcullis),
+        ("https-upstream", Bare),
         cpu,
         "µs",
         true,
@@ -2283,24 +2391,36 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
 
     // The upstream: on the client's CPU, port chosen by itself and read from its first line.
+    // It serves the same over TLS on a second port, for the HTTPS-upstream case.
     let up_log = work.path().join("upstream.log");
+    let (up_cert, up_key) = upstream_certificates(work.path());
     let mut upstream = spawn(
         pinned(
             t.pin.map(|p| p.1),
             &t.upstream,
-            &["--listen".into(), "127.0.0.1:0".into()],
+            &[
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--tls-listen".into(),
+                "127.0.0.1:0".into(),
+                "--tls-cert".into(),
+                up_cert.display().to_string(),
+                "--tls-key".into(),
+                up_key.display().to_string(),
+            ],
         ),
         up_log.clone(),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    let up_addr = loop {
+    let (up_addr, tls_up_addr) = loop {
         let text = std::fs::read_to_string(&up_log).unwrap_or_default();
-        if let Some(a) = text
-            .lines()
-            .find_map(|l| l.strip_prefix("listening on "))
-            .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-        {
-            break a;
+        let addr = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+        };
+        if let (Some(a), Some(b)) = (addr("listening on "), addr("tls listening on ")) {
+            break (a, b);
         }
         if let Some(why) = upstream.exited() {
             eprintln!("load: the upstream exited: {why}");
@@ -2309,7 +2429,7 @@ fn main() {
         assert!(Instant::now() < deadline, "the upstream did not start");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let w = prepare(&s, &t, work.path(), up_addr);
+    let w = prepare(&s, &t, work.path(), up_addr, tls_up_addr);
 
     let all = cases();
     let cases: Vec<&Case> = all

@@ -7,8 +7,10 @@
 //!
 //! Flags (or the environment variables in brackets): `--listen ADDR` (`BARE_LISTEN`, default
 //! `127.0.0.1:8090`), `--upstream ADDR` (`BARE_UPSTREAM`, default `127.0.0.1:8091`),
-//! `--threads N` (`BARE_THREADS`, default 1). Pingora's defaults otherwise: same dependency,
-//! same features as Portcullis, no settings tuned, so the comparison is like for like.
+//! `--threads N` (`BARE_THREADS`, default 1), `--upstream-tls SNI` (`BARE_UPSTREAM_TLS`: TLS to
+//! the upstream, its certificate checked for SNI against Pingora's default trust, the system's
+//! store or `SSL_CERT_FILE`). Pingora's defaults otherwise: same dependency, same features as
+//! Portcullis, no settings tuned, so the comparison is like for like.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
+    /// The SNI of a TLS upstream.
+    tls: Option<String>,
 }
 
 #[async_trait]
@@ -36,7 +40,10 @@ impl ProxyHttp for Bare {
         _session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        Ok(Box::new(match &self.tls {
+            Some(sni) => HttpPeer::new(self.upstream, true, sni.clone()),
+            None => HttpPeer::new(self.upstream, false, String::new()),
+        }))
     }
 }
 
@@ -52,13 +59,15 @@ fn setting(args: &[String], flag: &str, env: &str, default: &str) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("bare [--listen ADDR] [--upstream ADDR] [--threads N]");
+        println!("bare [--listen ADDR] [--upstream ADDR] [--threads N] [--upstream-tls SNI]");
         return;
     }
     let listen = setting(&args, "--listen", "BARE_LISTEN", "127.0.0.1:8090");
     let upstream: SocketAddr = setting(&args, "--upstream", "BARE_UPSTREAM", "127.0.0.1:8091")
         .parse()
         .expect("--upstream must be ip:port");
+    let tls =
+        Some(setting(&args, "--upstream-tls", "BARE_UPSTREAM_TLS", "")).filter(|s| !s.is_empty());
     let threads: usize = setting(&args, "--threads", "BARE_THREADS", "1")
         .parse()
         .expect("--threads must be a number");
@@ -69,7 +78,7 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream, tls });
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     eprintln!("bare: {listen} -> {upstream}, {threads} worker thread(s)");

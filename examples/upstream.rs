@@ -7,12 +7,16 @@
 //! ```
 //!
 //! `--listen ADDR` (or `UPSTREAM_LISTEN`; default `127.0.0.1:8091`; port 0 picks one). Prints
-//! `listening on ADDR` once bound. Requests with a body must give `Content-Length` (the body
+//! `listening on ADDR` once bound. With `--tls-listen ADDR --tls-cert PEM --tls-key PEM` it also
+//! serves the same over TLS (rustls on ring, TLS 1.2 and 1.3) and prints
+//! `tls listening on ADDR`. Requests with a body must give `Content-Length` (the body
 //! is read and dropped); a chunked body closes the connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
 const CLOSE_ANSWER: &[u8] =
@@ -68,8 +72,7 @@ fn parse(buf: &[u8]) -> Parsed {
     }
 }
 
-async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     // Body bytes still to drop from earlier requests.
@@ -125,12 +128,65 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
+/// Accept on `listener` for ever, each connection through `tls` first when given.
+async fn accept(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let _ = match tls {
+                        None => serve(stream).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => serve(stream).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                });
+            }
+            // Out of file descriptors, most likely: wait a little rather than spin.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+fn acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .expect("--tls-cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("--tls-cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("--tls-key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("certificate and key");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("upstream [--listen ADDR]");
+        println!("upstream [--listen ADDR] [--tls-listen ADDR --tls-cert PEM --tls-key PEM]");
         return;
     }
+    let tls = flag(&args, "--tls-listen").map(|addr| {
+        let cert = flag(&args, "--tls-cert").expect("--tls-cert");
+        let key = flag(&args, "--tls-key").expect("--tls-key");
+        (addr, acceptor(&cert, &key))
+    });
     let listen = args
         .iter()
         .position(|a| a == "--listen")
@@ -147,16 +203,14 @@ fn main() {
             "listening on {}",
             listener.local_addr().expect("local address")
         );
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(async move {
-                        let _ = serve(stream).await;
-                    });
-                }
-                // Out of file descriptors, most likely: wait a little rather than spin.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
+        if let Some((addr, acceptor)) = tls {
+            let listener = TcpListener::bind(&addr).await.expect("bind");
+            println!(
+                "tls listening on {}",
+                listener.local_addr().expect("local address")
+            );
+            tokio::spawn(accept(listener, Some(acceptor)));
         }
+        accept(listener, None).await;
     });
 }

@@ -71,6 +71,8 @@ pub struct Generation {
     pub owned_headers: OwnedHeaders,
     /// Where host-name targets are looked up (`server.dns`).
     pub dns: Arc<upstream::Resolving>,
+    /// The TLS listeners' certificates, read again at each reload.
+    pub listener_certs: Vec<Arc<crate::tls::ListenerCert>>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -96,6 +98,11 @@ impl Generation {
         let config = &parsed.config;
         let mut issues = Issues::new(&parsed.index);
         crate::settings::check(config, &mut issues);
+        let listener_certs = crate::tls::compile_listeners(
+            config,
+            previous.map_or(&[][..], |p| &p.listener_certs),
+            &mut issues,
+        );
         let auth = Auth::build(config, previous.map(|p| &*p.auth), &mut issues);
         let client_ips = ClientIps::compile(&config.client_ip, &mut issues);
         ratelimit::compile::check_cluster(config, &mut issues);
@@ -232,6 +239,7 @@ impl Generation {
             client_ips,
             owned_headers,
             dns: Arc::new(dns),
+            listener_certs,
         })
     }
 
@@ -306,6 +314,8 @@ pub struct Parts {
     pub cluster: Arc<ArcSwap<ClusterPart>>,
     /// The connection limits and timeouts, for the connection gate.
     pub connections: Arc<ArcSwap<ConnectionLimits>>,
+    /// The TLS listeners' certificates, for their handshakes.
+    pub listener_certs: Arc<ArcSwap<Vec<Arc<crate::tls::ListenerCert>>>>,
 }
 
 impl Parts {
@@ -317,6 +327,7 @@ impl Parts {
             dns: Arc::new(ArcSwap::new(Arc::clone(&generation.dns))),
             cluster: Arc::new(ArcSwap::from_pointee(generation.cluster_part())),
             connections: Arc::new(ArcSwap::from_pointee(generation.connections)),
+            listener_certs: Arc::new(ArcSwap::from_pointee(generation.listener_certs.clone())),
         }
     }
 
@@ -328,6 +339,8 @@ impl Parts {
         self.dns.store(Arc::clone(&generation.dns));
         self.cluster.store(Arc::new(generation.cluster_part()));
         self.connections.store(Arc::new(generation.connections));
+        self.listener_certs
+            .store(Arc::new(generation.listener_certs.clone()));
     }
 }
 

@@ -24,4 +24,5 @@ pub mod routing;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod tls;
 pub mod upstream;

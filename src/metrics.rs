@@ -40,6 +40,10 @@ pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED_TOTAL: &str =
 pub const DNS_LOOKUPS_TOTAL: &str = "portcullis_dns_lookups_total";
 /// `portcullis_dns_addresses{upstream,name}`: addresses a host-name target has now.
 pub const DNS_ADDRESSES: &str = "portcullis_dns_addresses";
+/// `portcullis_upstream_tls_failures_total{upstream,reason}`: TLS connections to a pool's targets
+/// that failed, by reason (`unknown_issuer`, `name_mismatch`, `expired`, `not_yet_valid`,
+/// `client_cert_refused`, `other`); pools with `tls:` only, every reason from zero.
+pub const UPSTREAM_TLS_FAILURES_TOTAL: &str = "portcullis_upstream_tls_failures_total";
 /// `portcullis_config_reloads_total{result}`: reloads, `success` or `failure`.
 pub const CONFIG_RELOADS_TOTAL: &str = "portcullis_config_reloads_total";
 /// `portcullis_config_generation`: which config is serving; 1 at start, +1 per reload.
@@ -117,6 +121,8 @@ pub struct Metrics {
     pub dns_lookups: IntCounterVec,
     /// See [`DNS_ADDRESSES`].
     pub dns_addresses: IntGaugeVec,
+    /// See [`UPSTREAM_TLS_FAILURES_TOTAL`].
+    pub upstream_tls_failures: IntCounterVec,
     /// See [`CONFIG_RELOADS_TOTAL`].
     pub reloads: IntCounterVec,
     /// See [`CONFIG_GENERATION`].
@@ -281,6 +287,12 @@ impl Metrics {
                 &["upstream", "name"]
             )
             .expect("register dns addresses"),
+            upstream_tls_failures: register_int_counter_vec!(
+                UPSTREAM_TLS_FAILURES_TOTAL,
+                "TLS connections to upstream targets that failed, by upstream and reason.",
+                &["upstream", "reason"]
+            )
+            .expect("register upstream tls failures"),
             reloads: register_int_counter_vec!(
                 CONFIG_RELOADS_TOTAL,
                 "Config reloads by result (success, failure).",

@@ -143,7 +143,15 @@ impl Reloader {
 
 fn warn_restart_needed(old: &Config, new: &Config) {
     let mut fixed = Vec::new();
-    if old.listeners != new.listeners {
+    // A listener's certificate files are read again at each reload (crate::tls); its
+    // address, and whether it serves TLS at all, are bound at start.
+    let bound = |c: &Config| -> Vec<(String, bool)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.address.clone(), l.tls.is_some()))
+            .collect()
+    };
+    if bound(old) != bound(new) {
         fixed.push("listeners");
     }
     if old.admin != new.admin {

@@ -109,11 +109,21 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
             Some(tls) => {
                 let cert = tls.cert.to_string_lossy();
                 let key = tls.key.to_string_lossy();
+                let tls_error = |message: String| ServeError::Tls {
+                    address: listener.address.clone(),
+                    message,
+                };
+                // The certificate comes from the serving generation at each handshake, so a
+                // reload that replaced the files takes effect without a restart; the paths
+                // given here are then never read by Pingora.
+                let resolver = crate::tls::CertResolver::new(
+                    &listener.address,
+                    Arc::clone(&reloader.parts().listener_certs),
+                )
+                .ok_or_else(|| tls_error("no compiled certificate".into()))?;
                 let mut settings =
-                    TlsSettings::intermediate(&cert, &key).map_err(|e| ServeError::Tls {
-                        address: listener.address.clone(),
-                        message: e.to_string(),
-                    })?;
+                    TlsSettings::intermediate(&cert, &key).map_err(|e| tls_error(e.to_string()))?;
+                settings.set_cert_resolver(Arc::new(resolver));
                 settings.enable_h2();
                 endpoint.tls(settings).l4_buffer(TLS_BUFFERS)
             }

@@ -1,4 +1,4 @@
-//! The process's own settings: listeners (addresses and certificates), the admin endpoint and
+//! The process's own settings: listener addresses, the admin endpoint and
 //! `server:`. Those read once at start (listeners, admin, threads) are checked at every
 //! compile all the same, so that `check` reports them; a reload that changes them keeps the
 //! old values and says so.
@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::config::{Config, Issues};
 
 /// Check the process settings: listener and admin addresses (parsed, none twice, the admin
-/// apart), listener certificates (loaded as the listener will load them), and the `server:`
-/// numbers that have a floor.
+/// apart) and the `server:` numbers that have a floor. Listener certificates are compiled by
+/// [`crate::tls::compile_listeners`].
 pub fn check(config: &Config, issues: &mut Issues<'_>) {
     let mut seen = HashSet::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -23,23 +23,6 @@ pub fn check(config: &Config, issues: &mut Issues<'_>) {
                 }
             }
             Err(_) => issues.push(path, format!("`{}` is not an `ip:port` address", l.address)),
-        }
-        if let Some(tls) = &l.tls {
-            let mut readable = true;
-            for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
-                if let Err(e) = std::fs::metadata(file) {
-                    readable = false;
-                    issues.push(
-                        format!("listeners[{i}].tls.{field}"),
-                        format!("cannot read `{}`: {e}", file.display()),
-                    );
-                }
-            }
-            if readable {
-                if let Err(e) = check_tls_pair(&tls.cert, &tls.key) {
-                    issues.push(format!("listeners[{i}].tls"), e);
-                }
-            }
         }
     }
     if let Some(admin) = &config.admin {
@@ -106,26 +89,6 @@ fn check_readiness(config: &Config, issues: &mut Issues<'_>) {
             }
         }
     }
-}
-
-/// Load a certificate and key as the TLS listener will. Pingora loads them only when its
-/// listener thread starts and panics there on a bad file, leaving a process without
-/// listeners; here a bad pair is a config error that `check` reports and `run` refuses.
-fn check_tls_pair(cert: &std::path::Path, key: &std::path::Path) -> Result<(), String> {
-    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
-    let Ok(Some((chain, private_key))) = pingora::tls::load_certs_and_key_files(&cert, &key) else {
-        return Err(format!(
-            "`{cert}` must hold a PEM certificate and `{key}` a PEM private key"
-        ));
-    };
-    // Without a process-wide provider `ServerConfig::builder` would panic; this installs
-    // the same ring provider Pingora's listener uses, once.
-    pingora::tls::install_default_crypto_provider();
-    pingora::tls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map(drop)
-        .map_err(|e| format!("`{cert}` and `{key}` are not a usable certificate and key: {e}"))
 }
 
 /// The connection settings of one config generation, compiled from `server:`.

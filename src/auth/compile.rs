@@ -185,12 +185,31 @@ impl Auth {
             let Some(allowed) = allowed_algorithms(ic, &source, &path, issues) else {
                 continue;
             };
-            let key = Issuer::carry_key_of(ic, secret.as_deref());
-            let kept = crate::carry::kept(previous.into_iter().flat_map(|p| &p.issuers), &key);
-            match kept {
+            if ic.ca_file.is_some() && matches!(source, KeySource::File(_) | KeySource::Secret) {
+                issues.push(
+                    format!("{path}.ca_file"),
+                    "only for keys fetched over HTTPS (`discovery` or `jwks_uri`)",
+                );
+                continue;
+            }
+            let trust = match super::fetch::Trust::load(ic.ca_file.as_deref()) {
+                Ok(trust) => trust,
+                Err(e) => {
+                    issues.push(format!("{path}.ca_file"), e);
+                    continue;
+                }
+            };
+            let key = Issuer::carry_key_of(ic, secret.as_deref(), &trust);
+            let old = previous.into_iter().flat_map(|p| &p.issuers);
+            match crate::carry::kept(old.clone(), &key) {
                 Some(old) => issuers.push(old),
-                None => match Issuer::new(ic, source, allowed, secret.as_deref()) {
-                    Ok(issuer) => issuers.push(Arc::new(issuer)),
+                None => match Issuer::new(ic, source, allowed, secret.as_deref(), trust) {
+                    Ok(issuer) => {
+                        if let Some(old) = old.into_iter().find(|o| o.name == ic.name) {
+                            issuer.start_with_keys_of(old);
+                        }
+                        issuers.push(Arc::new(issuer));
+                    }
                     Err(e) => issues.push(path, e),
                 },
             }

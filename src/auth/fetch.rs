@@ -1,8 +1,14 @@
 //! Fetching an issuer's documents (discovery and key sets): which URLs may be fetched, at
-//! every redirect hop; the one HTTP client; errors and log lines without URLs' secrets; and
-//! `Cache-Control: max-age`.
+//! every redirect hop; the HTTP clients and whom they trust; errors and log lines without
+//! URLs' secrets; and `Cache-Control: max-age`.
+//!
+//! Trust: the system's CA store (as upstreams use it), plus an issuer's `ca_file` when given.
+//! Issuers without `ca_file` share one client, made on first use; an issuer with one gets its
+//! own, made when the config compiles (reading the file; nothing is connected), and kept
+//! across reloads while the file's content stays the same.
 
-use std::sync::LazyLock;
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use super::keys::MAX_JWKS_BYTES;
@@ -80,22 +86,76 @@ pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| {
+/// A client trusting the system's CAs and `extra`.
+fn build_client(
+    extra: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // One odd certificate in the system store must not take every fetch down.
+    roots.add_parsable_certificates(crate::tls::system_roots().iter().cloned());
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
         .redirect(redirect_policy())
         .referer(false)
         .build()
-        .ok()
-});
+        .map_err(|e| e.to_string())
+}
 
-/// GET a small document, bounded in time and size, following redirects as
-/// [`redirect_policy`] allows. Gives the body, any `max-age` and the URL it came from.
+/// The client of issuers without `ca_file`.
+static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| build_client(&[]).ok());
+
+/// Whom an issuer's fetches trust: the system's CAs, and its `ca_file`'s.
+#[derive(Default)]
+pub struct Trust {
+    /// The `ca_file` and a hash of its content, when given (part of the issuer's carry key).
+    pub stamp: crate::tls::Stamp,
+    client: Option<reqwest::Client>,
+}
+
+impl Trust {
+    /// The trust `ca_file` gives (the system's CAs alone without one), read now.
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or holds no usable CA certificate.
+    pub fn load(ca_file: Option<&Path>) -> Result<Trust, String> {
+        let Some(path) = ca_file else {
+            return Ok(Trust::default());
+        };
+        let file = crate::tls::read(path)?;
+        let certs = crate::tls::certificates(&file)?;
+        let client = build_client(&certs).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        Ok(Trust {
+            stamp: vec![file.stamp],
+            client: Some(client),
+        })
+    }
+
+    fn client(&self) -> Option<&reqwest::Client> {
+        self.client.as_ref().or(CLIENT.as_ref())
+    }
+}
+
+/// GET a small document with `trust`'s client, bounded in time and size, following redirects
+/// as [`redirect_policy`] allows. Gives the body, any `max-age` and the URL it came from.
 pub(super) async fn get(
+    trust: &Trust,
     url: &str,
     timeout: Duration,
 ) -> Result<(Vec<u8>, Option<Duration>, reqwest::Url), String> {
-    let client = CLIENT.as_ref().ok_or("HTTP client unavailable")?;
+    let client = trust.client().ok_or("HTTP client unavailable")?;
     let fetch = async {
         let mut resp = client
             .get(url)

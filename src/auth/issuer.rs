@@ -20,7 +20,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::{watch, Notify};
 
-use super::fetch::{check_fetch_url, check_hop, get};
+use super::fetch::{check_fetch_url, check_hop, get, Trust};
 use super::keys::{KeySet, MAX_JWKS_BYTES};
 use crate::config::IssuerConfig;
 use crate::metrics::METRICS;
@@ -105,6 +105,8 @@ pub struct Issuer {
     pub leeway: u64,
     keys: ArcSwapOption<KeySet>,
     fetch: FetchState,
+    /// Whom its fetches trust.
+    trust: Trust,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -137,7 +139,8 @@ impl Issuer {
     /// Build an issuer. Static keys (file, secret) are loaded now; remote keys arrive from
     /// the [`KeyRefresher`].
     ///
-    /// `secret` is the HMAC secret already read from the environment.
+    /// `secret` is the HMAC secret already read from the environment; `trust`, its `ca_file`
+    /// already loaded.
     ///
     /// # Errors
     /// A message naming what is wrong (file unreadable, no usable key).
@@ -146,6 +149,7 @@ impl Issuer {
         source: KeySource,
         allowed: Vec<Algorithm>,
         secret: Option<&[u8]>,
+        trust: Trust,
     ) -> Result<Issuer, String> {
         let leeway = config.leeway.0.as_secs();
         let (done, _) = watch::channel(0);
@@ -169,6 +173,7 @@ impl Issuer {
                 discovered: Mutex::new(None),
                 done,
             },
+            trust,
         };
         match (&issuer.source, secret) {
             (KeySource::Secret, Some(secret)) => {
@@ -186,12 +191,29 @@ impl Issuer {
         Ok(issuer)
     }
 
-    /// The [`crate::carry::Carry`] key a new issuer built from `config` and `secret` has.
+    /// The [`crate::carry::Carry`] key a new issuer built from `config`, `secret` and
+    /// `trust` has.
     pub fn carry_key_of(
         config: &IssuerConfig,
         secret: Option<&[u8]>,
-    ) -> (IssuerConfig, Option<u64>) {
-        (config.clone(), secret.map(secret_fingerprint))
+        trust: &Trust,
+    ) -> (IssuerConfig, Option<u64>, crate::tls::Stamp) {
+        (
+            config.clone(),
+            secret.map(secret_fingerprint),
+            trust.stamp.clone(),
+        )
+    }
+
+    /// Serve `old`'s keys until this issuer's first fetch: for an issuer rebuilt only because
+    /// its `ca_file`'s content changed, so that tokens keep passing while it fetches with the
+    /// new trust (at once: nothing is scheduled).
+    pub fn start_with_keys_of(&self, old: &Issuer) {
+        if self.source.fetches() && self.config == old.config {
+            if let Some(keys) = old.keys.load_full() {
+                self.keys.store(Some(keys));
+            }
+        }
     }
 
     /// The keys now in use; `None` until the first fetch succeeds.
@@ -359,7 +381,7 @@ impl Issuer {
             },
             _ => return Err("not a remote key source".into()),
         };
-        let (body, max_age, _) = get(&uri, timeout).await?;
+        let (body, max_age, _) = get(&self.trust, &uri, timeout).await?;
         let (set, skipped) = KeySet::from_jwks(&body, &self.allowed).map_err(|e| e.to_string())?;
         for why in skipped {
             tracing::warn!(issuer = %self.name, key = %why, "key skipped");
@@ -372,7 +394,7 @@ impl Issuer {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let (body, _, fetched_from) = get(&url, timeout).await?;
+        let (body, _, fetched_from) = get(&self.trust, &url, timeout).await?;
         let doc: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("discovery document: {e}"))?;
         // OpenID Connect Discovery 1.0, section 4.3: the document must name the same issuer.
@@ -418,10 +440,14 @@ fn read_file(path: &std::path::Path, allowed: &[Algorithm]) -> Result<KeySet, St
 /// An issuer, with its keys, is kept across a reload when every setting of it and its
 /// secret are unchanged.
 impl crate::carry::Carry for Issuer {
-    type Key = (IssuerConfig, Option<u64>);
+    type Key = (IssuerConfig, Option<u64>, crate::tls::Stamp);
 
     fn carry_key(&self) -> Self::Key {
-        (self.config.clone(), self.secret_fingerprint)
+        (
+            self.config.clone(),
+            self.secret_fingerprint,
+            self.trust.stamp.clone(),
+        )
     }
 }
 
@@ -564,11 +590,12 @@ mod tests {
         let addr = redirect_chain().await;
         let timeout = Duration::from_secs(5);
         let start = format!("http://{addr}/hop/{MAX_REDIRECTS}");
-        let (body, _, from) = get(&start, timeout).await.unwrap();
+        let trust = Trust::default();
+        let (body, _, from) = get(&trust, &start, timeout).await.unwrap();
         assert_eq!(body, b"{}");
         assert_eq!(from.path(), "/hop/0");
         let start = format!("http://{addr}/hop/{}", MAX_REDIRECTS + 1);
-        let why = get(&start, timeout).await.unwrap_err();
+        let why = get(&trust, &start, timeout).await.unwrap_err();
         assert!(why.contains("more than 3 redirects"), "{why}");
     }
 

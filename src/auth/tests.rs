@@ -661,3 +661,52 @@ async fn a_repeated_claim_is_refused() {
         );
     }
 }
+
+/// An issuer's `ca_file` must be a readable CA bundle, and only for keys fetched over HTTPS;
+/// the same content keeps the issuer, a changed one makes a new issuer.
+#[test]
+fn issuer_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    let yaml = |source: &str, ca_file: &str| {
+        format!(
+            "issuers:\n  - name: a\n    issuer: https://a.test/\n    {source}\n    ca_file: \"{ca_file}\"\nupstreams:\n  - name: u\n    targets: [\"127.0.0.1:9\"]\nroutes:\n  - name: r\n    upstream: u\n    auth: {{ issuers: [a] }}\n"
+        )
+    };
+    let uri = "jwks_uri: https://a.test/jwks";
+    let ca = ca_path.to_str().unwrap();
+    let first = Generation::from_yaml(&yaml(uri, ca)).unwrap();
+    let file = format!(
+        "jwks_file: {}/config/keys/example-jwks.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for (source, ca_file, says) in [
+        (file.as_str(), ca, "only for keys fetched"),
+        (uri, "/nonexistent/ca.pem", "/nonexistent/ca.pem"),
+        (uri, "/dev/null", "no PEM certificate"),
+    ] {
+        let err = Generation::from_yaml(&yaml(source, ca_file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("issuers[0].ca_file") && err.contains(says),
+            "{err}"
+        );
+    }
+    // Same content: the issuer is kept. New content: a new issuer, with the keys it had.
+    let parsed = crate::config::Config::parse(&yaml(uri, ca)).unwrap();
+    let same = Generation::build(&parsed, Some(&first), 2).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &first.auth.issuers[0],
+        &same.auth.issuers[0]
+    ));
+    let other = rcgen::generate_simple_self_signed(vec!["other.test".to_string()]).unwrap();
+    std::fs::write(&ca_path, other.cert.pem()).unwrap();
+    let changed = Generation::build(&parsed, Some(&same), 3).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(
+        &same.auth.issuers[0],
+        &changed.auth.issuers[0]
+    ));
+}

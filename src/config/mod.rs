@@ -224,7 +224,18 @@ impl Config {
             fix(p);
         }
         for issuer in &mut self.issuers {
-            if let Some(p) = &mut issuer.jwks_file {
+            for p in [&mut issuer.jwks_file, &mut issuer.ca_file]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
+        for tls in self.upstreams.iter_mut().filter_map(|u| u.tls.as_mut()) {
+            for p in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key]
+                .into_iter()
+                .flatten()
+            {
                 fix(p);
             }
         }

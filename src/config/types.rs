@@ -241,6 +241,35 @@ pub struct UpstreamConfig {
     /// Passive health: ejection of targets that fail requests in a row.
     #[serde(default)]
     pub outlier: Option<super::forwarding::OutlierConfig>,
+    /// Connect to the targets over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS to a pool's targets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// The name sent as SNI and checked against the certificate; default: the target's host
+    /// name, or its IP address (checked against the certificate's IP entries, no SNI sent).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Check the certificate (issuer, name, dates); `false` checks nothing.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// PEM CA certificates trusted besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for mTLS (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_connect_timeout() -> Dur {
@@ -487,6 +516,9 @@ pub struct IssuerConfig {
     /// Time one discovery or key set fetch may take.
     #[serde(default = "default_fetch_timeout")]
     pub fetch_timeout: Dur,
+    /// PEM CA certificates trusted for this issuer's fetches, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_leeway() -> Dur {

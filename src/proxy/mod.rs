@@ -34,6 +34,7 @@ use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
 use crate::upstream::forwarding::Failure;
+use crate::upstream::tls::TlsFailure;
 use crate::upstream::{HashOn, Target};
 pub use rescue::Refusal;
 
@@ -283,6 +284,20 @@ impl Portcullis {
     }
 }
 
+/// The TLS failure `e` is, on a route whose pool has `tls:`; with `record`, counted and
+/// logged (once per failed connection: the caller that meets it first).
+fn tls_failure(ctx: &RequestCtx, e: &Error, record: bool) -> Option<TlsFailure> {
+    let pool = &ctx.route()?.pool;
+    pool.tls.as_ref()?;
+    let failure = TlsFailure::of(e)?;
+    if record {
+        let target = ctx.target.or(ctx.tried.last().copied());
+        let target = target.and_then(|i| attempt_target(ctx, i));
+        failure.record(&pool.name, target.map_or("", |t| t.label.as_str()), e);
+    }
+    Some(failure)
+}
+
 /// Refuse now if `limiter`'s bucket for `key` has nothing left, without taking from it.
 fn peek(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
     match limiter.refuses(key) {
@@ -432,9 +447,14 @@ impl ProxyHttp for Portcullis {
                 refusal.code(),
             ));
         };
-        let Some(addr) = members.targets.get(i).map(|t| t.addr) else {
+        let Some(target) = members.targets.get(i) else {
             ctx.refusal = Some(Refusal::Internal);
             return Err(Error::explain(ErrorType::HTTPStatus(500), "no target"));
+        };
+        let mut peer = match &pool.tls {
+            // The name a certificate is checked for comes from the target as written.
+            Some(tls) => tls.peer(target.addr, &target.written),
+            None => HttpPeer::new(target.addr, false, String::new()),
         };
         let Some((connect, read)) = attempt else {
             ctx.refusal = Some(Refusal::UpstreamTimeout);
@@ -446,7 +466,6 @@ impl ProxyHttp for Portcullis {
         if ctx.budget.is_none() {
             ctx.budget = Some(retry::BudgetHold::new(&pool));
         }
-        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(read);
@@ -460,6 +479,7 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        tls_failure(ctx, &e, true);
         if let Some(i) = ctx.target.take() {
             outcome(ctx, i, false);
             attempt_ended(ctx, i);
@@ -477,6 +497,9 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
+        // A refusal of our client certificate may come after the handshake (TLS 1.3): the
+        // first read fails; it is a TLS failure all the same.
+        let refused_cert = tls_failure(ctx, &e, true).is_some();
         // A retry for the upstream's status was decided (and the outcome recorded) when its
         // answer arrived.
         let again = std::mem::take(&mut ctx.retrying_status) || {
@@ -487,7 +510,9 @@ impl ProxyHttp for Portcullis {
             if let Some(i) = ctx.target {
                 attempt_ended(ctx, i);
             }
-            failure.is_some_and(|f| retry::decide(session, ctx, f))
+            // A target that refused our client certificate would refuse it again, and so
+            // would the others, which get the same one.
+            !refused_cert && failure.is_some_and(|f| retry::decide(session, ctx, f))
         };
         if let Some(i) = ctx.target.take().filter(|_| again) {
             ctx.tried.push(i);
@@ -628,7 +653,12 @@ impl ProxyHttp for Portcullis {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let refusal = ctx.refusal.unwrap_or_else(|| rescue::from_error(e));
+        let refusal = ctx
+            .refusal
+            .unwrap_or_else(|| match tls_failure(ctx, e, false) {
+                Some(_) => Refusal::UpstreamTls,
+                None => rescue::from_error(e),
+            });
         ctx.refusal = Some(refusal);
         let client_gone = rescue::client_gone(e);
         let code = if let Some(sent) = session.response_written() {

@@ -32,6 +32,9 @@ pub enum Refusal {
     UpstreamUnreachable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// The TLS connection to the upstream failed: its certificate was refused (issuer, name,
+    /// dates) or it refused ours.
+    UpstreamTls,
     /// The upstream broke the exchange (closed or reset it before answering).
     UpstreamError,
     /// The upstream answered something that is not a valid HTTP response: not HTTP at all,
@@ -59,7 +62,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 19] = [
+    pub const ALL: [Refusal; 20] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
@@ -68,6 +71,7 @@ impl Refusal {
         Refusal::NoTargetYet,
         Refusal::UpstreamUnreachable,
         Refusal::UpstreamTimeout,
+        Refusal::UpstreamTls,
         Refusal::UpstreamError,
         Refusal::UpstreamInvalidResponse,
         Refusal::Internal,
@@ -112,6 +116,11 @@ impl Refusal {
                 504,
                 "upstream_timeout",
                 "the upstream did not answer in time",
+            ),
+            Refusal::UpstreamTls => (
+                502,
+                "upstream_tls",
+                "the TLS connection to the upstream failed",
             ),
             Refusal::UpstreamError => (502, "upstream_error", "the upstream failed to answer"),
             Refusal::UpstreamInvalidResponse => (
@@ -293,7 +302,8 @@ impl From<crate::auth::AuthError> for Refusal {
 /// (400) when it comes from downstream and an upstream's malformed response (502) when it
 /// comes from upstream.
 ///
-/// - `Upstream`: connect failures are `upstream_unreachable` (502), read and write timeouts
+/// - `Upstream`: a failed TLS handshake is `upstream_tls` (502), other connect failures
+///   `upstream_unreachable` (502), read and write timeouts
 ///   `upstream_timeout` (504), a response that does not parse or frame (not HTTP, a header
 ///   over Pingora's 1 MiB, two `Content-Length` values, bad HTTP/2) `upstream_invalid_response`
 ///   (502), anything else (closed, reset) `upstream_error` (502).
@@ -323,10 +333,9 @@ pub fn from_error(e: &pingora::Error) -> Refusal {
             | ErrorType::BindError
             | ErrorType::SocketError
             | ErrorType::TLSWantX509Lookup
-            | ErrorType::TLSHandshakeFailure
             | ErrorType::TLSHandshakeTimedout
-            | ErrorType::InvalidCert
             | ErrorType::HandshakeError => Refusal::UpstreamUnreachable,
+            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => Refusal::UpstreamTls,
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => Refusal::UpstreamTimeout,
             ErrorType::InvalidHTTPHeader
             | ErrorType::H1Error
@@ -374,12 +383,12 @@ mod tests {
         (ErrorType::ConnectRefused, Refusal::UpstreamUnreachable),
         (ErrorType::ConnectNoRoute, Refusal::UpstreamUnreachable),
         (ErrorType::TLSWantX509Lookup, Refusal::UpstreamUnreachable),
-        (ErrorType::TLSHandshakeFailure, Refusal::UpstreamUnreachable),
+        (ErrorType::TLSHandshakeFailure, Refusal::UpstreamTls),
         (
             ErrorType::TLSHandshakeTimedout,
             Refusal::UpstreamUnreachable,
         ),
-        (ErrorType::InvalidCert, Refusal::UpstreamUnreachable),
+        (ErrorType::InvalidCert, Refusal::UpstreamTls),
         (ErrorType::HandshakeError, Refusal::UpstreamUnreachable),
         (ErrorType::ConnectError, Refusal::UpstreamUnreachable),
         (ErrorType::BindError, Refusal::UpstreamUnreachable),
@@ -491,6 +500,7 @@ mod tests {
             ),
             (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
             (Refusal::UpstreamUnreachable, 502, "upstream_unreachable"),
+            (Refusal::UpstreamTls, 502, "upstream_tls"),
         ] {
             assert_eq!(refusal.status(), status);
             assert_eq!(refusal.code(), code);
@@ -517,6 +527,7 @@ mod tests {
                 Refusal::NoTargetYet => (503, "no_healthy_target"),
                 Refusal::UpstreamUnreachable => (502, "upstream_unreachable"),
                 Refusal::UpstreamTimeout => (504, "upstream_timeout"),
+                Refusal::UpstreamTls => (502, "upstream_tls"),
                 Refusal::UpstreamError => (502, "upstream_error"),
                 Refusal::UpstreamInvalidResponse => (502, "upstream_invalid_response"),
                 Refusal::Internal => (500, "internal_error"),

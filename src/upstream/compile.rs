@@ -142,10 +142,14 @@ pub fn pool(
     let forwarding = super::forwarding::pool(up, path, issues);
     let outlier = super::outlier::compile(up.outlier.as_ref(), &format!("{path}.outlier"), issues);
     let written: Vec<String> = up.targets.iter().map(|t| t.address.clone()).collect();
-    let probe = up
-        .health_check
-        .as_ref()
-        .and_then(|hc| probe(hc, &written, &format!("{path}.health_check"), issues));
+    let tls = up.tls.as_ref().and_then(|tls| {
+        let kept = previous.and_then(|p| p.tls.as_ref());
+        super::tls::compile(tls, &up.name, &format!("{path}.tls"), kept, issues)
+    });
+    let probe = up.health_check.as_ref().and_then(|hc| {
+        let at = format!("{path}.health_check");
+        probe(hc, &written, tls.as_deref(), &at, issues)
+    });
     if issues.len() != before {
         return None;
     }
@@ -157,7 +161,7 @@ pub fn pool(
         dns_refresh: up.dns_refresh.0,
     };
     match Pool::new(&up.name, targets, settings, probe, previous) {
-        Ok(pool) => Some(pool),
+        Ok(pool) => Some(Pool { tls, ..pool }),
         Err(e) => {
             issues.push(path, e);
             None
@@ -168,6 +172,7 @@ pub fn pool(
 fn probe(
     hc: &HealthCheckConfig,
     targets: &[String],
+    tls: Option<&super::tls::UpstreamTls>,
     path: &str,
     issues: &mut Issues<'_>,
 ) -> Option<HealthProbe> {
@@ -226,6 +231,7 @@ fn probe(
         hc.healthy_after,
         hc.unhealthy_after,
         targets,
+        tls,
     ) {
         Ok(p) => Some(p),
         Err(e) => {

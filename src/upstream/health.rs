@@ -58,6 +58,8 @@ pub enum ProbeKind {
 impl HealthProbe {
     /// Build a probe for a pool whose targets are written as `targets`. An HTTP probe without
     /// a configured host sends each target its own address as `Host`, as HTTP/1.1 requires.
+    /// With `tls`, an HTTP probe speaks HTTPS with the pool's own TLS settings (SNI, trust,
+    /// client certificate), one check per target so that each gets the SNI its requests get.
     ///
     /// # Errors
     /// A message when the HTTP probe's path or host cannot form a request.
@@ -68,6 +70,7 @@ impl HealthProbe {
         healthy_after: usize,
         unhealthy_after: usize,
         targets: &[String],
+        tls: Option<&super::tls::UpstreamTls>,
     ) -> Result<HealthProbe, String> {
         let checks: Vec<(String, Box<dyn HealthCheck + Send + Sync>)> = match kind {
             ProbeKind::Tcp => {
@@ -76,11 +79,21 @@ impl HealthProbe {
                 tcp.peer_template.options.total_connection_timeout = Some(timeout);
                 vec![(String::new(), tcp)]
             }
-            ProbeKind::Http { path, status, host } => match host {
-                Some(host) => vec![(String::new(), http_check(&path, status, &host, timeout)?)],
-                None => targets
+            ProbeKind::Http { path, status, host } => match (host, tls) {
+                (Some(host), None) => {
+                    vec![(
+                        String::new(),
+                        http_check(&path, status, &host, timeout, None)?,
+                    )]
+                }
+                (host, tls) => targets
                     .iter()
-                    .map(|t| Ok((t.clone(), http_check(&path, status, t, timeout)?)))
+                    .map(|t| {
+                        // Pingora puts each target's address in place of this one.
+                        let peer = tls.map(|tls| tls.peer(([0, 0, 0, 0], 1).into(), t));
+                        let host = host.as_deref().unwrap_or(t);
+                        Ok((t.clone(), http_check(&path, status, host, timeout, peer)?))
+                    })
                     .collect::<Result<_, String>>()?,
             },
         };
@@ -108,8 +121,12 @@ fn http_check(
     status: u16,
     host: &str,
     timeout: Duration,
+    tls_peer: Option<pingora::prelude::HttpPeer>,
 ) -> Result<Box<dyn HealthCheck + Send + Sync>, String> {
     let mut check = HttpHealthCheck::new(host, false);
+    if let Some(peer) = tls_peer {
+        check.peer_template = peer;
+    }
     check.peer_template.options.connection_timeout = Some(timeout);
     check.peer_template.options.read_timeout = Some(timeout);
     check.req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)

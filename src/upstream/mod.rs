@@ -15,6 +15,7 @@ pub mod health;
 mod members;
 pub mod outlier;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -261,6 +262,8 @@ pub struct Pool {
     pub probe: Option<HealthProbe>,
     /// Its requests and retries in flight.
     pub budget: forwarding::RetryBudget,
+    /// TLS to the targets, when configured (`tls:`).
+    pub tls: Option<Arc<tls::UpstreamTls>>,
     /// The targets with an address now, and the balancer over them.
     members: ArcSwap<Members>,
 }
@@ -310,6 +313,7 @@ impl Pool {
             settings,
             probe,
             budget: forwarding::RetryBudget::default(),
+            tls: None,
             members: ArcSwap::from_pointee(members),
         })
     }
@@ -426,6 +430,15 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
         METRICS
             .retry_budget_exhausted
             .with_label_values(&[&pool.name]);
+        if let Some(t) = &pool.tls {
+            let before = old.iter().find(|o| o.name == pool.name);
+            t.commit(&pool.name, before.and_then(|o| o.tls.as_ref()));
+            for reason in tls::TlsFailure::ALL {
+                METRICS
+                    .upstream_tls_failures
+                    .with_label_values(&[&pool.name, reason.label()]);
+            }
+        }
     }
     for pool in old {
         let kept = new.iter().find(|p| p.name == pool.name);
@@ -449,6 +462,13 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
         if pool.concurrency.is_some() && kept.is_none_or(|p| p.concurrency.is_none()) {
             let _ = METRICS.concurrency_limit.remove_label_values(&[&pool.name]);
             let _ = METRICS.in_flight.remove_label_values(&[&pool.name]);
+        }
+        if pool.tls.is_some() && kept.is_none_or(|p| p.tls.is_none()) {
+            for reason in tls::TlsFailure::ALL {
+                let _ = METRICS
+                    .upstream_tls_failures
+                    .remove_label_values(&[&pool.name, reason.label()]);
+            }
         }
     }
     dns::commit(old, new);

@@ -317,3 +317,95 @@ async fn keys_sharing_a_kid_are_each_tried_up_to_four() {
     }
     assert_eq!(subs(&up), want);
 }
+
+/// Key sets over HTTPS from a server whose certificate a local CA issued: an issuer with that
+/// CA as `ca_file` gets the keys; one without it (system roots only) is refused; and when the
+/// server turns to a certificate the CA did not issue, the fetch is refused, counted, and the
+/// last good keys keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_key_servers_are_trusted_by_ca_file() {
+    use crate::support::tls::{Ca, TlsFront};
+    let jwks = JwksServer::start(key_set(&[(EC256, "k1")])).await;
+    let ca = Ca::new("identity CA");
+    let front = TlsFront::start(jwks.addr(), ca.issue(&["127.0.0.1"]).server_config(None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let uri = format!("https://{}{JWKS_PATH}", front.addr());
+    let (internal, public) = ("https://internal.test/", "https://public.test/");
+    let issuers = format!(
+        "{}{}",
+        issuer(
+            "internal",
+            internal,
+            &format!(
+                "jwks_uri: \"{uri}\"\n    ca_file: \"{}\"",
+                ca_file.display()
+            ),
+            "1s"
+        ),
+        issuer("public", public, &format!("jwks_uri: \"{uri}\""), "1s"),
+    );
+    let up = Upstream::start("app").await;
+    let proxy = Proxy::start(&config(&up, &issuers, &["internal", "public"])).await;
+
+    let good = token_for(internal, EC256, Some("k1"), "alice");
+    wait_status(&proxy.url("/internal"), &good, 200).await;
+    // Trusting the system's roots only, the same server is refused.
+    wait_fetches_over(&proxy, "public", "error", 0.0).await;
+    let (status, body) = get(
+        &proxy.url("/public"),
+        &token_for(public, EC256, Some("k1"), "bob"),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        proxy
+            .metric(FETCHES, &[("issuer", "public"), ("outcome", "success")])
+            .await,
+        0.0
+    );
+    assert!(
+        proxy.stderr().contains("UnknownIssuer"),
+        "the failed fetch says why:\n{}",
+        proxy.stderr()
+    );
+
+    // A certificate from another CA: refused at the next refresh, last good keys kept.
+    let errors = proxy
+        .metric(FETCHES, &[("issuer", "internal"), ("outcome", "error")])
+        .await;
+    let stranger = Ca::new("stranger");
+    front.set_config(stranger.issue(&["127.0.0.1"]).server_config(None));
+    wait_fetches_over(&proxy, "internal", "error", errors).await;
+    assert_eq!(proxy.metric(STALE, &[("issuer", "internal")]).await, 1.0);
+    let (status, body) = get(&proxy.url("/internal"), &good).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The CA file's content changes and a reload reads it: the rebuilt issuer keeps serving
+    // the last keys while its fetches still fail (a third CA) ...
+    let reload = || async {
+        let resp = client()
+            .post(proxy.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    };
+    std::fs::write(&ca_file, Ca::new("third").pem).unwrap();
+    let errors = proxy
+        .metric(FETCHES, &[("issuer", "internal"), ("outcome", "error")])
+        .await;
+    reload().await;
+    wait_fetches_over(&proxy, "internal", "error", errors).await;
+    let (status, body) = get(&proxy.url("/internal"), &good).await;
+    assert_eq!(status, 200, "{body}");
+    // ... and fetches again once the file holds the CA the server's certificate comes from.
+    std::fs::write(&ca_file, &stranger.pem).unwrap();
+    let successes = proxy
+        .metric(FETCHES, &[("issuer", "internal"), ("outcome", "success")])
+        .await;
+    reload().await;
+    wait_fetches_over(&proxy, "internal", "success", successes).await;
+    assert_eq!(proxy.metric(STALE, &[("issuer", "internal")]).await, 0.0);
+}

@@ -22,4 +22,5 @@ mod retries;
 mod routing;
 mod targets;
 mod tls;
+mod upstream_tls;
 mod upstreams;

@@ -1,6 +1,6 @@
 //! TLS listeners: HTTPS with HTTP/1.1 and HTTP/2 by ALPN; the upstream learns the scheme.
 
-use crate::support::{client_builder, pool, Echo, Proxy, Upstream};
+use crate::support::{client, client_builder, pool, Echo, Proxy, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_http1_and_http2_by_alpn() {
@@ -140,4 +140,51 @@ fn unusable_tls_files_are_config_errors() {
         };
         assert_eq!(status.code(), Some(1), "{what}");
     }
+}
+
+/// The listener's certificate files are replaced (same paths) and the config reloaded: new
+/// connections get the new certificate, without a restart. A reload with a key that does not
+/// fit is refused and the certificate before keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_the_listener_certificate() {
+    use crate::support::tls::{client_trusting, Ca};
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::builder(&format!(
+        "upstreams:\n{}routes:\n  - name: one\n    match: {{ path_prefix: / }}\n    upstream: pool\n",
+        pool("pool", &[up.addr().to_string()], &[])
+    ))
+    .tls()
+    .start()
+    .await;
+    let ca = Ca::new("listener CA");
+    let trusting = || client_trusting(&ca);
+    let before = trusting().get(proxy.url("/")).send().await;
+    assert!(
+        before.is_err(),
+        "the self-signed start certificate is not the CA's"
+    );
+
+    let dir = proxy.config_path().parent().unwrap().to_path_buf();
+    let leaf = ca.issue(&["127.0.0.1", "localhost"]);
+    std::fs::write(dir.join("server.crt"), &leaf.cert).unwrap();
+    std::fs::write(dir.join("server.key"), &leaf.key).unwrap();
+    let reload = client()
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 200, "{}", reload.text().await.unwrap());
+    let resp = trusting().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A key of another certificate: refused, and the CA's certificate keeps serving.
+    std::fs::write(dir.join("server.key"), ca.issue(&["127.0.0.1"]).key).unwrap();
+    let reload = client()
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(reload.status(), 200);
+    let resp = trusting().get(proxy.url("/y")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -80,6 +80,11 @@ impl JwksServer {
         self.state.base.clone()
     }
 
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
     /// The key set's URL.
     pub fn jwks_url(&self) -> String {
         format!("{}{JWKS_PATH}", self.state.base)

@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
