@@ -1,6 +1,7 @@
 # Portcullis: the two commands that set it up on a fresh machine are `make demo` and `make test`.
 #
 #   make deps    install the system packages the build and tests need (apt-get, only when missing)
+#   make py      the Python venv of the gRPC tests (grpcio, pinned with hashes), only when missing
 #   make demo    deps, release build, run `portcullis demo`
 #   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/,
 #                then each fuzz target for FUZZ_SMOKE_SECONDS (5) from its committed seeds
@@ -20,7 +21,14 @@ LOCKED ?= --locked
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 CONFIGS := $(wildcard config/*.yaml config/*.yml)
 
-.PHONY: deps demo test bench check fmt clippy fuzz fuzz-build fuzz-smoke
+# The gRPC tests (tests/it/grpc.rs) run a real gRPC server and client: Python grpcio from
+# tests/grpc/requirements.txt (pinned, with hashes, wheels only), in a venv of their own. The
+# tests find its python through PORTCULLIS_TEST_PYTHON (set here), or at target/py.
+PY_VENV := $(TARGET_DIR)/py
+PY_REQUIREMENTS := tests/grpc/requirements.txt
+export PORTCULLIS_TEST_PYTHON := $(abspath $(PY_VENV))/bin/python
+
+.PHONY: deps py demo test bench check fmt clippy fuzz fuzz-build fuzz-smoke
 
 # Quiet when everything is present; otherwise one line saying what and why, one `apt-get update`,
 # then the install. `sudo` only when not root.
@@ -38,6 +46,8 @@ deps:
 	  missing="$$missing dnsmasq-base"; why="$$why; dnsmasq-base: the DNS tests start a real DNS server whose answers they change"; fi; \
 	if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
+	if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	  missing="$$missing python3 python3-venv"; why="$$why; python3-venv: the gRPC tests run Python grpcio from a venv"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing with apt-get ($${why#; })"; \
 	  if ! command -v apt-get >/dev/null 2>&1; then \
@@ -49,6 +59,18 @@ deps:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# Quiet when the venv is there and its requirements did not change since; otherwise one line
+# saying why, then a fresh venv and a hash-checked install of the pinned wheels.
+py: $(PY_VENV)/.installed
+
+$(PY_VENV)/.installed: $(PY_REQUIREMENTS) | deps
+	@echo "make py: installing grpcio into $(PY_VENV) (the gRPC tests' server and client; from $(PY_REQUIREMENTS))"
+	rm -rf $(PY_VENV)
+	python3 -m venv $(PY_VENV)
+	$(PY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	  --require-hashes --only-binary :all: -r $(PY_REQUIREMENTS)
+	touch $@
+
 demo: deps
 	$(CARGO) build $(LOCKED) --release --bin portcullis
 	$(TARGET_DIR)/release/portcullis demo
@@ -59,7 +81,7 @@ demo: deps
 # build it a second time under the dev profile).
 # The load bench's smoke run starts the example binaries (bare Pingora, the upstream); under
 # `--all-targets` cargo builds examples only as test harnesses, so build them as programs first.
-test: deps
+test: deps py
 	$(CARGO) build $(LOCKED) --examples
 	$(CARGO) test $(LOCKED) --all-targets
 	@for f in $(CONFIGS); do \

@@ -7,9 +7,14 @@
 //! its time limit. It never reads or writes the connection itself and decides nothing about
 //! requests: the proxy does that. It also tells the memory housekeeper ([`crate::memory`])
 //! which runtime its connections run on and when they close.
+//!
+//! HTTP/2 connections (h2 by ALPN on TLS, and h2c by prior knowledge on a plaintext listener
+//! with `h2c: true`, recognised here by the HTTP/2 preface among its first bytes) pass the
+//! same admission and are counted until they close; the preface must arrive within
+//! `request_header_timeout`, after which Pingora's HTTP/2 server runs the connection.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +38,9 @@ const FIRST_READ: usize = 1024;
 
 /// Pingora's first header buffer (`INIT_HEADER_BUF_SIZE`), which the bytes read first become.
 const HEADER_BUFFER: usize = 4096;
+
+/// What an HTTP/2 client sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Why a connection was closed as soon as it arrived: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +167,8 @@ pub struct Connections<A> {
     limits: Arc<arc_swap::ArcSwap<ConnectionLimits>>,
     admission: Arc<Admission>,
     activity: Arc<Activity>,
+    /// The addresses of the listeners with `h2c: true`.
+    h2c: Vec<SocketAddr>,
 }
 
 impl<A> Connections<A> {
@@ -176,7 +186,36 @@ impl<A> Connections<A> {
             limits,
             admission: Arc::new(Admission::default()),
             activity: Arc::new(Activity::default()),
+            h2c: Vec::new(),
         }
+    }
+
+    /// Accept h2c by prior knowledge on the listeners bound to `listeners` (fixed at start,
+    /// as listeners are). The proxy app must allow h2c in its `HttpServerOptions`: this
+    /// wrapper finds the preface, Pingora's HTTP/2 server then runs the connection.
+    pub fn with_h2c(mut self, listeners: Vec<SocketAddr>) -> Connections<A> {
+        self.h2c = listeners;
+        self
+    }
+
+    /// Whether `stream` arrived on a listener with `h2c: true`. A listener bound to an
+    /// unspecified address (`0.0.0.0:8080`) matches every local address on its port.
+    fn allows_h2c(&self, stream: &Stream) -> bool {
+        if self.h2c.is_empty() || stream.get_ssl_digest().is_some() {
+            return false;
+        }
+        let Some(local) = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+        else {
+            return false;
+        };
+        self.h2c.iter().any(|l| {
+            l.port() == local.port()
+                && (l.ip() == local.ip().to_canonical()
+                    || l.ip() == local.ip()
+                    || l.ip().is_unspecified())
+        })
     }
 
     /// What the memory housekeeper watches: this app's runtime and its closed connections.
@@ -192,6 +231,22 @@ impl Drop for Closing<'_> {
     fn drop(&mut self) {
         self.0.closed();
     }
+}
+
+/// Whether `bytes` could be the start of the HTTP/2 preface (or all of it, and more).
+fn may_be_preface(bytes: &[u8]) -> bool {
+    let n = bytes.len().min(H2_PREFACE.len());
+    bytes[..n] == H2_PREFACE[..n]
+}
+
+/// Put bytes already read back in front of the connection's next read, for Pingora's
+/// HTTP/2 server to read the preface again. Only a plain TCP stream can (TLS streams never
+/// come here); `None` when `stream` is something else, which then cannot be served.
+fn rewind(stream: Stream, bytes: &[u8]) -> Option<Stream> {
+    use pingora::protocols::l4::stream::Stream as L4;
+    let mut l4 = stream.into_any().downcast::<L4>().ok()?;
+    l4.rewind(bytes);
+    Some(l4)
 }
 
 /// How a request's wait for its headers ended.
@@ -271,12 +326,13 @@ where
         let mut persistent = None;
         let mut first = true;
         let mut wait_until = started + limits.request_header_timeout;
+        let mut h2c = self.allows_h2c(&stream);
         loop {
             let mut head = [0u8; FIRST_READ];
             // Pingora's timer wheel, as Pingora's own reads use: far cheaper than tokio's.
             let wait = wait_until.saturating_duration_since(Instant::now());
             let read = pingora::prelude::timeout(wait, stream.read(&mut head)).await;
-            let n = match read {
+            let mut n = match read {
                 Ok(Ok(n)) if n > 0 => n,
                 // Closed by the client, or idle past `keepalive_timeout`.
                 Ok(_) => return None,
@@ -287,6 +343,26 @@ where
                     return None;
                 }
             };
+            if h2c {
+                // Only a connection's first bytes can open HTTP/2.
+                h2c = false;
+                // The preface is 24 bytes: a client may send fewer in its first packet.
+                while n < H2_PREFACE.len() && may_be_preface(&head[..n]) {
+                    let wait = wait_until.saturating_duration_since(Instant::now());
+                    match pingora::prelude::timeout(wait, stream.read(&mut head[n..])).await {
+                        Ok(Ok(more)) if more > 0 => n += more,
+                        Ok(_) => return None,
+                        Err(_) => {
+                            m.connections_header_timeouts.inc();
+                            return None;
+                        }
+                    }
+                }
+                if n >= H2_PREFACE.len() && may_be_preface(&head[..n]) {
+                    let stream = rewind(stream, &head[..n])?;
+                    return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+                }
+            }
             let deadline = if first {
                 started + limits.request_header_timeout
             } else {

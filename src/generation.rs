@@ -457,6 +457,74 @@ routes:
         );
     }
 
+    /// `protocol` and `h2c`: h2c both ways is accepted; `h2` needs TLS to the targets, and
+    /// `h2c` on a TLS listener means nothing (TLS offers h2 by ALPN).
+    #[test]
+    fn http2_settings() {
+        let text = "
+listeners:
+  - { address: \"127.0.0.1:8080\", h2c: true }
+upstreams:
+  - name: grpc
+    targets: [\"127.0.0.1:9003\"]
+    protocol: h2c
+  - name: web
+    targets: [\"127.0.0.1:9004\"]
+routes:
+  - name: grpc
+    match: { path_prefix: /pkg.Svc/ }
+    upstream: grpc
+  - name: web
+    upstream: web
+";
+        let rt = Generation::from_yaml(text).unwrap();
+        assert!(rt.config.listeners[0].h2c);
+        assert_eq!(rt.pools[0].settings.protocol, crate::config::Protocol::H2c);
+        assert_eq!(
+            rt.pools[1].settings.protocol,
+            crate::config::Protocol::Http1
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        let text = format!(
+            "
+listeners:
+  - address: \"127.0.0.1:8443\"
+    tls: {{ cert: \"{}\", key: \"{}\" }}
+    h2c: true
+upstreams:
+  - name: grpc
+    targets: [\"127.0.0.1:9003\"]
+    protocol: h2
+routes:
+  - name: grpc
+    upstream: grpc
+",
+            cert.display(),
+            key.display()
+        );
+        let err = Generation::from_yaml(&text).unwrap_err();
+        let got: Vec<String> = err.issues().iter().map(|i| i.to_string()).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].contains("listeners[0].h2c"), "{got:?}");
+        assert!(
+            got[0].contains("a TLS listener offers h2 by ALPN"),
+            "{got:?}"
+        );
+        assert!(got[1].contains("upstreams[0].protocol"), "{got:?}");
+        assert!(got[1].contains("needs `tls`"), "{got:?}");
+
+        let err = Generation::from_yaml(
+            "upstreams:\n  - name: a\n    targets: [\"127.0.0.1:1\"]\n    protocol: http2\nroutes:\n  - name: r\n    upstream: a\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("upstreams[0].protocol"), "{err}");
+    }
+
     #[test]
     fn unknown_upstream_and_duplicates() {
         let text = format!(

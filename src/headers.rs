@@ -337,6 +337,22 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Whether a request's `TE` lists `trailers` (RFC 9110 section 10.1.4), as every gRPC call's
+/// does.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
+    })
+}
+
 /// Remove hop-by-hop headers from a response going to the client.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap, status: http::StatusCode) {
     if !headers.keys().any(|k| HOP_BY_HOP_RESPONSE.contains(k)) {

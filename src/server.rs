@@ -95,11 +95,19 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
-    let proxy = pingora::proxy::http_proxy(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         Portcullis::new(Arc::clone(&reloader), access_log.clone()),
     );
-    let connections = Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections));
+    proxy.server_options = Some(http_options(config));
+    let h2c = config
+        .listeners
+        .iter()
+        .filter(|l| l.h2c)
+        .filter_map(|l| l.address.parse().ok())
+        .collect();
+    let connections =
+        Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections)).with_h2c(h2c);
     let activity = connections.activity();
     let mut proxy_service = Service::new("portcullis proxy".into(), connections);
     for listener in &config.listeners {
@@ -192,6 +200,27 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
         shutdown_signal: Box::new(DrainingShutdown { grace, access_log }),
     });
     Ok(())
+}
+
+/// Pingora's options for client connections, read once at start.
+///
+/// `h2c`: Pingora's HTTP/2 server takes a plaintext connection whose first bytes are the
+/// HTTP/2 preface. Only [`Connections`] hands it such connections, and only from listeners
+/// with `h2c: true`; every other plaintext connection stays HTTP/1.1.
+///
+/// `h2_idle_timeout`: an HTTP/2 connection (h2 by ALPN, or h2c) with no request in flight is
+/// closed after `keepalive_timeout` (`request_header_timeout` when keep-alive is off), so an
+/// idle one does not hold its place under `max_connections` for ever.
+fn http_options(config: &crate::config::Config) -> pingora::apps::HttpServerOptions {
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = config.listeners.iter().any(|l| l.h2c);
+    let keepalive = config.server.keepalive_timeout.0;
+    options.h2_idle_timeout = Some(if keepalive.is_zero() {
+        config.server.request_header_timeout.0
+    } else {
+        keepalive
+    });
+    options
 }
 
 /// Pingora binds in its service threads, retries a taken port for 30 s and then panics in

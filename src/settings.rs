@@ -24,6 +24,12 @@ pub fn check(config: &Config, issues: &mut Issues<'_>) {
             }
             Err(_) => issues.push(path, format!("`{}` is not an `ip:port` address", l.address)),
         }
+        if l.h2c && l.tls.is_some() {
+            issues.push(
+                format!("listeners[{i}].h2c"),
+                "h2c is plaintext HTTP/2; a TLS listener offers h2 by ALPN already",
+            );
+        }
     }
     if let Some(admin) = &config.admin {
         match admin.address.parse::<SocketAddr>() {

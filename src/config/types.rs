@@ -20,6 +20,10 @@ pub struct ListenerConfig {
     /// Serve TLS (with HTTP/2 by ALPN) when set.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Accept plaintext HTTP/2 by prior knowledge (a connection that opens with the HTTP/2
+    /// preface) beside HTTP/1.1. Plaintext listeners only: TLS offers h2 by ALPN.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 /// A certificate chain and its key, both PEM files.
@@ -198,6 +202,19 @@ pub enum Balance {
     ConsistentHash,
 }
 
+/// What a pool speaks to its targets.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, chosen by ALPN.
+    H2,
+    /// Plaintext HTTP/2 by prior knowledge.
+    H2c,
+}
+
 /// An upstream pool.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +261,9 @@ pub struct UpstreamConfig {
     /// Connect to the targets over TLS.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// `http1` (default), `h2` (by ALPN over TLS) or `h2c` (plaintext HTTP/2).
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// TLS to a pool's targets.

@@ -130,6 +130,8 @@ pub struct RequestCtx {
     /// Targets that failed to connect for this request.
     tried: Vec<usize>,
     refusal: Option<Refusal>,
+    /// The refusal went out in gRPC form (HTTP 200 with `grpc-status`).
+    grpc_refused: bool,
     /// Who the verified token says the client is, on routes with a policy.
     identity: Option<Identity>,
     /// The client address (behind trusted proxies).
@@ -342,6 +344,7 @@ impl ProxyHttp for Portcullis {
             target: None,
             tried: Vec::new(),
             refusal: None,
+            grpc_refused: false,
             identity: None,
             client_ip: None,
             authority: None,
@@ -389,7 +392,7 @@ impl ProxyHttp for Portcullis {
                         _ => None,
                     },
                 };
-                rescue::send(session, refusal, &reply, true).await;
+                ctx.grpc_refused = rescue::send(session, refusal, &reply, true).await;
                 Ok(true)
             }
         }
@@ -469,6 +472,7 @@ impl ProxyHttp for Portcullis {
         peer.options.connection_timeout = Some(connect);
         peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(read);
+        pool.settings.apply_protocol(&mut peer.options);
         Ok(Box::new(peer))
     }
 
@@ -592,9 +596,18 @@ impl ProxyHttp for Portcullis {
     ) -> pingora::Result<()> {
         let (ip, tls) = (client_ip(session), is_tls(session));
         let upgrade = session.is_upgrade_req();
+        // `TE: trailers` is the one hop-by-hop header HTTP/2 keeps (RFC 9113 section
+        // 8.2.2): gRPC servers require it. Kept towards HTTP/2 targets, as Envoy does.
+        let h2 = ctx
+            .route()
+            .is_some_and(|r| r.pool.settings.protocol != crate::config::Protocol::Http1);
+        let trailers = h2 && headers::accepts_trailers(&upstream.headers);
         headers::edit_request(upstream, |parts| {
             let map = &mut parts.headers;
             headers::strip_request_hop_by_hop(map, upgrade);
+            if trailers {
+                map.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+            }
             // No client may send an identity header of its own, on any route, nor any other
             // header Portcullis owns (method overrides under `strip`), in any spelling.
             ctx.generation.owned_headers.strip(map);
@@ -674,8 +687,12 @@ impl ProxyHttp for Portcullis {
                 request_id: headers::request_id_str(&ctx.request_id),
                 ..Default::default()
             };
-            rescue::send(session, refusal, &reply, false).await;
-            refusal.status()
+            ctx.grpc_refused = rescue::send(session, refusal, &reply, false).await;
+            if ctx.grpc_refused {
+                200
+            } else {
+                refusal.status()
+            }
         };
         FailToProxy {
             error_code: code,
@@ -691,18 +708,25 @@ impl ProxyHttp for Portcullis {
         if let Some(i) = ctx.target {
             attempt_ended(ctx, i);
         }
+        // A refused gRPC call went out as 200: the metrics count it by its refusal's status,
+        // so that refusals never pass for successes. (The access log keeps the status sent,
+        // beside the refusal's reason.)
+        let observed = match ctx.refusal {
+            Some(refusal) if ctx.grpc_refused => refusal.status(),
+            _ => status,
+        };
         let elapsed = ctx.started.elapsed();
         if let Some(permit) = ctx.permit.take() {
             // Only answers from the upstream tell the adaptive cap about its latency.
-            permit.finish(e.is_none() && (100..500).contains(&status));
+            permit.finish(e.is_none() && (100..500).contains(&observed));
         }
         let route = ctx.route();
         match route {
-            Some(r) => r.metrics.observe(status, elapsed.as_secs_f64()),
+            Some(r) => r.metrics.observe(observed, elapsed.as_secs_f64()),
             None => ctx
                 .generation
                 .unmatched
-                .observe(status, elapsed.as_secs_f64()),
+                .observe(observed, elapsed.as_secs_f64()),
         }
         if self.access_log.enabled() {
             let req = session.req_header();

@@ -3,6 +3,12 @@
 //! Every module that refuses a request names a [`Refusal`]; only this module chooses the
 //! status, the headers and the JSON body. Bodies say what happened in general terms and never
 //! echo what the client sent (beyond the request id we validated or made).
+//!
+//! A gRPC call (`content-type: application/grpc`, `application/grpc+proto`, ...) is refused
+//! the way gRPC clients read, as Envoy does: HTTP 200, `content-type: application/grpc` and
+//! the refusal as `grpc-status` and `grpc-message` in a response of headers only
+//! ("Trailers-Only"), the gRPC status derived from the refusal's HTTP status by
+//! [`grpc_status`].
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -212,6 +218,35 @@ impl Refusal {
         // fail, and a failure would only drop a header.
         let _ = header.insert_header("content-type", "application/json");
         let _ = header.insert_header("content-length", body.len());
+        self.common_headers(&mut header, reply);
+        (header, body)
+    }
+
+    /// The gRPC status a refused call gets: see [`grpc_status`].
+    pub fn grpc_status(self) -> GrpcStatus {
+        grpc_status(self.status())
+    }
+
+    /// The response to a refused gRPC call: HTTP 200 with `grpc-status` and `grpc-message`,
+    /// headers only (gRPC's "Trailers-Only"), beside the same `X-Request-Id`, challenge,
+    /// `Retry-After` and `RateLimit` headers as [`Self::response`]. `http1`: the client
+    /// speaks HTTP/1.1, whose framing then needs `content-length: 0`.
+    pub fn grpc_response(self, reply: &Reply<'_>, http1: bool) -> ResponseHeader {
+        let mut header =
+            ResponseHeader::build_no_case(200, Some(8)).unwrap_or_else(|_| bare_header(200));
+        let _ = header.insert_header("content-type", "application/grpc");
+        let _ = header.insert_header("grpc-status", u16::from(self.grpc_status().code()));
+        let _ = header.insert_header("grpc-message", grpc_message(self.message()));
+        if http1 {
+            let _ = header.insert_header("content-length", 0);
+        }
+        self.common_headers(&mut header, reply);
+        header
+    }
+
+    /// The headers every refusal carries, whatever its form.
+    fn common_headers(self, header: &mut ResponseHeader, reply: &Reply<'_>) {
+        let (request_id, scope) = (reply.request_id, reply.scope);
         let _ = header.insert_header("cache-control", "no-store");
         if !request_id.is_empty() {
             let _ = header.insert_header(headers::X_REQUEST_ID, request_id);
@@ -234,8 +269,85 @@ impl Refusal {
             }
             let _ = header.insert_header(headers::RATELIMIT, state.as_str());
         }
-        (header, body)
     }
+}
+
+/// A gRPC status code (the `grpc-status` trailer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GrpcStatus {
+    /// 2: an HTTP status with no closer meaning.
+    Unknown,
+    /// 7: the caller may not do this.
+    PermissionDenied,
+    /// 8: a rate limit.
+    ResourceExhausted,
+    /// 12: nothing serves this method.
+    Unimplemented,
+    /// 13: a malformed request.
+    Internal,
+    /// 14: the service cannot be reached now; clients may retry.
+    Unavailable,
+    /// 16: no valid credentials.
+    Unauthenticated,
+}
+
+impl GrpcStatus {
+    /// The number sent as `grpc-status`.
+    pub fn code(self) -> u8 {
+        match self {
+            GrpcStatus::Unknown => 2,
+            GrpcStatus::PermissionDenied => 7,
+            GrpcStatus::ResourceExhausted => 8,
+            GrpcStatus::Unimplemented => 12,
+            GrpcStatus::Internal => 13,
+            GrpcStatus::Unavailable => 14,
+            GrpcStatus::Unauthenticated => 16,
+        }
+    }
+}
+
+/// The gRPC status for an HTTP status: Envoy's `Grpc::Utility::httpToGrpcStatus` (gRPC's
+/// `http-grpc-status-mapping.md`), except that 429 is `RESOURCE_EXHAUSTED` rather than
+/// `UNAVAILABLE`, as Envoy's rate limit filters send it (`rate_limited_as_resource_exhausted`):
+/// a client should back off, not fail over.
+pub fn grpc_status(http: u16) -> GrpcStatus {
+    match http {
+        400 => GrpcStatus::Internal,
+        401 => GrpcStatus::Unauthenticated,
+        403 => GrpcStatus::PermissionDenied,
+        404 => GrpcStatus::Unimplemented,
+        429 => GrpcStatus::ResourceExhausted,
+        502..=504 => GrpcStatus::Unavailable,
+        _ => GrpcStatus::Unknown,
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%` itself.
+fn grpc_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether the request is a gRPC call: `content-type` `application/grpc`, or that followed by
+/// `+format` (`application/grpc+proto`) or parameters. gRPC-Web (`application/grpc-web`) is
+/// not: its clients read errors from the body.
+pub fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
+    let Some(value) = req.headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let v = value.as_bytes();
+    const GRPC: &[u8] = b"application/grpc";
+    v.len() >= GRPC.len()
+        && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
 }
 
 /// A header built without validation, for a status we know is valid.
@@ -257,7 +369,8 @@ pub struct Reply<'a> {
     pub rate_limit: Option<(Option<&'a http::HeaderValue>, String)>,
 }
 
-/// Send `refusal` as the whole response.
+/// Send `refusal` as the whole response: JSON, or for a gRPC call ([`is_grpc`]) the gRPC
+/// form. Returns whether it was the gRPC form (sent with HTTP status 200).
 ///
 /// A refusal before proxying of a request that has no body keeps the connection open: a client refused
 /// by a limit or a policy does not have to reconnect (and redo TLS) for its next request.
@@ -267,7 +380,11 @@ pub async fn send(
     refusal: Refusal,
     reply: &Reply<'_>,
     before_proxying: bool,
-) {
+) -> bool {
+    if is_grpc(session.req_header()) {
+        send_grpc(session, refusal, reply, before_proxying).await;
+        return true;
+    }
     let (header, body) = refusal.response(reply);
     let result =
         if before_proxying && session.response_written().is_none() && session.is_body_empty() {
@@ -279,6 +396,39 @@ pub async fn send(
             session.write_error_response(header, body).await
         };
     if let Err(e) = result {
+        tracing::debug!(error = %e, "could not send refusal to client");
+    }
+    false
+}
+
+/// [`send`] for a gRPC call: the headers, with end of stream.
+async fn send_grpc(
+    session: &mut Session,
+    refusal: Refusal,
+    reply: &Reply<'_>,
+    before_proxying: bool,
+) {
+    if !(before_proxying && session.response_written().is_none() && session.is_body_empty()) {
+        session.set_keepalive(None);
+    }
+    // Headers already sent (the upstream's): the call can only be cut.
+    if session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational())
+    {
+        return;
+    }
+    let header = refusal.grpc_response(reply, !session.is_http2());
+    // Pingora's proxy session writes a header without ending the stream, and ends it later
+    // with an empty DATA frame, which gRPC clients take as a broken call: the downstream
+    // session's task interface ends the stream on the header itself. (No downstream module
+    // is skipped: Portcullis installs none.)
+    let header = pingora::protocols::http::HttpTask::Header(Box::new(header), true);
+    if let Err(e) = session
+        .as_downstream_mut()
+        .response_duplex_vec(vec![header])
+        .await
+    {
         tracing::debug!(error = %e, "could not send refusal to client");
     }
 }

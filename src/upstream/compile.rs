@@ -8,7 +8,7 @@ use super::dns::{Resolving, MIN_REFRESH};
 use super::health::{HealthProbe, ProbeKind};
 use super::{HashOn, Pool, PoolSettings, TargetAddress, TargetDef};
 use crate::config::targets::MAX_WEIGHT;
-use crate::config::{Balance, DnsConfig, HealthCheckConfig, Issues, UpstreamConfig};
+use crate::config::{Balance, DnsConfig, HealthCheckConfig, Issues, Protocol, UpstreamConfig};
 
 /// Read a target's address: an `ip:port`, or a host name and port. Never resolves.
 fn address(target: &str) -> Result<TargetAddress, String> {
@@ -142,6 +142,13 @@ pub fn pool(
     let forwarding = super::forwarding::pool(up, path, issues);
     let outlier = super::outlier::compile(up.outlier.as_ref(), &format!("{path}.outlier"), issues);
     let written: Vec<String> = up.targets.iter().map(|t| t.address.clone()).collect();
+    // `h2` is chosen by ALPN, which needs TLS to the targets.
+    if up.protocol == Protocol::H2 && up.tls.is_none() {
+        issues.push(
+            format!("{path}.protocol"),
+            "`h2` is HTTP/2 by ALPN over TLS and needs `tls`; `h2c` is plaintext HTTP/2",
+        );
+    }
     let tls = up.tls.as_ref().and_then(|tls| {
         let kept = previous.and_then(|p| p.tls.as_ref());
         super::tls::compile(tls, &up.name, &format!("{path}.tls"), kept, issues)
@@ -159,6 +166,7 @@ pub fn pool(
         forwarding,
         outlier,
         dns_refresh: up.dns_refresh.0,
+        protocol: up.protocol,
     };
     match Pool::new(&up.name, targets, settings, probe, previous) {
         Ok(pool) => Some(Pool { tls, ..pool }),

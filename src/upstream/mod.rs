@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Balance;
+use crate::config::{Balance, Protocol};
 use crate::metrics::METRICS;
 
 pub use dns::{DnsRefresher, Name, Resolving};
@@ -200,6 +200,29 @@ pub struct PoolSettings {
     pub outlier: outlier::OutlierPolicy,
     /// Longest time between two lookups of a host name (the record's TTL when shorter).
     pub dns_refresh: Duration,
+    /// HTTP/1.1, h2 or h2c to the targets.
+    pub protocol: Protocol,
+}
+
+/// Most requests one HTTP/2 connection to a target carries at once (fewer when the target's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` says so); past it another connection opens. Pingora's
+/// default is 1, a connection per request in flight, which HTTP/2 exists to avoid.
+pub const MAX_H2_STREAMS: usize = 100;
+
+impl PoolSettings {
+    /// Set what a connection to a target speaks on `options`. `h2c` is HTTP/2 by prior
+    /// knowledge: Pingora starts HTTP/2 at once on a plaintext peer whose ALPN allows only
+    /// h2 (`connectors/http/v2.rs`). `h2` offers only h2 by ALPN on a TLS peer.
+    pub fn apply_protocol(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
+        use pingora::protocols::ALPN;
+        match self.protocol {
+            Protocol::Http1 => options.alpn = ALPN::H1,
+            Protocol::H2 | Protocol::H2c => {
+                options.alpn = ALPN::H2;
+                options.max_h2_streams = MAX_H2_STREAMS;
+            }
+        }
+    }
 }
 
 /// Where a configured target is, as compiled: no name is resolved at compile.
@@ -499,6 +522,7 @@ mod tests {
             },
             outlier: outlier::DEFAULT_OUTLIER,
             dns_refresh: Duration::from_secs(30),
+            protocol: Protocol::Http1,
         }
     }
 

@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod connections;
 mod faults;
+mod grpc;
 mod hygiene;
 mod key_sets;
 mod layers;

@@ -7,6 +7,7 @@
 //! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
 
 pub mod dns;
+pub mod grpc;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;

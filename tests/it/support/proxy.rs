@@ -48,11 +48,18 @@ fn listens_on(pid: u32, port: u16) -> bool {
 pub struct ProxyBuilder {
     body: String,
     server: Vec<String>,
+    listener: Vec<String>,
     tls: bool,
     env: Vec<(String, String)>,
 }
 
 impl ProxyBuilder {
+    /// A field of the listener (e.g. `h2c: true`).
+    pub fn listener(mut self, line: &str) -> Self {
+        self.listener.push(line.to_string());
+        self
+    }
+
     /// A line under `server:` (e.g. `max_request_header_bytes: 2048`).
     pub fn server(mut self, line: &str) -> Self {
         self.server.push(line.to_string());
@@ -96,6 +103,7 @@ pub struct Proxy {
     admin_port: u16,
     tls: bool,
     server: Vec<String>,
+    listener: Vec<String>,
     stderr: Arc<Mutex<Vec<u8>>>,
     exit: Option<ExitStatus>,
 }
@@ -111,6 +119,7 @@ impl Proxy {
         ProxyBuilder {
             body: body.to_string(),
             server: Vec::new(),
+            listener: Vec::new(),
             tls: false,
             env: Vec::new(),
         }
@@ -155,6 +164,7 @@ impl Proxy {
             admin_port,
             tls: b.tls,
             server: b.server.clone(),
+            listener: b.listener.clone(),
             stderr: Arc::new(Mutex::new(Vec::new())),
             exit: None,
         };
@@ -213,6 +223,9 @@ impl Proxy {
         } else {
             String::new()
         };
+        let tls: String = std::iter::once(tls)
+            .chain(self.listener.iter().map(|l| format!("\n    {l}")))
+            .collect();
         let mut server = String::from("server:\n  threads: 2\n");
         for line in &self.server {
             server.push_str(&format!("  {line}\n"));
@@ -236,6 +249,12 @@ impl Proxy {
         let tmp = self.dir.path().join(".portcullis.yaml.tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    /// The listener's self-signed certificate (with [`ProxyBuilder::tls`]), for
+    /// `localhost` and `127.0.0.1`.
+    pub fn tls_cert_path(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
     }
 
     /// The config file.
