@@ -418,6 +418,19 @@ mod tests {
     }
 
     #[test]
+    fn the_preface_and_its_beginnings() {
+        assert!(may_be_preface(b"P"));
+        assert!(may_be_preface(b"PRI * HTTP/2.0\r\n"));
+        assert!(may_be_preface(H2_PREFACE));
+        let mut more = H2_PREFACE.to_vec();
+        more.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert!(may_be_preface(&more));
+        assert!(!may_be_preface(b"POST / HTTP/1.1\r\n"));
+        assert!(!may_be_preface(b"GET / HTTP/1.1\r\n"));
+        assert!(!may_be_preface(b"PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n"));
+    }
+
+    #[test]
     fn admits_up_to_the_limits_and_releases_on_drop() {
         let a = Arc::new(Admission::default());
         let one: IpAddr = "127.0.0.1".parse().unwrap();

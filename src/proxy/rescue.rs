@@ -661,6 +661,89 @@ mod tests {
         }
     }
 
+    /// Every refusal of a gRPC call: HTTP 200, headers only, the gRPC status of its HTTP
+    /// status (an exhaustive match: a new variant does not compile until listed), the message
+    /// as `grpc-message`, and the headers of the JSON form beside them.
+    #[test]
+    fn every_refusal_has_its_grpc_status() {
+        let expected = |r: Refusal| -> u8 {
+            match r {
+                Refusal::BadRequest | Refusal::BadPath | Refusal::InvalidCredentials => 13,
+                Refusal::HeadersTooLarge | Refusal::Internal => 2,
+                Refusal::NoRoute => 12,
+                Refusal::NoHealthyTarget
+                | Refusal::UpstreamUnreachable
+                | Refusal::UpstreamTimeout
+                | Refusal::UpstreamError
+                | Refusal::UpstreamInvalidResponse
+                | Refusal::KeysUnavailable
+                | Refusal::Overloaded => 14,
+                Refusal::MissingToken | Refusal::InvalidToken(_) => 16,
+                Refusal::InsufficientScope | Refusal::ClaimsMismatch => 7,
+                Refusal::RateLimited(_) => 8,
+            }
+        };
+        let reply = Reply {
+            request_id: "abc",
+            scope: "orders:write",
+            rate_limit: None,
+        };
+        for r in Refusal::ALL {
+            assert_eq!(r.grpc_status().code(), expected(r), "{r:?}");
+            let (json, _) = r.response(&reply);
+            for http1 in [false, true] {
+                let header = r.grpc_response(&reply, http1);
+                let h = &header.headers;
+                assert_eq!(header.status.as_u16(), 200, "{r:?}");
+                assert_eq!(h["content-type"], "application/grpc");
+                assert_eq!(h["grpc-status"], expected(r).to_string().as_str());
+                assert_eq!(h["grpc-message"], r.message(), "{r:?}");
+                assert_eq!(h.get("content-length").is_some(), http1, "{r:?}");
+                for name in ["x-request-id", "www-authenticate", "retry-after"] {
+                    assert_eq!(h.get(name), json.headers.get(name), "{r:?} {name}");
+                }
+            }
+        }
+        assert_eq!(grpc_status(500), GrpcStatus::Unknown);
+        assert_eq!(grpc_status(431), GrpcStatus::Unknown);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_message("plain text"), "plain text");
+        assert_eq!(grpc_message("100% sure\n"), "100%25 sure%0A");
+        assert_eq!(grpc_message("caf\u{e9}"), "caf%C3%A9");
+    }
+
+    #[test]
+    fn grpc_calls_by_content_type() {
+        let with = |ct: Option<&str>| {
+            let mut req = pingora::http::RequestHeader::build("POST", b"/a.B/C", None).unwrap();
+            if let Some(ct) = ct {
+                req.insert_header("content-type", ct).unwrap();
+            }
+            is_grpc(&req)
+        };
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC+json",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(with(Some(ct)), "{ct}");
+        }
+        for ct in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpcx",
+            "application/json",
+            "application/gr",
+        ] {
+            assert!(!with(Some(ct)), "{ct}");
+        }
+        assert!(!with(None));
+    }
+
     /// Every refusal: the status, code and message it sends, from the variant and nothing
     /// else. The expectation is an exhaustive match: a new variant does not compile until it
     /// is listed here (and in [`Refusal::ALL`], whose length is checked against it).

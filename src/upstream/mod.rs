@@ -213,6 +213,10 @@ impl PoolSettings {
     /// Set what a connection to a target speaks on `options`. `h2c` is HTTP/2 by prior
     /// knowledge: Pingora starts HTTP/2 at once on a plaintext peer whose ALPN allows only
     /// h2 (`connectors/http/v2.rs`). `h2` offers only h2 by ALPN on a TLS peer.
+    ///
+    /// Pingora's connection-reuse hash leaves ALPN out but takes `max_h2_streams` in: the
+    /// stream cap also keeps the connections of an HTTP/2 pool apart from those of an
+    /// HTTP/1.1 pool to the same address (after a reload that changes `protocol`, too).
     pub fn apply_protocol(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
         use pingora::protocols::ALPN;
         match self.protocol {
