@@ -555,6 +555,21 @@ mod tests {
         assert_eq!(r.headers["x-kept"], "yes");
     }
 
+    #[test]
+    fn trailers_in_te() {
+        for (te, yes) in [
+            ("trailers", true),
+            ("Trailers", true),
+            ("gzip, trailers", true),
+            ("trailers;q=1, deflate", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            assert_eq!(accepts_trailers(&parts(&[("te", te)]).headers), yes, "{te}");
+        }
+        assert!(!accepts_trailers(&parts(&[]).headers));
+    }
+
     /// Method overrides are owned under `strip` and the client's to send under `honor`;
     /// their `_` spellings are owned either way (under `allow`).
     #[test]
