@@ -432,3 +432,34 @@ async fn h2c_connections_count_against_the_connection_limit() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
 }
+
+/// `protocol` reloads live: a pool switched from `http1` to `h2c` speaks HTTP/2 to its
+/// target from the next request (no HTTP/1.1 connection of before is reused for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_switches_a_pool_to_h2c() {
+    let server = GrpcServer::start();
+    let body = |protocol: &str| {
+        format!(
+            "upstreams:\n{}routes:\n  - name: echo\n    upstream: grpc\n",
+            pool(
+                "grpc",
+                &[server.addr().to_string()],
+                &[&format!("protocol: {protocol}")]
+            )
+        )
+    };
+    let proxy = Proxy::builder(&body("http1"))
+        .listener("h2c: true")
+        .start()
+        .await;
+    let call = json!([{"method": "Unary", "request": "hello"}]);
+    let before = calls(proxy.addr(), call.clone(), None).await;
+    assert_ne!(before[0]["code"], "OK", "gRPC over HTTP/1.1: {before:?}");
+
+    proxy.write_config(&body("h2c"));
+    proxy
+        .wait_metric("portcullis_config_generation", &[], 2.0)
+        .await;
+    let after = calls(proxy.addr(), call, None).await;
+    assert_eq!(after[0]["code"], "OK", "{after:?}");
+}
