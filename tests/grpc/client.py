@@ -9,7 +9,8 @@ result per call: {"code": "OK", "code_value": 0, "details": ..., "responses": [.
 
 A call is {"method": "Unary" | "ServerStream" | "ClientStream" | "Bidi", "request": text or
 [texts], "token": bearer token or null, "service": the service name (default
-`portcullis.test.Echo`)}: it calls `/<service>/<method>`.
+`portcullis.test.Echo`), "parallel": n}: it calls `/<service>/<method>`. With "parallel", a
+unary call is made n times at once, and its result is only {"codes": [the n status names]}.
 """
 
 import json
@@ -42,6 +43,16 @@ def call(channel, spec):
         request = iter([r.encode() for r in request])
     else:
         request = request.encode()
+    if spec.get("parallel"):
+        calls = [stub.future(request, metadata=metadata, timeout=10) for _ in range(spec["parallel"])]
+        codes = []
+        for c in calls:
+            try:
+                c.result()
+                codes.append(c.code().name)
+            except grpc.RpcError as e:
+                codes.append(e.code().name)
+        return {"codes": codes}
     result = {"responses": []}
     try:
         if method in ("Unary", "ClientStream"):

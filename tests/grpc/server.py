@@ -7,8 +7,8 @@ route of a test can have its own service), on 127.0.0.1, a free port printed fir
 
 - Unary: answers a JSON document of what it received: the request (text), the metadata
   (`authorization` shown only as whether it was there). A request `fail:<text>`
-  is answered with status NOT_FOUND and `<text>` as the message; every answer carries the
-  trailing metadata `x-trailer: <request>`.
+  is answered with status NOT_FOUND and `<text>` as the message, a request `sleep:<seconds>`
+  after that long; every answer carries the trailing metadata `x-trailer: <request>`.
 - ServerStream: the request is a number n; answers n messages `item-0` .. `item-<n-1>`.
 - ClientStream: answers every message received, joined with `,`.
 - Bidi: answers each message as it arrives, upper-cased.
@@ -16,6 +16,7 @@ route of a test can have its own service), on 127.0.0.1, a free port printed fir
 
 import json
 import sys
+import time
 from concurrent import futures
 
 import grpc
@@ -36,6 +37,8 @@ def unary(request, context):
     text = request.decode()
     if text.startswith("fail:"):
         context.abort(grpc.StatusCode.NOT_FOUND, text[len("fail:"):])
+    if text.startswith("sleep:"):
+        time.sleep(float(text[len("sleep:"):]))
     return json.dumps(seen(request, context)).encode()
 
 
@@ -69,7 +72,7 @@ class AnyService(grpc.GenericRpcHandler):
 
 
 def main():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     server.add_generic_rpc_handlers((AnyService(),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -463,3 +463,48 @@ async fn a_reload_switches_a_pool_to_h2c() {
     let after = calls(proxy.addr(), call, None).await;
     assert_eq!(after[0]["code"], "OK", "{after:?}");
 }
+
+/// Calls in flight at once share one HTTP/2 connection to the target (up to 100 streams on
+/// each), where Pingora's default of one stream per connection would open one per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_an_upstream_connection() {
+    let server = GrpcServer::start();
+    let body = format!(
+        "upstreams:\n{}routes:\n  - name: echo\n    upstream: grpc\n",
+        pool("grpc", &[server.addr().to_string()], &["protocol: h2c"])
+    );
+    let proxy = Proxy::builder(&body).listener("h2c: true").start().await;
+    let results = calls(
+        proxy.addr(),
+        json!([
+            {"method": "Unary", "request": "first"},
+            {"method": "Unary", "request": "sleep:0.5", "parallel": 20},
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(results[0]["code"], "OK", "{results:?}");
+    assert_eq!(results[1]["codes"], json!(vec!["OK"; 20]), "{results:?}");
+    let target = server.addr().to_string();
+    let connections = |reused: &'static str| {
+        let target = target.clone();
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(
+                    "portcullis_upstream_connections_total",
+                    &[
+                        ("upstream", "grpc"),
+                        ("target", &target),
+                        ("reused", reused),
+                    ],
+                )
+                .await
+        }
+    };
+    let (new, reused) = (connections("false").await, connections("true").await);
+    assert_eq!(new + reused, 21.0);
+    // The first call's connection carries the rest; a few more may open when calls race
+    // for it, never one per call.
+    assert!(new <= 4.0, "{new} new connections for 21 calls");
+}
