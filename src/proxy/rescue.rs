@@ -672,6 +672,7 @@ mod tests {
                 Refusal::HeadersTooLarge | Refusal::Internal => 2,
                 Refusal::NoRoute => 12,
                 Refusal::NoHealthyTarget
+                | Refusal::NoTargetYet
                 | Refusal::UpstreamUnreachable
                 | Refusal::UpstreamTimeout
                 | Refusal::UpstreamError
