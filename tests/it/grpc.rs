@@ -132,12 +132,20 @@ async fn grpc_over_h2c_through_an_authenticated_route() {
     wait_for_keys(&proxy).await;
     every_kind_of_call(&proxy, None, "http").await;
 
-    let lines = proxy.access_lines();
-    let ok = lines
-        .iter()
-        .filter(|l| l["route"] == "echo" && l["status"] == 200);
-    assert_eq!(ok.count(), 6, "{lines:?}");
-    assert!(lines.iter().any(|l| l["reason"] == "unauthorized"));
+    // Six calls, each logged with the status sent; the refused one with its reason.
+    eventually("six access log lines", Duration::from_secs(10), || async {
+        let lines = proxy.access_lines();
+        let ok = lines
+            .iter()
+            .filter(|l| l["route"] == "echo" && l["status"] == 200)
+            .count();
+        if ok == 6 && lines.iter().any(|l| l["reason"] == "unauthorized") {
+            Ok(())
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    })
+    .await;
 }
 
 /// Client to Portcullis in h2 by ALPN on a TLS listener, Portcullis to the server in h2c.
@@ -219,8 +227,22 @@ async fn refused_grpc_calls_get_grpc_statuses() {
 
     // The access log has what went out (200) and why; the metrics count each refusal by
     // its HTTP status, never as a success.
-    let lines = proxy.access_lines();
-    let reasons: Vec<(&str, &str, u64)> = lines
+    // A line is written when its request ends, which may be after the client has its answer
+    // and sent the next call: compared in any order, once all are there.
+    let lines = eventually(
+        "eight access log lines",
+        Duration::from_secs(10),
+        || async {
+            let lines = proxy.access_lines();
+            if lines.len() >= 8 {
+                Ok(lines)
+            } else {
+                Err(format!("{lines:?}"))
+            }
+        },
+    )
+    .await;
+    let mut reasons: Vec<(&str, &str, u64)> = lines
         .iter()
         .map(|l| {
             (
@@ -230,20 +252,19 @@ async fn refused_grpc_calls_get_grpc_statuses() {
             )
         })
         .collect();
-    assert_eq!(
-        reasons,
-        [
-            ("scoped", "unauthorized", 200),
-            ("scoped", "invalid_token", 200),
-            ("scoped", "insufficient_scope", 200),
-            ("limited", "-", 200),
-            ("limited", "rate_limited", 200),
-            ("limited", "rate_limited", 200),
-            ("down", "upstream_unreachable", 200),
-            ("", "no_route", 200),
-        ],
-        "{lines:?}"
-    );
+    reasons.sort_unstable();
+    let mut expected = vec![
+        ("scoped", "unauthorized", 200),
+        ("scoped", "invalid_token", 200),
+        ("scoped", "insufficient_scope", 200),
+        ("limited", "-", 200),
+        ("limited", "rate_limited", 200),
+        ("limited", "rate_limited", 200),
+        ("down", "upstream_unreachable", 200),
+        ("", "no_route", 200),
+    ];
+    expected.sort_unstable();
+    assert_eq!(reasons, expected, "{lines:?}");
     let metrics = proxy.metrics().await;
     let requests = |route: &str, class: &str| {
         metrics
