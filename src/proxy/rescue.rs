@@ -677,6 +677,7 @@ mod tests {
                 | Refusal::UpstreamTimeout
                 | Refusal::UpstreamError
                 | Refusal::UpstreamInvalidResponse
+                | Refusal::UpstreamTls
                 | Refusal::KeysUnavailable
                 | Refusal::Overloaded => 14,
                 Refusal::MissingToken | Refusal::InvalidToken(_) => 16,

@@ -3,7 +3,8 @@ methods (no protobuf, no generated code).
 
 Methods `Unary`, `ServerStream`, `ClientStream` and `Bidi` of any service name (so that each
 route of a test can have its own service), on 127.0.0.1, a free port printed first as
-`PORT <n>`, plaintext HTTP/2 (h2c). It runs until killed.
+`PORT <n>`, plaintext HTTP/2 (h2c), or with `--tls CERT KEY` (PEM files) TLS with h2 by ALPN.
+It runs until killed.
 
 - Unary: answers a JSON document of what it received: the request (text), the metadata
   (`authorization` shown only as whether it was there). A request `fail:<text>`
@@ -74,7 +75,12 @@ class AnyService(grpc.GenericRpcHandler):
 def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     server.add_generic_rpc_handlers((AnyService(),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if len(sys.argv) > 3 and sys.argv[1] == "--tls":
+        with open(sys.argv[2], "rb") as cert, open(sys.argv[3], "rb") as key:
+            credentials = grpc.ssl_server_credentials(((key.read(), cert.read()),))
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)
     server.wait_for_termination()

@@ -529,3 +529,31 @@ async fn concurrent_calls_share_an_upstream_connection() {
     // for it, never one per call.
     assert!(new <= 4.0, "{new} new connections for 21 calls");
 }
+
+/// `protocol: h2` on a pool with `tls:`: HTTP/2 by ALPN to a grpcio server over TLS (a
+/// certificate from a local CA that `ca_file` trusts), every kind of call end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_to_an_h2_upstream_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::Ca::new("grpc test CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "server");
+    let server = GrpcServer::start_tls(&cert, &key);
+    let jwks = JwksServer::start(key_set(&[(RSA, "k1")])).await;
+    let body = format!(
+        "issuers:\n  - name: corp\n    issuer: \"{ISS}\"\n    jwks_uri: \"{}\"\n    audiences: [{AUD}]\nupstreams:\n{}routes:\n{ECHO_ROUTE}",
+        jwks.jwks_url(),
+        pool(
+            "grpc",
+            &[server.addr().to_string()],
+            &[
+                "protocol: h2",
+                &format!("tls: {{ sni: localhost, ca_file: \"{}\" }}", ca_file.display()),
+            ]
+        ),
+    );
+    let proxy = Proxy::builder(&body).listener("h2c: true").start().await;
+    wait_for_keys(&proxy).await;
+    every_kind_of_call(&proxy, None, "http").await;
+}

@@ -39,8 +39,19 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Start one and wait until it listens.
     pub fn start() -> GrpcServer {
+        GrpcServer::start_with(&[])
+    }
+
+    /// Start one serving TLS (h2 by ALPN) with the PEM certificate chain and key in these
+    /// files.
+    pub fn start_tls(cert: &Path, key: &Path) -> GrpcServer {
+        GrpcServer::start_with(&["--tls".as_ref(), cert.as_os_str(), key.as_os_str()])
+    }
+
+    fn start_with(args: &[&std::ffi::OsStr]) -> GrpcServer {
         let mut child = Command::new(python())
             .arg(script("server.py"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
