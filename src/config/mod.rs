@@ -10,6 +10,7 @@ pub mod limits;
 mod lines;
 pub mod targets;
 pub mod types;
+pub mod upstream;
 pub mod values;
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub use limits::*;
 pub use lines::LineIndex;
 pub use targets::{DnsConfig, TargetConfig};
 pub use types::*;
+pub use upstream::*;
 pub use values::*;
 
 /// The whole config file.

@@ -1,15 +1,16 @@
 //! The Pingora `ProxyHttp` implementation: it runs the request through each stage in order.
 //! The stages make the decisions (routing, limits, authentication, target choice); this
 //! module decides only how they meet: which authentication failures the per-IP failure guard
-//! counts (not a missing token, nor keys still being fetched), which bytes a consistent-hash
-//! pool hashes (the client address or a header), when a failed attempt is tried again
-//! ([`retry`]), and that a method override on a request other than POST must land on the
-//! route of its own method.
+//! counts (not a missing token, nor keys still being fetched), and that a method override on a
+//! request other than POST must land on the route of its own method. Each attempt at the
+//! upstream (its target and the bytes a consistent-hash pool hashes, its timeouts, its
+//! outcome, and whether it is tried again) is [`attempt`]'s and [`retry`]'s.
 //!
 //! Stages: snapshot the config, guard (header size, path), route, forward with clean headers,
 //! pick a target (again after a failure the route retries), log. Refusals go through
 //! [`rescue`], the only code that writes an error response.
 
+mod attempt;
 pub mod rescue;
 mod retry;
 
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorType};
+use pingora::Error;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{AuthError, Identity};
@@ -33,46 +34,7 @@ use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
 use crate::routing;
-use crate::upstream::forwarding::Failure;
-use crate::upstream::tls::TlsFailure;
-use crate::upstream::{HashOn, Target};
 pub use rescue::Refusal;
-
-/// Past the route's `timeout` the request ends: 504 when nothing was sent yet, else the
-/// connections are cut (the upstream one is never reused).
-fn request_deadline(ctx: &mut RequestCtx) -> pingora::Result<()> {
-    let passed = ctx
-        .route()
-        .and_then(|r| r.forwarding.left(ctx.started))
-        .is_some_and(|left| left.is_zero());
-    if passed {
-        ctx.refusal = Some(Refusal::UpstreamTimeout);
-        return Err(Error::explain(ErrorType::ReadTimedout, "request timeout"));
-    }
-    Ok(())
-}
-
-/// The target of the current attempt, `i` in the pool's members the request uses.
-fn attempt_target(ctx: &RequestCtx, i: usize) -> Option<&Target> {
-    ctx.members
-        .as_ref()
-        .and_then(|m| m.targets.get(i))
-        .map(|t| &**t)
-}
-
-/// Tell the pool how an attempt on its target `i` went (outlier detection).
-fn outcome(ctx: &RequestCtx, i: usize, ok: bool) {
-    if let (Some(route), Some(target)) = (ctx.route(), attempt_target(ctx, i)) {
-        route.pool.outcome(target, ok);
-    }
-}
-
-/// The attempt on target `i` ended: its duration.
-fn attempt_ended(ctx: &mut RequestCtx, i: usize) {
-    if let (Some(started), Some(target)) = (ctx.attempt_started.take(), attempt_target(ctx, i)) {
-        target.series().ended(started.elapsed());
-    }
-}
 
 /// The proxy.
 pub struct Portcullis {
@@ -286,20 +248,6 @@ impl Portcullis {
     }
 }
 
-/// The TLS failure `e` is, on a route whose pool has `tls:`; with `record`, counted and
-/// logged (once per failed connection: the caller that meets it first).
-fn tls_failure(ctx: &RequestCtx, e: &Error, record: bool) -> Option<TlsFailure> {
-    let pool = &ctx.route()?.pool;
-    pool.tls.as_ref()?;
-    let failure = TlsFailure::of(e)?;
-    if record {
-        let target = ctx.target.or(ctx.tried.last().copied());
-        let target = target.and_then(|i| attempt_target(ctx, i));
-        failure.record(&pool.name, target.map_or("", |t| t.label.as_str()), e);
-    }
-    Some(failure)
-}
-
 /// Refuse now if `limiter`'s bucket for `key` has nothing left, without taking from it.
 fn peek(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
     match limiter.refuses(key) {
@@ -403,77 +351,7 @@ impl ProxyHttp for Portcullis {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route() else {
-            ctx.refusal = Some(Refusal::Internal);
-            return Err(Error::explain(ErrorType::HTTPStatus(500), "no route"));
-        };
-        let pool = Arc::clone(&route.pool);
-        let mut ip_key = [0u8; 16];
-        let key: &[u8] = match &pool.settings.hash_on {
-            _ if pool.settings.balance != crate::config::Balance::ConsistentHash => b"",
-            HashOn::ClientIp => match ctx.client_ip {
-                Some(IpAddr::V4(ip)) => {
-                    ip_key[..4].copy_from_slice(&ip.octets());
-                    &ip_key[..4]
-                }
-                Some(IpAddr::V6(ip)) => {
-                    ip_key = ip.octets();
-                    &ip_key
-                }
-                None => b"",
-            },
-            HashOn::Header(name) => session
-                .req_header()
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes())
-                .unwrap_or(b""),
-        };
-        // Read before the pick, which borrows `ctx` for its snapshot of the pool's members.
-        let attempt = route.forwarding.attempt(ctx.started);
-        // A retry goes to a target not tried yet where one is left, else to the same again.
-        let members = ctx.members.get_or_insert_with(|| pool.members());
-        let picked = members
-            .select(key, &ctx.tried)
-            .or_else(|| (!ctx.tried.is_empty()).then(|| members.select(key, &[]))?);
-        let Some(i) = picked else {
-            let refusal = if members.targets.is_empty() {
-                Refusal::NoTargetYet
-            } else if ctx.tried.is_empty() {
-                Refusal::NoHealthyTarget
-            } else {
-                Refusal::UpstreamUnreachable
-            };
-            ctx.refusal = Some(refusal);
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(refusal.status()),
-                refusal.code(),
-            ));
-        };
-        let Some(target) = members.targets.get(i) else {
-            ctx.refusal = Some(Refusal::Internal);
-            return Err(Error::explain(ErrorType::HTTPStatus(500), "no target"));
-        };
-        let mut peer = match &pool.tls {
-            // The name a certificate is checked for comes from the target as written.
-            Some(tls) => tls.peer(target.addr, &target.written),
-            None => HttpPeer::new(target.addr, false, String::new()),
-        };
-        let Some((connect, read)) = attempt else {
-            ctx.refusal = Some(Refusal::UpstreamTimeout);
-            return Err(Error::explain(ErrorType::ReadTimedout, "request timeout"));
-        };
-        ctx.target = Some(i);
-        ctx.attempts += 1;
-        ctx.attempt_started = Some(Instant::now());
-        if ctx.budget.is_none() {
-            ctx.budget = Some(retry::BudgetHold::new(&pool));
-        }
-        peer.options.connection_timeout = Some(connect);
-        peer.options.read_timeout = Some(read);
-        peer.options.write_timeout = Some(read);
-        pool.settings.apply_protocol(&mut peer.options);
-        Ok(Box::new(peer))
+        attempt::peer(session, ctx)
     }
 
     fn fail_to_connect(
@@ -481,48 +359,20 @@ impl ProxyHttp for Portcullis {
         session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        tls_failure(ctx, &e, true);
-        if let Some(i) = ctx.target.take() {
-            outcome(ctx, i, false);
-            attempt_ended(ctx, i);
-            ctx.tried.push(i);
-        }
-        e.set_retry(retry::decide(session, ctx, Failure::ConnectFailure));
-        e
+        attempt::connect_failed(session, ctx, e)
     }
 
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
         session: &mut Session,
-        mut e: Box<Error>,
+        e: Box<Error>,
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
-        // A refusal of our client certificate may come after the handshake (TLS 1.3): the
-        // first read fails; it is a TLS failure all the same.
-        let refused_cert = tls_failure(ctx, &e, true).is_some();
-        // A retry for the upstream's status was decided (and the outcome recorded) when its
-        // answer arrived.
-        let again = std::mem::take(&mut ctx.retrying_status) || {
-            let failure = retry::classify(&e);
-            if let (Some(_), Some(i)) = (failure, ctx.target) {
-                outcome(ctx, i, false);
-            }
-            if let Some(i) = ctx.target {
-                attempt_ended(ctx, i);
-            }
-            // A target that refused our client certificate would refuse it again, and so
-            // would the others, which get the same one.
-            !refused_cert && failure.is_some_and(|f| retry::decide(session, ctx, f))
-        };
-        if let Some(i) = ctx.target.take().filter(|_| again) {
-            ctx.tried.push(i);
-        }
-        e.set_retry(again);
-        e
+        attempt::broke(session, ctx, e)
     }
 
     async fn connected_to_upstream(
@@ -535,9 +385,7 @@ impl ProxyHttp for Portcullis {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(target) = ctx.target.and_then(|i| attempt_target(ctx, i)) {
-            target.series().connected(reused);
-        }
+        attempt::connected(ctx, reused);
         Ok(())
     }
 
@@ -547,24 +395,7 @@ impl ProxyHttp for Portcullis {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        let status = upstream_response.status.as_u16();
-        if let Some(i) = ctx.target {
-            outcome(ctx, i, status < 500);
-            if let (Some(started), Some(target)) = (ctx.attempt_started, attempt_target(ctx, i)) {
-                target.series().answered(status, started.elapsed());
-            }
-        }
-        if let Some(failure) = Failure::of_status(status) {
-            if retry::decide(session, ctx, failure) {
-                // Not sent on: the attempt ends here and the next one starts.
-                ctx.retrying_status = true;
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "retried on another attempt",
-                ));
-            }
-        }
-        Ok(())
+        attempt::answered(session, ctx, upstream_response.status.as_u16())
     }
 
     fn upstream_response_body_filter(
@@ -574,7 +405,7 @@ impl ProxyHttp for Portcullis {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<std::time::Duration>> {
-        request_deadline(ctx)?;
+        attempt::request_deadline(ctx)?;
         Ok(None)
     }
 
@@ -585,7 +416,7 @@ impl ProxyHttp for Portcullis {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        request_deadline(ctx)
+        attempt::request_deadline(ctx)
     }
 
     async fn upstream_request_filter(
@@ -668,7 +499,7 @@ impl ProxyHttp for Portcullis {
     ) -> FailToProxy {
         let refusal = ctx
             .refusal
-            .unwrap_or_else(|| match tls_failure(ctx, e, false) {
+            .unwrap_or_else(|| match attempt::tls_failure(ctx, e, false) {
                 Some(_) => Refusal::UpstreamTls,
                 None => rescue::from_error(e),
             });
@@ -706,7 +537,7 @@ impl ProxyHttp for Portcullis {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         if let Some(i) = ctx.target {
-            attempt_ended(ctx, i);
+            attempt::attempt_ended(ctx, i);
         }
         // A refused gRPC call went out as 200: the metrics count it by its refusal's status,
         // so that refusals never pass for successes. (The access log keeps the status sent,

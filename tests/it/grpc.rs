@@ -525,9 +525,10 @@ async fn concurrent_calls_share_an_upstream_connection() {
     };
     let (new, reused) = (connections("false").await, connections("true").await);
     assert_eq!(new + reused, 21.0);
-    // The first call's connection carries the rest; a few more may open when calls race
-    // for it, never one per call.
-    assert!(new <= 4.0, "{new} new connections for 21 calls");
+    // The first call's connection carries the rest; more may open when calls race for it on
+    // a busy machine, never one per call (Pingora's default of one stream per connection
+    // opens one for each of the 20 calls in flight).
+    assert!(new <= 10.0, "{new} new connections for 21 calls");
 }
 
 /// `protocol: h2` on a pool with `tls:`: HTTP/2 by ALPN to a grpcio server over TLS (a
