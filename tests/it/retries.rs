@@ -257,6 +257,20 @@ async fn a_route_timeout_is_a_504_and_overrides_the_pool() {
     }
     let resp = http.get(proxy.url("/patient")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    // The connection a timed-out request left is closed, never handed to the next request
+    // (whose answer would then be the slow one's): no connection is ever reused here.
+    let target = up.addr().to_string();
+    let reused = proxy
+        .metric(
+            "portcullis_upstream_connections_total",
+            &[
+                ("upstream", "pool"),
+                ("target", &target),
+                ("reused", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(reused, 0.0);
     let lines = proxy.access_lines();
     assert!(
         lines
