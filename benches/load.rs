@@ -313,8 +313,19 @@ struct Case {
     limits: bool,
     routes: usize,
     connections: u32,
-    /// To the upstream over TLS (its certificate checked against a CA of the bench's own).
-    upstream_tls: bool,
+    /// How the proxies reach the upstream.
+    wire: Wire,
+}
+
+/// How a proxy reaches the upstream in a case (wrk speaks HTTP/1.1 to the proxy in every case).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// HTTP/1.1 over plain TCP.
+    Plain,
+    /// HTTP/1.1 over TLS, the upstream's certificate checked against a CA of the bench's own.
+    Tls,
+    /// HTTP/2 by prior knowledge over plain TCP (h2c), up to 100 streams a connection.
+    H2c,
 }
 
 fn cases() -> Vec<Case> {
@@ -326,7 +337,7 @@ fn cases() -> Vec<Case> {
         limits,
         routes,
         connections,
-        upstream_tls: false,
+        wire: Wire::Plain,
     };
     // Cases compared with each other run next to each other: a target comparing two cases
     // (10,000 routes against one, limits on against off) pairs runs seconds apart.
@@ -341,10 +352,22 @@ fn cases() -> Vec<Case> {
             CONNS,
         ),
         Case {
-            upstream_tls: true,
+            wire: Wire::Tls,
             ..case(
                 "https-upstream",
                 "passthrough to an HTTPS upstream (TLS 1.3, verified)",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
+        Case {
+            wire: Wire::H2c,
+            ..case(
+                "h2",
+                "passthrough to an HTTP/2 upstream (h2c, prior knowledge)",
                 None,
                 false,
                 false,
@@ -412,10 +435,10 @@ fn cases() -> Vec<Case> {
 /// What each system does in a case, for the report.
 fn what_it_does(case: &Case, system: System) -> String {
     let it = what_it_does_downstream(case, system);
-    if case.upstream_tls {
-        format!("{it}, TLS to the upstream")
-    } else {
-        it
+    match case.wire {
+        Wire::Plain => it,
+        Wire::Tls => format!("{it}, TLS to the upstream"),
+        Wire::H2c => format!("{it}, h2c to the upstream"),
     }
 }
 
@@ -634,6 +657,8 @@ struct Work {
     /// The upstream's TLS port, and the CA that issued its certificate (for `localhost`).
     tls_upstream: SocketAddr,
     ca_file: PathBuf,
+    /// The upstream's HTTP/2 (h2c) port.
+    h2c_upstream: SocketAddr,
 }
 
 fn prepare(
@@ -642,6 +667,7 @@ fn prepare(
     dir: &Path,
     upstream: SocketAddr,
     tls_upstream: SocketAddr,
+    h2c_upstream: SocketAddr,
 ) -> Work {
     let jwks = serde_json::json!({"keys": [
         tools::public_jwk(RSA_PEM, "rsa", true).unwrap(),
@@ -667,6 +693,7 @@ fn prepare(
         upstream,
         tls_upstream,
         ca_file: dir.join("upstream-ca.pem"),
+        h2c_upstream,
     }
 }
 
@@ -699,6 +726,15 @@ fn upstream_certificates(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 impl Work {
+    /// The upstream's address for `wire`.
+    fn upstream_for(&self, wire: Wire) -> SocketAddr {
+        match wire {
+            Wire::Plain => self.upstream,
+            Wire::Tls => self.tls_upstream,
+            Wire::H2c => self.h2c_upstream,
+        }
+    }
+
     /// The token a case's requests carry (the fresh-token case warms up with the reused one).
     fn token(&self, case: &Case) -> Option<&str> {
         match case.auth {
@@ -727,22 +763,18 @@ issuers:
 upstreams:
   - name: up
     targets: ["{up}"]
-{tls}routes:
+{wire}routes:
 "#,
         id = case.id,
         jwks = w.dir.join("jwks.json").display(),
-        up = if case.upstream_tls {
-            w.tls_upstream
-        } else {
-            w.upstream
-        },
-        tls = if case.upstream_tls {
-            format!(
+        up = w.upstream_for(case.wire),
+        wire = match case.wire {
+            Wire::Plain => String::new(),
+            Wire::Tls => format!(
                 "    tls: {{ sni: localhost, ca_file: \"{}\" }}\n",
                 w.ca_file.display()
-            )
-        } else {
-            String::new()
+            ),
+            Wire::H2c => "    protocol: h2c\n".into(),
         },
     );
     let auth = if case.auth.is_some() {
@@ -840,14 +872,14 @@ frontend bench
 backend up
     server up {up}
 ",
-        up = if case.upstream_tls {
-            format!(
+        up = match case.wire {
+            Wire::Plain => w.upstream.to_string(),
+            Wire::Tls => format!(
                 "{} ssl verify required ca-file {} sni str(localhost)",
                 w.tls_upstream,
                 w.ca_file.display()
-            )
-        } else {
-            w.upstream.to_string()
+            ),
+            Wire::H2c => format!("{} proto h2", w.h2c_upstream),
         }
     );
     if case.limits {
@@ -940,30 +972,26 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
-/// The bare Pingora proxy on `addr`, one worker thread, forwarding to `upstream`; with
-/// `tls_ca`, over TLS to `localhost`, trusting that CA (as its system store: Pingora's default
-/// trust reads `SSL_CERT_FILE`).
-fn bare(
-    t: &Tools,
-    cpu: Option<&str>,
-    addr: SocketAddr,
-    upstream: SocketAddr,
-    tls_ca: Option<&Path>,
-) -> Command {
+/// The bare Pingora proxy on `addr`, one worker thread, forwarding to the upstream over
+/// `wire`: over TLS to `localhost`, trusting the bench's CA (as its system store: Pingora's
+/// default trust reads `SSL_CERT_FILE`); h2c with the stream cap Portcullis sets.
+fn bare(t: &Tools, cpu: Option<&str>, addr: SocketAddr, w: &Work, wire: Wire) -> Command {
     let mut args = vec![
         "--listen".into(),
         addr.to_string(),
         "--upstream".into(),
-        upstream.to_string(),
+        w.upstream_for(wire).to_string(),
         "--threads".into(),
         "1".into(),
     ];
-    if tls_ca.is_some() {
-        args.extend(["--upstream-tls".into(), "localhost".into()]);
+    match wire {
+        Wire::Plain => {}
+        Wire::Tls => args.extend(["--upstream-tls".into(), "localhost".into()]),
+        Wire::H2c => args.push("--upstream-h2c".into()),
     }
     let mut cmd = pinned(cpu, &t.bare, &args);
-    if let Some(ca) = tls_ca {
-        cmd.env("SSL_CERT_FILE", ca);
+    if wire == Wire::Tls {
+        cmd.env("SSL_CERT_FILE", &w.ca_file);
     }
     cmd
 }
@@ -1192,8 +1220,7 @@ fn run_one(
             let args = ["run".into(), "--config".into(), path.display().to_string()];
             pinned(cpu, &t.portcullis, &args)
         }
-        System::Bare if case.upstream_tls => bare(t, cpu, addr, w.tls_upstream, Some(&w.ca_file)),
-        System::Bare => bare(t, cpu, addr, w.upstream, None),
+        System::Bare => bare(t, cpu, addr, w, case.wire),
         System::Haproxy => {
             let path = w.dir.join(format!("{tag}.cfg"));
             std::fs::write(&path, haproxy_config(case, w, addr)).unwrap();
@@ -1433,7 +1460,7 @@ fn idle_run(
         }
         System::Bare => {
             assert!(!tls, "bare Pingora serves plain HTTP only");
-            bare(t, cpu, addr, w.upstream, None)
+            bare(t, cpu, addr, w, Wire::Plain)
         }
         System::Haproxy => {
             let path = w.dir.join(format!("{tag}.cfg"));
@@ -1861,6 +1888,15 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
         1.1,
     );
     ratio(
+        "HTTP/2 (h2c) upstream: CPU/request ≤ 1.1× bare Pingora",
+        ("h2", Portcullis),
+        ("h2", Bare),
+        cpu,
+        "µs",
+        true,
+        1.1,
+    );
+    ratio(
         "10,000 routes within 3% of 1 route (CPU/request)",
         ("routes-10k", Portcullis),
         ("passthrough", Portcullis),
@@ -2107,6 +2143,13 @@ fn report(
          upstream whatever it carries; it is the floor the framework allows. It runs on the \
          allocator Portcullis runs on (mimalloc 2.x), so the two differ in what they do, not \
          in how they allocate.
+- The upstream's wire: HTTP/1.1 over plain TCP, except in two cases. `https-upstream`: \
+         TLS 1.3 to a certificate from the bench's own CA, verified by each system (Portcullis \
+         `tls: {{ sni: localhost, ca_file }}`, bare Pingora through `SSL_CERT_FILE`, HAProxy \
+         `ssl verify required ca-file`). `h2`: HTTP/2 by prior knowledge (h2c) to the \
+         upstream's HTTP/2 port (the `h2` crate's server, the same `200 ok`): Portcullis \
+         `protocol: h2c`, bare Pingora the same peer settings (ALPN h2 only, up to 100 streams \
+         a connection), HAProxy `proto h2`. wrk speaks HTTP/1.1 to the proxies in every case.
 - Every token new: wrk sends the tokens of a file of {} pre-minted RS256 tokens (one user \
          each) in turn; a system that completes more requests than that in a run sees tokens \
          again (marked below).",
@@ -2135,11 +2178,11 @@ fn report(
             others * 100.0
         );
     }
-    // Bare Pingora does the same work in every 64-connection case: its spread is the noise
-    // floor of CPU per request in this run.
+    // Bare Pingora does the same work in every 64-connection case to a plain HTTP/1.1
+    // upstream: its spread is the noise floor of CPU per request in this run.
     let floor: Vec<f64> = cases
         .iter()
-        .filter(|c| c.connections == CONNS)
+        .filter(|c| c.connections == CONNS && c.wire == Wire::Plain)
         .filter_map(|c| summarise(runs, c.id, System::Bare).map(|m| m.cpu_us))
         .collect();
     if floor.len() > 1 {
@@ -2149,7 +2192,7 @@ fn report(
         let _ = writeln!(
             r,
             "- **Noise floor**: bare Pingora forwards the same way in all {} 64-connection cases \
-             (requests with or without a token); its median CPU/req ranged {lo:.1}–{hi:.1} µs, \
+             to a plain HTTP/1.1 upstream (requests with or without a token); its median CPU/req ranged {lo:.1}–{hi:.1} µs, \
              a {:.0}% spread. Ratios closer to their limit than that are not decided by this run.",
             floor.len(),
             (hi / lo - 1.0) * 100.0
@@ -2391,7 +2434,8 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
 
     // The upstream: on the client's CPU, port chosen by itself and read from its first line.
-    // It serves the same over TLS on a second port, for the HTTPS-upstream case.
+    // It serves the same over TLS on a second port, for the HTTPS-upstream case, and over
+    // HTTP/2 by prior knowledge (h2c) on a third, for the h2 case.
     let up_log = work.path().join("upstream.log");
     let (up_cert, up_key) = upstream_certificates(work.path());
     let mut upstream = spawn(
@@ -2407,20 +2451,26 @@ fn main() {
                 up_cert.display().to_string(),
                 "--tls-key".into(),
                 up_key.display().to_string(),
+                "--h2c-listen".into(),
+                "127.0.0.1:0".into(),
             ],
         ),
         up_log.clone(),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (up_addr, tls_up_addr) = loop {
+    let (up_addr, tls_up_addr, h2c_up_addr) = loop {
         let text = std::fs::read_to_string(&up_log).unwrap_or_default();
         let addr = |prefix: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(prefix))
                 .and_then(|a| a.trim().parse::<SocketAddr>().ok())
         };
-        if let (Some(a), Some(b)) = (addr("listening on "), addr("tls listening on ")) {
-            break (a, b);
+        if let (Some(a), Some(b), Some(c)) = (
+            addr("listening on "),
+            addr("tls listening on "),
+            addr("h2c listening on "),
+        ) {
+            break (a, b, c);
         }
         if let Some(why) = upstream.exited() {
             eprintln!("load: the upstream exited: {why}");
@@ -2429,7 +2479,7 @@ fn main() {
         assert!(Instant::now() < deadline, "the upstream did not start");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let w = prepare(&s, &t, work.path(), up_addr, tls_up_addr);
+    let w = prepare(&s, &t, work.path(), up_addr, tls_up_addr, h2c_up_addr);
 
     let all = cases();
     let cases: Vec<&Case> = all

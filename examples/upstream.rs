@@ -9,8 +9,11 @@
 //! `--listen ADDR` (or `UPSTREAM_LISTEN`; default `127.0.0.1:8091`; port 0 picks one). Prints
 //! `listening on ADDR` once bound. With `--tls-listen ADDR --tls-cert PEM --tls-key PEM` it also
 //! serves the same over TLS (rustls on ring, TLS 1.2 and 1.3) and prints
-//! `tls listening on ADDR`. Requests with a body must give `Content-Length` (the body
-//! is read and dropped); a chunked body closes the connection.
+//! `tls listening on ADDR`. With `--h2c-listen ADDR` it also serves HTTP/2 by prior knowledge
+//! (h2c, the `h2` crate's server) with the same `200 ok`, and prints `h2c listening on ADDR`.
+//! HTTP/1.1 requests with a body must give `Content-Length` (the body is read and dropped); a
+//! chunked body closes the connection. An HTTP/2 request's body is not read: its stream is
+//! answered at once (and reset with `NO_ERROR` if the client is still sending).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -151,6 +154,39 @@ async fn accept(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     }
 }
 
+/// One h2c connection: answer every stream with `200 ok` as it arrives. `accept` drives the
+/// connection (its frames both ways), so answering inline needs no task per stream.
+async fn serve_h2c(stream: tokio::net::TcpStream) -> Result<(), h2::Error> {
+    let mut conn = h2::server::handshake(stream).await?;
+    while let Some(request) = conn.accept().await {
+        let (_request, mut respond) = request?;
+        let answer = http::Response::builder()
+            .status(200)
+            .header("content-type", "text/plain")
+            .header("content-length", "2")
+            .body(())
+            .expect("a fixed response");
+        let mut body = respond.send_response(answer, false)?;
+        body.send_data(bytes::Bytes::from_static(b"ok"), true)?;
+    }
+    Ok(())
+}
+
+/// Accept h2c connections on `listener` for ever.
+async fn accept_h2c(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let _ = serve_h2c(stream).await;
+                });
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 fn acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -179,7 +215,9 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("upstream [--listen ADDR] [--tls-listen ADDR --tls-cert PEM --tls-key PEM]");
+        println!(
+            "upstream [--listen ADDR] [--tls-listen ADDR --tls-cert PEM --tls-key PEM] [--h2c-listen ADDR]"
+        );
         return;
     }
     let tls = flag(&args, "--tls-listen").map(|addr| {
@@ -187,6 +225,7 @@ fn main() {
         let key = flag(&args, "--tls-key").expect("--tls-key");
         (addr, acceptor(&cert, &key))
     });
+    let h2c = flag(&args, "--h2c-listen");
     let listen = args
         .iter()
         .position(|a| a == "--listen")
@@ -210,6 +249,14 @@ fn main() {
                 listener.local_addr().expect("local address")
             );
             tokio::spawn(accept(listener, Some(acceptor)));
+        }
+        if let Some(addr) = h2c {
+            let listener = TcpListener::bind(&addr).await.expect("bind");
+            println!(
+                "h2c listening on {}",
+                listener.local_addr().expect("local address")
+            );
+            tokio::spawn(accept_h2c(listener));
         }
         accept(listener, None).await;
     });
