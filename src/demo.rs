@@ -176,7 +176,7 @@ Try:
   curl -si http://{l}/api/orders -H 'Authorization: Bearer {no_scope}'   # refused: 403 insufficient_scope
   curl -si http://{l}/api/orders -H \"Authorization: Bearer $TOKEN\" -H 'X-User-Id: mallory'   # forged header replaced
   curl -si --path-as-is http://{l}/../etc/passwd             # refused: 400
-  curl -s http://{a}/readyz                                  # readiness: upstreams and issuers
+  curl -s \"http://{a}/readyz?verbose\"                      # readiness, with upstreams and issuers
   curl -s http://{a}/metrics | grep portcullis_              # metrics
   portcullis token inspect $TOKEN                            # decode a token (no verification)
 Stop with Ctrl-C.
