@@ -68,11 +68,14 @@ impl TargetSeries {
         }
     }
 
+    /// The counter of `status`: looked up once per common code and target, at every answer
+    /// for the others.
     fn code_counter(&self, status: u16) -> IntCounter {
-        let mut buf = itoa_u16(status);
-        METRICS
-            .upstream_responses
-            .with_label_values(&[&self.pool, &self.label, buf.as_str()])
+        METRICS.upstream_responses.with_label_values(&[
+            &self.pool,
+            &self.label,
+            &status.to_string(),
+        ])
     }
 
     /// An attempt ended after `elapsed` (its last byte, or its failure).
@@ -109,30 +112,9 @@ impl TargetSeries {
             .map(|v| v.clone())
             .unwrap_or_default();
         for code in used.chain(others) {
-            let mut buf = itoa_u16(code);
             let _ = m
                 .upstream_responses
-                .remove_label_values(&[pool, label, buf.as_str()]);
+                .remove_label_values(&[pool, label, &code.to_string()]);
         }
     }
-}
-
-/// Three digits, without allocating.
-struct Code([u8; 3]);
-
-impl Code {
-    fn as_str(&mut self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("0")
-    }
-}
-
-fn itoa_u16(status: u16) -> Code {
-    let s = status.min(999);
-    // Each digit is below 10, so the casts cannot truncate.
-    #[allow(clippy::cast_possible_truncation)]
-    Code([
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ])
 }

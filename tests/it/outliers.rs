@@ -4,15 +4,9 @@
 use std::time::Duration;
 
 use crate::support::upstream::Fault;
-use crate::support::{addrs, client, eventually, free_port, pool, Proxy, Upstream};
+use crate::support::{addrs, client, eventually, free_port, one_route, pool, Proxy, Upstream};
 
 const EJECTIONS: &str = "portcullis_upstream_ejections_total";
-
-fn one_route(pool_yaml: &str) -> String {
-    format!(
-        "upstreams:\n{pool_yaml}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n"
-    )
-}
 
 async fn statuses(proxy: &Proxy, n: usize) -> Vec<u16> {
     let http = client();
@@ -22,6 +16,19 @@ async fn statuses(proxy: &Proxy, n: usize) -> Vec<u16> {
         out.push(resp.status().as_u16());
     }
     out
+}
+
+/// Send requests until `up` answers one (it is back in rotation).
+async fn served_again(proxy: &Proxy, up: &Upstream, what: &str) {
+    eventually(what, Duration::from_secs(10), || async {
+        statuses(proxy, 2).await;
+        if up.hits() > 0 {
+            Ok(())
+        } else {
+            Err("no request yet".to_string())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,19 +53,7 @@ async fn five_5xx_in_a_row_eject_a_target_until_its_time_is_up() {
 
     // Mended, and back once its second is up.
     ups[0].set_fault(Fault::None);
-    eventually(
-        "the target to take traffic again",
-        Duration::from_secs(10),
-        || async {
-            statuses(&proxy, 2).await;
-            if ups[0].hits() > 0 {
-                Ok(())
-            } else {
-                Err("no request yet".to_string())
-            }
-        },
-    )
-    .await;
+    served_again(&proxy, &ups[0], "the target to take traffic again").await;
     assert!(proxy.stderr().contains("its time is up"));
 }
 
@@ -102,19 +97,7 @@ async fn a_passing_probe_brings_an_ejected_target_back_early() {
     assert_eq!(proxy.metric(EJECTIONS, &[("upstream", "pool")]).await, 1.0);
     ups[0].set_fault(Fault::None);
     // An hour of ejection, cut short by the probe that passes.
-    eventually(
-        "the probe to readmit the target",
-        Duration::from_secs(10),
-        || async {
-            statuses(&proxy, 2).await;
-            if ups[0].hits() > 0 {
-                Ok(())
-            } else {
-                Err("no request yet".to_string())
-            }
-        },
-    )
-    .await;
+    served_again(&proxy, &ups[0], "the probe to readmit the target").await;
     assert!(proxy.stderr().contains("its probe passed"));
 }
 

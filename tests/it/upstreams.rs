@@ -5,17 +5,21 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    addrs, client, client_builder, eventually, free_port, get_echo, pool, Blackhole, Proxy,
-    Upstream,
+    addrs, client, client_builder, eventually, free_port, get_echo, one_route, pool, Blackhole,
+    Proxy, Upstream,
 };
 
 const HEALTHY: &str = "portcullis_upstream_target_healthy";
 const RETRIES: &str = "portcullis_upstream_retries_total";
 
-fn one_route(pool_yaml: &str) -> String {
-    format!(
-        "upstreams:\n{pool_yaml}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n"
-    )
+/// Connect failures of pool `pool` retried so far.
+async fn connect_retries(proxy: &Proxy, pool: &str) -> f64 {
+    proxy
+        .metric(
+            RETRIES,
+            &[("upstream", pool), ("reason", "connect_failure")],
+        )
+        .await
 }
 
 /// Which upstream answered each of `n` sequential GETs of `/`.
@@ -191,24 +195,11 @@ async fn http_check_ejects_a_stopped_target_and_readmits_it_on_restart() {
 
     ups[1].stop().await;
     proxy.wait_metric(HEALTHY, &labels, 0.0).await;
-    let retries = proxy
-        .metric(
-            RETRIES,
-            &[("upstream", "pool"), ("reason", "connect_failure")],
-        )
-        .await;
+    let retries = connect_retries(&proxy, "pool").await;
     let seen = spread(&proxy, &http, 20).await;
     assert_eq!(seen.get("u0"), Some(&20), "{seen:?}");
     // Not even a connection attempt: an ejected target is never picked, so nothing is retried.
-    assert_eq!(
-        proxy
-            .metric(
-                RETRIES,
-                &[("upstream", "pool"), ("reason", "connect_failure")]
-            )
-            .await,
-        retries
-    );
+    assert_eq!(connect_retries(&proxy, "pool").await, retries);
 
     ups[1].restart().await;
     proxy.wait_metric(HEALTHY, &labels, 1.0).await;
@@ -229,22 +220,9 @@ async fn tcp_check_ejects_and_readmits() {
 
     ups[0].stop().await;
     proxy.wait_metric(HEALTHY, &labels, 0.0).await;
-    let retries = proxy
-        .metric(
-            RETRIES,
-            &[("upstream", "pool"), ("reason", "connect_failure")],
-        )
-        .await;
+    let retries = connect_retries(&proxy, "pool").await;
     assert_eq!(spread(&proxy, &http, 10).await.get("u1"), Some(&10));
-    assert_eq!(
-        proxy
-            .metric(
-                RETRIES,
-                &[("upstream", "pool"), ("reason", "connect_failure")]
-            )
-            .await,
-        retries
-    );
+    assert_eq!(connect_retries(&proxy, "pool").await, retries);
     // A TCP check never sends HTTP.
     assert_eq!(ups[1].health_hits(), 0);
 
@@ -380,12 +358,7 @@ async fn connect_failure_is_retried_on_another_target() {
     )))
     .await;
     let http = client();
-    let before = proxy
-        .metric(
-            RETRIES,
-            &[("upstream", "pool"), ("reason", "connect_failure")],
-        )
-        .await;
+    let before = connect_retries(&proxy, "pool").await;
     for i in 0..20 {
         let resp = http.get(proxy.url(&format!("/{i}"))).send().await.unwrap();
         assert_eq!(
@@ -396,13 +369,7 @@ async fn connect_failure_is_retried_on_another_target() {
         );
     }
     assert_eq!(up.hits(), 20);
-    let retried = proxy
-        .metric(
-            RETRIES,
-            &[("upstream", "pool"), ("reason", "connect_failure")],
-        )
-        .await
-        - before;
+    let retried = connect_retries(&proxy, "pool").await - before;
     // Round robin sends at least every other first try to the dead target.
     assert!(retried >= 10.0, "retries moved by {retried}");
 }
@@ -420,15 +387,7 @@ async fn without_retries_a_connect_failure_is_a_502() {
         *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
     }
     assert_eq!(statuses, HashMap::from([(200, 5), (502, 5)]));
-    assert_eq!(
-        proxy
-            .metric(
-                RETRIES,
-                &[("upstream", "pool"), ("reason", "connect_failure")]
-            )
-            .await,
-        0.0
-    );
+    assert_eq!(connect_retries(&proxy, "pool").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,15 +449,7 @@ async fn connect_timeout_bounds_a_silent_target_and_retries_elsewhere() {
             started.elapsed()
         );
     }
-    assert!(
-        proxy
-            .metric(
-                RETRIES,
-                &[("upstream", "pool"), ("reason", "connect_failure")]
-            )
-            .await
-            >= 3.0
-    );
+    assert!(connect_retries(&proxy, "pool").await >= 3.0);
 
     let started = Instant::now();
     let resp = http.get(proxy.url("/silent")).send().await.unwrap();
@@ -604,24 +555,8 @@ async fn retries_are_counted_only_when_another_target_is_tried() {
             assert_eq!(body["error"], "upstream_unreachable", "{path}: {body}");
         }
     }
-    assert_eq!(
-        proxy
-            .metric(
-                RETRIES,
-                &[("upstream", "one"), ("reason", "connect_failure")]
-            )
-            .await,
-        0.0
-    );
-    assert_eq!(
-        proxy
-            .metric(
-                RETRIES,
-                &[("upstream", "two"), ("reason", "connect_failure")]
-            )
-            .await,
-        3.0
-    );
+    assert_eq!(connect_retries(&proxy, "one").await, 0.0);
+    assert_eq!(connect_retries(&proxy, "two").await, 3.0);
 }
 
 /// Each target's series: answers by code, time to first byte and attempt duration, pooled and

@@ -67,6 +67,14 @@ pub async fn get_echo(http: &reqwest::Client, url: &str) -> Echo {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not an echo ({e}): {text}"))
 }
 
+/// A config with the upstreams in `pool_yaml` (a [`pool`] named `pool` among them) and one
+/// route `all` taking every request to `pool`.
+pub fn one_route(pool_yaml: &str) -> String {
+    format!(
+        "upstreams:\n{pool_yaml}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: pool\n"
+    )
+}
+
 /// The YAML for one upstream pool over `targets`, with more settings in `extra` (each line
 /// starting at the pool's field indent, e.g. `"balance: random"`).
 pub fn pool(name: &str, targets: &[String], extra: &[&str]) -> String {
