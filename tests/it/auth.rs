@@ -159,23 +159,13 @@ async fn get(
     }
 }
 
-/// `/readyz`: status and body.
-async fn readyz(proxy: &Proxy) -> (u16, Value) {
-    let resp = client()
-        .get(proxy.admin_url("/readyz?verbose"))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 /// Wait until `/readyz` shows keys for issuer `name`.
 async fn wait_for_keys(proxy: &Proxy, name: &str) {
     eventually(
         &format!("keys of issuer `{name}`"),
         Duration::from_secs(10),
         || async {
-            let (_, body) = readyz(proxy).await;
+            let (_, body) = proxy.readyz(true).await;
             match body["issuers"][name]["keys"].as_u64() {
                 Some(n) if n > 0 => Ok(()),
                 _ => Err(body.to_string()),
@@ -481,7 +471,7 @@ async fn keys_and_headers_cannot_widen_what_verifies() {
     let proxy = Proxy::start(&config(&up, &issuer("corp", &jwks, "60s", "5s"), &routes)).await;
     wait_for_keys(&proxy, "corp").await;
     // The 1024-bit RSA key is left out of the set.
-    let (_, body) = readyz(&proxy).await;
+    let (_, body) = proxy.readyz(true).await;
     assert_eq!(body["issuers"]["corp"]["keys"], 2, "{body}");
     let http = client();
     let url = proxy.url("/api");
@@ -944,7 +934,7 @@ async fn provider_down_or_slow_last_good_keys_keep_serving() {
     proxy.wait_metric(STALE, &[("issuer", "corp")], 1.0).await;
     let errors = proxy.metric(FETCHES, &corp_errors).await;
     assert!(errors >= 1.0, "{errors}");
-    let (status, body) = readyz(&proxy).await;
+    let (status, body) = proxy.readyz(true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["issuers"]["corp"]["stale"], true, "{body}");
     assert_eq!(body["issuers"]["corp"]["keys"], 1, "{body}");
@@ -970,7 +960,7 @@ async fn provider_down_or_slow_last_good_keys_keep_serving() {
     // Back: stale clears.
     jwks.restart().await;
     proxy.wait_metric(STALE, &[("issuer", "corp")], 0.0).await;
-    let (_, body) = readyz(&proxy).await;
+    let (_, body) = proxy.readyz(true).await;
     assert_eq!(body["issuers"]["corp"]["stale"], false, "{body}");
 
     // Slower than fetch_timeout (500ms) is as good as down.
@@ -1017,7 +1007,7 @@ async fn provider_down_at_start_is_a_503_until_keys_arrive() {
     let a = get(&http, &proxy.url("/api"), Some(&t), &[]).await;
     a.refused(503, "keys_unavailable", &t);
     assert_eq!(a.headers["retry-after"], "1");
-    let (status, body) = readyz(&proxy).await;
+    let (status, body) = proxy.readyz(true).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["issuers"]["corp"]["keys"], 0, "{body}");
     assert!(
@@ -1039,7 +1029,7 @@ async fn provider_down_at_start_is_a_503_until_keys_arrive() {
     })
     .await;
     assert_eq!(up.hits(), 2);
-    let (status, body) = readyz(&proxy).await;
+    let (status, body) = proxy.readyz(true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["issuers"]["corp"]["stale"], false, "{body}");
 }
@@ -1078,7 +1068,7 @@ async fn discovery_finds_the_keys_and_refuses_a_document_naming_another_issuer()
     a.refused(503, "keys_unavailable", &t);
     assert_eq!(liar.jwks_fetches(), 0);
     // Not named in `readiness`: the node stays ready, and says what it lacks.
-    let (status, body) = readyz(&proxy).await;
+    let (status, body) = proxy.readyz(true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["issuers"]["liar"]["keys"], 0, "{body}");
     assert_eq!(body["issuers"]["liar"]["required"], false, "{body}");
@@ -1151,7 +1141,7 @@ async fn max_age_drives_the_background_refresh() {
     let fetched = jwks.jwks_fetches();
     wait_for_fetches(&jwks, JWKS_PATH, fetched + 1).await;
     eventually("key A to be dropped", Duration::from_secs(5), || async {
-        let (_, body) = readyz(&proxy).await;
+        let (_, body) = proxy.readyz(true).await;
         if body["issuers"]["corp"]["keys"] == 1 {
             Ok(())
         } else {
@@ -1260,7 +1250,7 @@ async fn reload_keeps_the_keys_of_unchanged_issuers() {
     }
     let t = token(ED, "ed", json!({"iss": other_iss}));
     get(&http, &proxy.url("/more"), Some(&t), &[]).await.echo();
-    let (status, body) = readyz(&proxy).await;
+    let (status, body) = proxy.readyz(true).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["issuers"]["corp"]["keys"], 1, "{body}");
     assert_eq!(jwks.jwks_fetches(), 1);

@@ -307,14 +307,7 @@ async fn health_state_carries_over_a_reload() {
         before,
         "the unhealthy target came back by the reload"
     );
-    let ready: serde_json::Value = http
-        .get(proxy.admin_url("/readyz?verbose"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = proxy.readyz(true).await;
     assert_eq!(ready["upstreams"]["pool"]["healthy"], 1, "{ready}");
     assert!(ready["generation"].as_u64().unwrap() >= 2, "{ready}");
 }
@@ -512,14 +505,7 @@ async fn removing_the_health_check_readmits_every_target() {
             .await,
         1.0
     );
-    let ready: serde_json::Value = http
-        .get(proxy.admin_url("/readyz?verbose"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = proxy.readyz(true).await;
     assert_eq!(ready["upstreams"]["pool"]["healthy"], 2, "{ready}");
 }
 

@@ -130,14 +130,7 @@ async fn traffic_follows_the_answers() {
         2.0,
         "addresses gauge"
     );
-    let ready: serde_json::Value = client()
-        .get(proxy.admin_url("/readyz?verbose"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = proxy.readyz(true).await;
     assert_eq!(ready["upstreams"]["app"]["targets"], 2, "{ready}");
 
     // Two slow requests in a row: round robin puts one on each address.

@@ -159,14 +159,7 @@ async fn http_check_ejects_a_failing_target_and_readmits_it() {
     assert_eq!(seen.get("u0"), Some(&20), "{seen:?}");
     assert_eq!(ups[1].hits(), before, "an ejected target got traffic");
 
-    let ready: serde_json::Value = http
-        .get(proxy.admin_url("/readyz?verbose"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = proxy.readyz(true).await;
     assert_eq!(
         ready["ready"], true,
         "one healthy target is enough: {ready}"
@@ -231,17 +224,6 @@ async fn tcp_check_ejects_and_readmits() {
     assert_eq!(spread(&proxy, &http, 10).await.get("u0"), Some(&5));
 }
 
-/// `/readyz`, and its status.
-async fn readyz(http: &reqwest::Client, proxy: &Proxy, query: &str) -> (u16, serde_json::Value) {
-    let resp = http
-        .get(proxy.admin_url(&format!("/readyz{query}")))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 /// A dead pool answers 502 at once; it does not make the node unready (every node would see
 /// the same and the Service would empty), unless `readiness.require_pools` names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +233,7 @@ async fn every_target_ejected_gives_502_at_once_and_readyz_only_when_required() 
     let proxy = Proxy::start(&body).await;
     let http = client();
     let target = up.addr().to_string();
-    assert_eq!(readyz(&http, &proxy, "").await.0, 200);
+    assert_eq!(proxy.readyz(false).await.0, 200);
 
     up.stop().await;
     proxy
@@ -274,11 +256,11 @@ async fn every_target_ejected_gives_502_at_once_and_readyz_only_when_required() 
     }
 
     // Not required: still ready, and the verbose report and the metrics show the dead pool.
-    let (status, terse) = readyz(&http, &proxy, "").await;
+    let (status, terse) = proxy.readyz(false).await;
     assert_eq!(status, 200, "{terse}");
     assert_eq!(terse["ready"], true, "{terse}");
     assert!(terse.get("upstreams").is_none(), "terse: {terse}");
-    let (status, verbose) = readyz(&http, &proxy, "?verbose").await;
+    let (status, verbose) = proxy.readyz(true).await;
     assert_eq!(status, 200, "{verbose}");
     assert_eq!(verbose["upstreams"]["pool"]["healthy"], 0, "{verbose}");
     assert_eq!(verbose["upstreams"]["pool"]["required"], false, "{verbose}");
@@ -296,7 +278,7 @@ async fn every_target_ejected_gives_502_at_once_and_readyz_only_when_required() 
     proxy.write_config(&format!("readiness: {{ require_pools: [pool] }}\n{body}"));
     let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let (status, terse) = readyz(&http, &proxy, "").await;
+    let (status, terse) = proxy.readyz(false).await;
     assert_eq!(status, 503, "{terse}");
     assert_eq!(terse["ready"], false);
     let reasons = terse["not_ready"].to_string();
@@ -305,7 +287,7 @@ async fn every_target_ejected_gives_502_at_once_and_readyz_only_when_required() 
 
     up.restart().await;
     eventually("readyz to recover", Duration::from_secs(10), || async {
-        match readyz(&http, &proxy, "").await {
+        match proxy.readyz(false).await {
             (200, _) => Ok(()),
             (s, body) => Err(format!("{s} {body}")),
         }

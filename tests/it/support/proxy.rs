@@ -322,6 +322,17 @@ impl Proxy {
         }
     }
 
+    /// `GET /readyz` (with `?verbose` when asked): its status and JSON body.
+    pub async fn readyz(&self, verbose: bool) -> (u16, serde_json::Value) {
+        let path = if verbose {
+            "/readyz?verbose"
+        } else {
+            "/readyz"
+        };
+        let resp = client().get(self.admin_url(path)).send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
