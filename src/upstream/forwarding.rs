@@ -63,7 +63,7 @@ impl Failure {
         }
     }
 
-    fn bit(self) -> u8 {
+    const fn bit(self) -> u8 {
         1 << (self as u8)
     }
 }
@@ -78,7 +78,7 @@ impl RetryOn {
         self.0 & failure.bit() != 0
     }
 
-    fn with(self, failure: Failure) -> RetryOn {
+    const fn with(self, failure: Failure) -> RetryOn {
         RetryOn(self.0 | failure.bit())
     }
 }
@@ -102,11 +102,10 @@ pub struct RetryPolicy {
 /// methods only, 20% budget.
 pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
     attempts: 2,
-    on: RetryOn(
-        (1 << Failure::ConnectFailure as u8)
-            | (1 << Failure::Reset as u8)
-            | (1 << Failure::Status503 as u8),
-    ),
+    on: RetryOn(0)
+        .with(Failure::ConnectFailure)
+        .with(Failure::Reset)
+        .with(Failure::Status503),
     per_try_timeout: None,
     budget_percent: 20,
     idempotent_only: true,
