@@ -143,7 +143,7 @@ impl Trust {
         })
     }
 
-    fn client(&self) -> Option<&reqwest::Client> {
+    pub(crate) fn client(&self) -> Option<&reqwest::Client> {
         self.client.as_ref().or(CLIENT.as_ref())
     }
 }

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -80,8 +80,8 @@ struct FetchState {
     last_kid_fetch_ms: AtomicU64,
     failures: AtomicU32,
     last_ok: AtomicBool,
-    /// `jwks_uri` found by discovery.
-    discovered: Mutex<Option<String>>,
+    /// What discovery found last.
+    discovered: ArcSwapOption<Endpoints>,
     /// Bumped after every fetch, so waiters see that one finished.
     done: watch::Sender<u64>,
 }
@@ -170,7 +170,7 @@ impl Issuer {
                 last_kid_fetch_ms: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
                 last_ok: AtomicBool::new(false),
-                discovered: Mutex::new(None),
+                discovered: ArcSwapOption::empty(),
                 done,
             },
             trust,
@@ -219,6 +219,17 @@ impl Issuer {
     /// The keys now in use; `None` until the first fetch succeeds.
     pub fn keys(&self) -> Option<Arc<KeySet>> {
         self.keys.load_full()
+    }
+
+    /// The endpoints its discovery document named; `None` before the first discovery (or
+    /// for an issuer without `discovery: true`).
+    pub fn endpoints(&self) -> Option<Arc<Endpoints>> {
+        self.fetch.discovered.load_full()
+    }
+
+    /// Its HTTP client (the system's CAs and its `ca_file`), for calls to its endpoints.
+    pub fn client(&self) -> Option<&reqwest::Client> {
+        self.trust.client()
     }
 
     /// Whether a key with this fingerprint is in the set now (no reference counting: this is
@@ -370,13 +381,8 @@ impl Issuer {
                 Ok(uri) => uri,
                 Err(e) => {
                     // Keep using a jwks_uri found before, if any.
-                    let known = self
-                        .fetch
-                        .discovered
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone();
-                    known.ok_or(e)?
+                    let known = self.fetch.discovered.load_full();
+                    known.map(|d| d.jwks_uri.clone()).ok_or(e)?
                 }
             },
             _ => return Err("not a remote key source".into()),
@@ -408,14 +414,52 @@ impl Issuer {
         check_fetch_url(uri)?;
         // Read over https, it may not send us to plain http.
         let parsed = reqwest::Url::parse(uri).map_err(|e| format!("invalid jwks_uri: {e}"))?;
-        check_hop(&[fetched_from], &parsed).map_err(|why| format!("jwks_uri {why}"))?;
-        *self
-            .fetch
-            .discovered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(uri.to_string());
+        check_hop(std::slice::from_ref(&fetched_from), &parsed)
+            .map_err(|why| format!("jwks_uri {why}"))?;
+        // The other endpoints serve browser sessions and introspection; one that breaks the
+        // rule is left out (what needs it then says so), not a reason to refuse the keys.
+        let endpoint = |name: &str| -> Option<reqwest::Url> {
+            let value = doc.get(name)?.as_str()?;
+            let checked = reqwest::Url::parse(value)
+                .map_err(|e| e.to_string())
+                .and_then(|url| check_hop(std::slice::from_ref(&fetched_from), &url).map(|()| url));
+            match checked {
+                Ok(url) => Some(url),
+                Err(why) => {
+                    tracing::warn!(issuer = %self.name, endpoint = name, %why, "discovery endpoint left out");
+                    None
+                }
+            }
+        };
+        let endpoints = Endpoints {
+            jwks_uri: uri.to_string(),
+            authorization: endpoint("authorization_endpoint"),
+            token: endpoint("token_endpoint"),
+            end_session: endpoint("end_session_endpoint"),
+            revocation: endpoint("revocation_endpoint"),
+            introspection: endpoint("introspection_endpoint"),
+        };
+        self.fetch.discovered.store(Some(Arc::new(endpoints)));
         Ok(uri.to_string())
     }
+}
+
+/// The endpoints an issuer's discovery document names (OpenID Connect Discovery 1.0, RFC
+/// 8414), each checked as a fetched URL is: https, or plain http to loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Its key set.
+    pub jwks_uri: String,
+    /// Where a browser is sent to log in.
+    pub authorization: Option<reqwest::Url>,
+    /// Where codes and refresh tokens are redeemed.
+    pub token: Option<reqwest::Url>,
+    /// RP-initiated logout.
+    pub end_session: Option<reqwest::Url>,
+    /// RFC 7009 token revocation.
+    pub revocation: Option<reqwest::Url>,
+    /// RFC 7662 token introspection.
+    pub introspection: Option<reqwest::Url>,
 }
 
 /// A `jwks_file`, read no further than one byte past [`MAX_JWKS_BYTES`] (a wrong path such
@@ -597,6 +641,53 @@ mod tests {
         let start = format!("http://{addr}/hop/{}", MAX_REDIRECTS + 1);
         let why = get(&trust, &start, timeout).await.unwrap_err();
         assert!(why.contains("more than 3 redirects"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn discovery_keeps_the_endpoints_that_pass_the_fetch_rule() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let iss = format!("http://{}", listener.local_addr().unwrap());
+        let body = serde_json::json!({
+            "issuer": iss,
+            "jwks_uri": format!("{iss}/jwks"),
+            "authorization_endpoint": format!("{iss}/auth"),
+            "token_endpoint": "https://id.example.com/token",
+            // Plain http away from loopback, and not http at all: left out, the rest kept.
+            "end_session_endpoint": "http://id.example.com/logout",
+            "revocation_endpoint": "file:///etc/passwd",
+        })
+        .to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _ = stream.read(&mut [0u8; 4096]).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        let config: IssuerConfig =
+            serde_yaml::from_str(&format!("{{name: idp, issuer: '{iss}', discovery: true}}"))
+                .unwrap();
+        let issuer = Issuer::new(
+            &config,
+            KeySource::Discovery(iss.clone()),
+            ASYMMETRIC.to_vec(),
+            None,
+            Trust::default(),
+        )
+        .unwrap();
+        assert!(issuer.endpoints().is_none());
+        let jwks = issuer.discover(&iss, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(jwks, format!("{iss}/jwks"));
+        let found = issuer.endpoints().unwrap();
+        assert_eq!(found.jwks_uri, jwks);
+        assert_eq!(found.authorization, Some(url(&format!("{iss}/auth"))));
+        assert_eq!(found.token, Some(url("https://id.example.com/token")));
+        assert_eq!((&found.end_session, &found.revocation), (&None, &None));
+        assert_eq!(found.introspection, None);
     }
 
     #[test]

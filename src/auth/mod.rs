@@ -21,7 +21,7 @@ use http::HeaderName;
 
 pub use cache::TokenCache;
 pub use identity::{Fact, Facts, Identity, Projection};
-pub use issuer::{Issuer, KeyRefresher, KeySource};
+pub use issuer::{Endpoints, Issuer, KeyRefresher, KeySource};
 use token::TokenSource;
 
 /// Declares [`TokenFault`]: each variant with its label and its message in one line, so
