@@ -89,6 +89,17 @@ impl ClientIps {
         Some(client)
     }
 
+    /// Whether a request from `peer` came over https to the proxy in front: `peer` is a
+    /// trusted proxy and its `X-Forwarded-Proto` (the last value) says `https`.
+    pub fn forwarded_https(&self, peer: Option<IpAddr>, proto: Option<&http::HeaderValue>) -> bool {
+        let Some(peer) = peer else { return false };
+        self.is_trusted(canonical(peer))
+            && proto
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+    }
+
     /// The bucket key of a client: IPv4 as is, IPv6 cut to its prefix (a /64 is one site).
     pub fn key(&self, ip: IpAddr) -> u128 {
         match ip {

@@ -37,6 +37,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// What it requires of a token; `None` for `auth: none`.
     pub policy: Option<crate::auth::Policy>,
+    /// The browser session it takes (`auth: { session: NAME }`).
+    pub session: Option<Arc<crate::session::Client>>,
     /// Its rate limits.
     pub limits: RouteLimits,
     /// Its timeouts and retries (its own over its pool's).
@@ -65,6 +67,8 @@ pub struct Generation {
     pub connections: ConnectionLimits,
     /// Issuers, token cache and what routes need of tokens.
     pub auth: Arc<crate::auth::Auth>,
+    /// Browser-session clients.
+    pub sessions: Arc<crate::session::Sessions>,
     /// Finds the client address behind trusted proxies.
     pub client_ips: ClientIps,
     /// The client headers removed from every request (identity headers, spellings with `_`).
@@ -104,6 +108,12 @@ impl Generation {
             &mut issues,
         );
         let auth = Auth::build(config, previous.map(|p| &*p.auth), &mut issues);
+        let sessions = crate::session::Sessions::build(
+            config,
+            &auth,
+            previous.map(|p| &*p.sessions),
+            &mut issues,
+        );
         let client_ips = ClientIps::compile(&config.client_ip, &mut issues);
         ratelimit::compile::check_cluster(config, &mut issues);
         let dns = upstream::compile::resolving(&config.server.dns, &mut issues);
@@ -155,7 +165,7 @@ impl Generation {
                     }
                 }
                 Some(AuthConfig::None) => None,
-                None if config.issuers.is_empty() => None,
+                None if config.issuers.is_empty() && config.sessions.is_empty() => None,
                 None => {
                     issues.push(
                         format!("{path}.auth"),
@@ -164,6 +174,24 @@ impl Generation {
                     );
                     continue;
                 }
+            };
+            let session = match &rc.auth {
+                Some(AuthConfig::Policy(p)) => match &p.session {
+                    Some(name) => match sessions.get(name) {
+                        Some(client) => Some(Arc::clone(client)),
+                        None => {
+                            if !config.sessions.iter().any(|s| &s.name == name) {
+                                issues.push(
+                                    format!("{path}.auth.session"),
+                                    format!("no session named `{name}`"),
+                                );
+                            }
+                            continue;
+                        }
+                    },
+                    None => None,
+                },
+                _ => None,
             };
             let Some(pool) = pools_by_name.get(rc.upstream.as_str()) else {
                 if !pool_index.contains_key(rc.upstream.as_str()) {
@@ -193,6 +221,7 @@ impl Generation {
                 pool: Arc::clone(pool),
                 metrics: RouteMetrics::new(&rc.name, policy.is_some()),
                 policy,
+                session,
                 limits,
                 forwarding,
             });
@@ -236,6 +265,7 @@ impl Generation {
             method_override: config.server.method_override_headers,
             connections: ConnectionLimits::from_config(&config.server),
             auth: Arc::new(auth),
+            sessions: Arc::new(sessions),
             client_ips,
             owned_headers,
             dns: Arc::new(dns),
@@ -273,6 +303,7 @@ impl Generation {
         }
         upstream::commit(old.map_or(&[][..], |o| &o.pools), &self.pools);
         self.auth.commit(old.map(|o| &*o.auth));
+        self.sessions.commit(old.map(|o| &*o.sessions));
         let Some(old) = old else { return };
         for route in &old.routes {
             match self.routes.iter().find(|r| r.name == route.name) {

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod session;
 pub mod settings;
 pub mod store;
 pub mod tls;

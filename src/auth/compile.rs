@@ -265,8 +265,17 @@ impl Auth {
         issues: &mut Issues<'_>,
     ) -> Option<Policy> {
         let before = issues.len();
-        if pc.issuers.is_empty() {
-            issues.push(format!("{path}.issuers"), "name at least one issuer");
+        if pc.issuers.is_empty() && pc.session.is_none() {
+            issues.push(
+                format!("{path}.issuers"),
+                "name at least one issuer, or a `session`",
+            );
+        }
+        if pc.forward_access_token && pc.session.is_none() {
+            issues.push(
+                format!("{path}.forward_access_token"),
+                "forwards a session's access token: it needs `session`",
+            );
         }
         let mut issuers = Vec::new();
         for (i, name) in pc.issuers.iter().enumerate() {
@@ -356,6 +365,7 @@ impl Auth {
             sources,
             forward,
             strip_authorization: pc.strip_authorization,
+            forward_access_token: pc.forward_access_token,
         })
     }
 }

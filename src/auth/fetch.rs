@@ -192,6 +192,11 @@ pub(super) async fn get(
         .map_err(|_| format!("GET {url}: timed out after {timeout:?}"))?
 }
 
+/// A reqwest error as a log may show it: without the URL (which may carry a query).
+pub fn describe(e: &reqwest::Error) -> String {
+    without_url(e)
+}
+
 pub(super) fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(url) = e.url() {

@@ -101,6 +101,8 @@ pub enum AuthError {
     ClaimsMismatch,
     /// The issuer's keys have not been fetched yet.
     KeysUnavailable,
+    /// A browser session's store or provider cannot be reached.
+    SessionUnavailable,
 }
 
 impl AuthError {
@@ -112,6 +114,7 @@ impl AuthError {
             "insufficient_scope",
             "claims_mismatch",
             "keys_unavailable",
+            "session_unavailable",
         ]
         .into_iter()
         .chain(TokenFault::ALL.iter().map(|f| f.label()))
@@ -126,6 +129,7 @@ impl AuthError {
             AuthError::InsufficientScope => "insufficient_scope",
             AuthError::ClaimsMismatch => "claims_mismatch",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::SessionUnavailable => "session_unavailable",
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct Policy {
     pub forward: Vec<(usize, HeaderName)>,
     /// Remove Authorization before forwarding.
     pub strip_authorization: bool,
+    /// On a browser session, send its access token upstream as `Authorization: Bearer`.
+    pub forward_access_token: bool,
 }
 
 impl Policy {

@@ -229,12 +229,27 @@ fn audience_matches(aud: &Value, audiences: &[String]) -> Option<bool> {
 ///
 /// The checks and their order are jsonwebtoken's `Validation` (a test holds them to it),
 /// done on the one parse of the claims that the identity is built from.
-fn check_claims(claims: &Map<String, Value>, issuer: &Issuer, now: u64) -> Result<u64, AuthError> {
-    let audiences = &issuer.config.audiences;
+fn check_claims(
+    claims: &Map<String, Value>,
+    issuer: &Issuer,
+    audiences: &[String],
+    now: u64,
+) -> Result<u64, AuthError> {
     let exp = claims
         .get("exp")
         .and_then(numeric_date)
         .ok_or(LACKS_CLAIM)?;
+    check_claims_but_exp(claims, issuer, audiences, now, exp)
+}
+
+/// [`check_claims`] once `exp` is known.
+fn check_claims_but_exp(
+    claims: &Map<String, Value>,
+    issuer: &Issuer,
+    audiences: &[String],
+    now: u64,
+    exp: u64,
+) -> Result<u64, AuthError> {
     // `None` when there is no `aud` (or it is neither a string nor strings), else whether it
     // names one of the issuer's audiences; only asked when the issuer names some.
     let aud = (!audiences.is_empty()).then(|| {
@@ -289,6 +304,64 @@ pub async fn verify(
     issuers: &[Arc<Issuer>],
     projection: &Projection,
 ) -> Result<Identity, AuthError> {
+    let v = verify_signed(token, issuers, None).await?;
+    Ok(Identity::project(
+        &v.claims,
+        projection,
+        v.issuer.id,
+        v.fingerprint,
+        v.exp,
+    ))
+}
+
+/// A token whose signature and claims hold.
+pub struct Verified<'a> {
+    /// Its claims, each name once.
+    pub claims: Map<String, Value>,
+    /// The issuer that signed it.
+    pub issuer: &'a Arc<Issuer>,
+    /// The fingerprint of the key that verified it.
+    pub fingerprint: u64,
+    /// Its `exp`.
+    pub exp: u64,
+}
+
+/// [`verify`] without the projection: the claims, checked against the issuer, or against
+/// `audiences` in place of the issuer's own (an ID token is for the client id).
+///
+/// # Errors
+/// As [`verify`].
+pub async fn verify_signed<'a>(
+    token: &str,
+    issuers: &'a [Arc<Issuer>],
+    audiences: Option<&[String]>,
+) -> Result<Verified<'a>, AuthError> {
+    verify_with(token, issuers, audiences, false).await
+}
+
+/// The longest a logout token without `exp` counts after its `iat`.
+pub const LOGOUT_TOKEN_MAX_AGE: u64 = 300;
+
+/// [`verify_signed`] for an OpenID Connect back-channel logout token, for `audiences`:
+/// `exp` is optional there, `iat` is required, and a token counts for at most
+/// [`LOGOUT_TOKEN_MAX_AGE`] after its `iat` when it has no `exp`.
+///
+/// # Errors
+/// As [`verify`].
+pub async fn verify_logout<'a>(
+    token: &str,
+    issuers: &'a [Arc<Issuer>],
+    audiences: &[String],
+) -> Result<Verified<'a>, AuthError> {
+    verify_with(token, issuers, Some(audiences), true).await
+}
+
+async fn verify_with<'a>(
+    token: &str,
+    issuers: &'a [Arc<Issuer>],
+    audiences: Option<&[String]>,
+    logout: bool,
+) -> Result<Verified<'a>, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::InvalidToken(TokenFault::TooLarge));
     }
@@ -348,14 +421,27 @@ pub async fn verify(
     let (key, _) = candidates
         .find(|(_, verifier)| verifier.verify(signed, &signature))
         .ok_or(AuthError::InvalidToken(TokenFault::BadSignature))?;
-    let exp = check_claims(&claims, issuer, super::cache::unix_now())?;
-    Ok(Identity::project(
-        &claims,
-        projection,
-        issuer.id,
-        key.fingerprint,
+    let audiences = audiences.unwrap_or(&issuer.config.audiences);
+    let now = super::cache::unix_now();
+    let exp = if logout {
+        let iat = claims
+            .get("iat")
+            .and_then(numeric_date)
+            .ok_or(LACKS_CLAIM)?;
+        let exp = match claims.get("exp") {
+            Some(exp) => numeric_date(exp).ok_or(MALFORMED)?,
+            None => iat.saturating_add(LOGOUT_TOKEN_MAX_AGE),
+        };
+        check_claims_but_exp(&claims, issuer, audiences, now, exp)?
+    } else {
+        check_claims(&claims, issuer, audiences, now)?
+    };
+    Ok(Verified {
+        claims,
+        issuer,
+        fingerprint: key.fingerprint,
         exp,
-    ))
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod forwarding;
 pub mod limits;
 mod lines;
+pub mod session;
 pub mod targets;
 pub mod types;
 pub mod upstream;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
+pub use session::*;
 pub use targets::{DnsConfig, TargetConfig};
 pub use types::*;
 pub use upstream::*;
@@ -64,6 +66,9 @@ pub struct Config {
     /// Finding the client address behind trusted proxies.
     #[serde(default)]
     pub client_ip: ClientIpConfig,
+    /// Browser sessions: OpenID Connect login, refresh and logout at the edge.
+    #[serde(default)]
+    pub sessions: Vec<SessionConfig>,
 }
 
 /// One thing wrong with a config file.
@@ -347,6 +352,7 @@ fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
             "upstreams" => each_item::<UpstreamConfig>(section, key, issues),
             "routes" => each_item::<RouteConfig>(section, key, issues),
             "issuers" => each_item::<IssuerConfig>(section, key, issues),
+            "sessions" => each_item::<SessionConfig>(section, key, issues),
             "token_cache" => deserialize_at::<TokenCacheConfig>(section, key, issues),
             "cluster" => deserialize_at::<Option<ClusterConfig>>(section, key, issues),
             "client_ip" => deserialize_at::<ClientIpConfig>(section, key, issues),
@@ -354,7 +360,7 @@ fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
                 other,
                 format!(
                     "unknown section `{other}`, expected one of `listeners`, `admin`, `server`, \
-                     `access_log`, `upstreams`, `routes`, `issuers`, `token_cache`, `cluster`, \
+                     `access_log`, `upstreams`, `routes`, `issuers`, `sessions`, `token_cache`, `cluster`, \
                      `client_ip`"
                 ),
             ),

@@ -274,7 +274,15 @@ impl<'de> Deserialize<'de> for AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicyConfig {
     /// Issuers (by name) whose tokens are accepted; the token's `iss` picks one.
+    #[serde(default)]
     pub issuers: Vec<String>,
+    /// A browser session (by name, from `sessions:`) is accepted; with `issuers` too, a
+    /// bearer token is tried first when the request has one.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// On a session, send `Authorization: Bearer <the session's access token>` upstream.
+    #[serde(default)]
+    pub forward_access_token: bool,
     /// Scopes the token must hold, from `scope` (space separated) or `scp` (array).
     #[serde(default)]
     pub require_scopes: Vec<String>,

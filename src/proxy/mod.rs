@@ -11,6 +11,7 @@
 //! [`rescue`], the only code that writes an error response.
 
 mod attempt;
+mod browser;
 pub mod rescue;
 mod retry;
 
@@ -112,6 +113,12 @@ pub struct RequestCtx {
     retrying_status: bool,
     /// When the current attempt started (its target chosen).
     attempt_started: Option<Instant>,
+    /// The browser session, on a route that took one.
+    session: Option<Arc<crate::session::Live>>,
+    /// `Set-Cookie` values for the response (a refreshed session).
+    session_cookies: Vec<http::HeaderValue>,
+    /// A response of the session flow to send in place of a refusal (the login redirect).
+    session_reply: Option<crate::session::Reply>,
 }
 
 impl RequestCtx {
@@ -213,17 +220,29 @@ impl Portcullis {
             if let Some(limiter) = &limits.per_route {
                 peek(&mut ctx.tightest, limiter, 0)?;
             }
-            let result = generation
-                .auth
-                .authenticate(policy, session.req_header())
-                .await;
+            let req = session.req_header();
+            let result = match &route.session {
+                // A bearer token, where the route also takes those, goes the token way.
+                Some(client)
+                    if policy.issuers.is_empty()
+                        || crate::auth::token::extract(req, &policy.sources).is_err() =>
+                {
+                    browser::authenticate(client, policy, session, ctx, &|_| false).await
+                }
+                _ => generation.auth.authenticate(policy, req).await,
+            };
             route
                 .metrics
                 .auth_decision(result.as_ref().err().map(|e| e.reason()));
             match result {
                 Ok(identity) => ctx.identity = Some(identity),
                 Err(e) => {
-                    let failed = !matches!(e, AuthError::MissingToken | AuthError::KeysUnavailable);
+                    let failed = !matches!(
+                        e,
+                        AuthError::MissingToken
+                            | AuthError::KeysUnavailable
+                            | AuthError::SessionUnavailable
+                    );
                     if let (true, Some(guard), Some(key)) =
                         (failed, &limits.auth_failures_per_ip, ip_key)
                     {
@@ -302,6 +321,9 @@ impl ProxyHttp for Portcullis {
             budget: None,
             retrying_status: false,
             attempt_started: None,
+            session: None,
+            session_cookies: Vec::new(),
+            session_reply: None,
         }
     }
 
@@ -319,6 +341,10 @@ impl ProxyHttp for Portcullis {
                 .get_all("x-forwarded-for")
                 .iter(),
         );
+        if let Some(reply) = browser::endpoint(session, ctx, &|_| {}).await {
+            browser::send(session, reply, &ctx.request_id).await;
+            return Ok(true);
+        }
         let result = match self.admit(session, ctx) {
             Ok(()) => self.guard(session, ctx).await,
             Err(refusal) => Err(refusal),
@@ -327,6 +353,10 @@ impl ProxyHttp for Portcullis {
             Ok(()) => Ok(false),
             Err(refusal) => {
                 ctx.refusal = Some(refusal);
+                if let Some(reply) = ctx.session_reply.take() {
+                    browser::send(session, reply, &ctx.request_id).await;
+                    return Ok(true);
+                }
                 let route = ctx.route();
                 let reply = rescue::Reply {
                     request_id: headers::request_id_str(&ctx.request_id),
@@ -456,7 +486,15 @@ impl ProxyHttp for Portcullis {
                 if policy.strip_authorization {
                     map.remove(http::header::AUTHORIZATION);
                 }
+                if let (true, Some(bearer)) = (
+                    policy.forward_access_token,
+                    ctx.session.as_ref().and_then(|s| s.bearer.as_ref()),
+                ) {
+                    map.insert(http::header::AUTHORIZATION, bearer.clone());
+                }
             }
+            // The session's cookies are Portcullis's, never the upstream's.
+            ctx.generation.sessions.strip_cookies(map);
             map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
             map.insert(
                 headers::X_PORTCULLIS_ATTEMPTS,
@@ -477,6 +515,9 @@ impl ProxyHttp for Portcullis {
             let map = &mut parts.headers;
             headers::strip_response_hop_by_hop(map, parts.status);
             map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+            for cookie in ctx.session_cookies.drain(..) {
+                map.append(http::header::SET_COOKIE, cookie);
+            }
             if let (Some(route), Some(t)) = (ctx.route(), &ctx.tightest) {
                 if route.limits.headers_on_success {
                     if let Some(policy) = &route.limits.policy_header {

@@ -60,6 +60,9 @@ pub enum Refusal {
     ClaimsMismatch,
     /// The issuer's keys have not arrived yet (503).
     KeysUnavailable,
+    /// A browser session cannot be served now: its store (Redis) or the provider is away
+    /// and nothing held in the process can stand in (503).
+    SessionUnavailable,
     /// A rate limit refused it (429); seconds until a request would pass.
     RateLimited(u64),
     /// The upstream pool is at its in-flight cap (503).
@@ -68,7 +71,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 20] = [
+    pub const ALL: [Refusal; 21] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
@@ -87,6 +90,7 @@ impl Refusal {
         Refusal::InsufficientScope,
         Refusal::ClaimsMismatch,
         Refusal::KeysUnavailable,
+        Refusal::SessionUnavailable,
         Refusal::RateLimited(1),
         Refusal::Overloaded,
     ];
@@ -154,6 +158,11 @@ impl Refusal {
                 503,
                 "keys_unavailable",
                 "the identity provider's keys are not available yet",
+            ),
+            Refusal::SessionUnavailable => (
+                503,
+                "session_unavailable",
+                "the session cannot be served right now",
             ),
             Refusal::RateLimited(_) => (429, "rate_limited", "too many requests"),
             Refusal::Overloaded => (503, "overloaded", "the upstream is at capacity"),
@@ -255,7 +264,7 @@ impl Refusal {
             let _ = header.insert_header("www-authenticate", challenge);
         }
         match self {
-            Refusal::KeysUnavailable | Refusal::Overloaded => {
+            Refusal::KeysUnavailable | Refusal::SessionUnavailable | Refusal::Overloaded => {
                 let _ = header.insert_header("retry-after", "1");
             }
             Refusal::RateLimited(secs) => {
@@ -351,7 +360,7 @@ pub fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
 }
 
 /// A header built without validation, for a status we know is valid.
-fn bare_header(status: u16) -> ResponseHeader {
+pub(super) fn bare_header(status: u16) -> ResponseHeader {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -443,6 +452,7 @@ impl From<crate::auth::AuthError> for Refusal {
             AuthError::InsufficientScope => Refusal::InsufficientScope,
             AuthError::ClaimsMismatch => Refusal::ClaimsMismatch,
             AuthError::KeysUnavailable => Refusal::KeysUnavailable,
+            AuthError::SessionUnavailable => Refusal::SessionUnavailable,
         }
     }
 }
@@ -679,6 +689,7 @@ mod tests {
                 | Refusal::UpstreamInvalidResponse
                 | Refusal::UpstreamTls
                 | Refusal::KeysUnavailable
+                | Refusal::SessionUnavailable
                 | Refusal::Overloaded => 14,
                 Refusal::MissingToken | Refusal::InvalidToken(_) => 16,
                 Refusal::InsufficientScope | Refusal::ClaimsMismatch => 7,
@@ -772,6 +783,7 @@ mod tests {
                 Refusal::InsufficientScope => (403, "insufficient_scope"),
                 Refusal::ClaimsMismatch => (403, "forbidden"),
                 Refusal::KeysUnavailable => (503, "keys_unavailable"),
+                Refusal::SessionUnavailable => (503, "session_unavailable"),
                 Refusal::RateLimited(_) => (429, "rate_limited"),
                 Refusal::Overloaded => (503, "overloaded"),
             }
