@@ -236,7 +236,7 @@ fn help_is_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_through_its_echo_upstream() {
     let tmp = tempfile::tempdir().unwrap();
-    let (listen, admin, echo) = (free_port(), free_port(), free_port());
+    let (listen, admin, echo, issuer) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(BIN)
         .args([
             "demo",
@@ -246,6 +246,8 @@ async fn demo_serves_through_its_echo_upstream() {
             &format!("127.0.0.1:{admin}"),
             "--echo",
             &format!("127.0.0.1:{echo}"),
+            "--issuer",
+            &format!("127.0.0.1:{issuer}"),
         ])
         // The demo writes its config into the temp folder: keep it to this test.
         .env("TMPDIR", tmp.path())
@@ -268,10 +270,166 @@ async fn demo_serves_through_its_echo_upstream() {
             resp.json().await.map_err(|e| e.to_string())
         })
         .await;
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(body["upstream"], "echo", "{body}");
     assert_eq!(body["uri"], "/hello", "{body}");
+    demo_logs_a_browser_in_and_out(listen).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    // The printed lines show the browser URL and the logout URL.
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{listen}/app/")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("http://127.0.0.1:{listen}/.portcullis/logout")),
+        "{out}"
+    );
+}
+
+/// A browser's cookies, as far as these tests need them: name to value, from `Set-Cookie`.
+#[derive(Default)]
+struct Jar(std::collections::BTreeMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, resp: &reqwest::Response) {
+        for v in resp.headers().get_all("set-cookie") {
+            let text = v.to_str().unwrap();
+            let (pair, attrs) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || attrs.contains("Max-Age=0") {
+                self.0.remove(name);
+            } else {
+                self.0.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The demo's browser session, step by step, with the cookies a browser would keep.
+async fn demo_logs_a_browser_in_and_out(listen: u16) {
+    let http = crate::support::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut jar = Jar::default();
+    let app = format!("http://127.0.0.1:{listen}/app/orders?x=1");
+    let get = |url: String, jar: &Jar| {
+        http.get(url)
+            .header("accept", "text/html")
+            .header("cookie", jar.header())
+            .send()
+    };
+    let location =
+        |resp: &reqwest::Response| resp.headers()["location"].to_str().unwrap().to_string();
+    // An API call without a session: 401, never a redirect.
+    let api = http
+        .get(&app)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    // A navigation: to the issuer's login page, with PKCE, state and nonce (once the
+    // issuer's discovery has been read: 503 until then).
+    let resp = eventually("a login redirect", Duration::from_secs(20), || async {
+        let resp = get(app.clone(), &Jar::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            302 => Ok(resp),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    jar.take(&resp);
+    let authorize = location(&resp);
+    for part in [
+        "response_type=code",
+        "client_id=demo-web",
+        "code_challenge_method=S256",
+        "state=",
+        "nonce=",
+    ] {
+        assert!(authorize.contains(part), "{authorize}");
+    }
+    assert!(
+        jar.0
+            .keys()
+            .any(|k| k.starts_with("portcullis-demo-login-")),
+        "{:?}",
+        jar.0
+    );
+    let page = get(authorize.clone(), &jar)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Log in as alice"), "{page}");
+    // The one click: the form sends the same parameters to /authorize/approve.
+    let approve = authorize.replacen("/authorize?", "/authorize/approve?", 1);
+    let resp = get(approve, &jar).await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let callback = location(&resp);
+    assert!(
+        callback.starts_with(&format!("http://127.0.0.1:{listen}/.portcullis/callback?")),
+        "{callback}"
+    );
+    let resp = get(callback, &jar).await.unwrap();
+    assert_eq!(resp.status(), 302, "{:?}", resp.text().await);
+    jar.take(&resp);
+    assert_eq!(location(&resp), "/app/orders?x=1");
+    assert!(jar.0.contains_key("portcullis-demo"), "{:?}", jar.0);
+    assert!(
+        !jar.0.keys().any(|k| k.contains("-login-")),
+        "the login cookie is cleared"
+    );
+    // Through to the upstream as alice, with the access token and without the cookie.
+    let resp = get(app.clone(), &jar).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = resp.json().await.unwrap();
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-user-id"], "alice", "{echo}");
+    assert_eq!(headers["x-user-email"], "alice@example.com", "{echo}");
+    assert!(
+        headers["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ey"),
+        "{echo}"
+    );
+    assert!(headers.get("cookie").is_none(), "{echo}");
+    // Logout: cookies cleared, on to the issuer's end-session with the ID token as hint.
+    let resp = get(
+        format!("http://127.0.0.1:{listen}/.portcullis/logout"),
+        &jar,
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 302);
+    let end = location(&resp);
+    assert!(
+        end.contains("/logout?") && end.contains("id_token_hint="),
+        "{end}"
+    );
+    assert!(
+        end.contains("post_logout_redirect_uri=http%3A%2F%2F127.0.0.1"),
+        "{end}"
+    );
+    jar.take(&resp);
+    assert!(jar.0.is_empty(), "{:?}", jar.0);
+    let resp = get(app, &jar).await.unwrap();
+    assert_eq!(resp.status(), 302, "logged out: to the login again");
 }
 
 /// A port in use stops the start with a clear error: never a process that runs on without

@@ -1,6 +1,7 @@
 //! `portcullis demo`: a self-contained demonstration. A built-in echo upstream answers with the
-//! request it received (as JSON) behind a generated config, and the command prints `curl`
-//! lines to try. Meant for a laptop, never for production.
+//! request it received (as JSON) behind a generated config, a development issuer logs a
+//! browser in as `alice` with one click, and the command prints `curl` lines and a browser
+//! URL to try. Meant for a laptop, never for production.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,13 @@ use pingora::services::listening::Service;
 
 use crate::admin::respond;
 use crate::reload::Reloader;
+
+pub mod issuer;
+
+pub use issuer::DevIssuer;
+
+/// The environment variable the demo's session cookie key is put in.
+pub const COOKIE_KEYS_ENV: &str = "PORTCULLIS_DEMO_COOKIE_KEYS";
 
 /// Largest request body the echo upstream reads back.
 const ECHO_MAX_BODY: usize = 64 * 1024;
@@ -56,35 +64,6 @@ impl ServeHttp for Echo {
     }
 }
 
-/// A development identity provider: serves its discovery document and JWKS on localhost.
-pub struct DevIssuer {
-    /// Its issuer URL, `http://<addr>/`.
-    pub issuer: String,
-    /// The public key set it publishes.
-    pub jwks: serde_json::Value,
-}
-
-#[async_trait]
-impl ServeHttp for DevIssuer {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        let body = match path.as_str() {
-            "/.well-known/openid-configuration" => Some(serde_json::json!({
-                "issuer": self.issuer,
-                "jwks_uri": format!("{}jwks.json", self.issuer),
-                "id_token_signing_alg_values_supported": ["ES256"],
-            })),
-            "/jwks.json" => Some(self.jwks.clone()),
-            _ => None,
-        };
-        let (status, bytes) = match body {
-            Some(b) => (StatusCode::OK, b.to_string().into_bytes()),
-            None => (StatusCode::NOT_FOUND, b"{\"error\":\"not found\"}".to_vec()),
-        };
-        respond(status, "application/json", bytes)
-    }
-}
-
 /// Where the demo listens.
 pub struct DemoPorts {
     /// Proxy listener.
@@ -122,11 +101,28 @@ upstreams:
       http: {{ path: /healthz, expect_status: 200 }}
       interval: 2s
       timeout: 1s
+sessions:
+  - name: web
+    issuer: dev
+    client_id: demo-web
+    scopes: [openid, offline_access]
+    # Plain http on localhost: a `Secure` cookie would not come back. Keep `secure: true`
+    # (the default) and the `__Host-` name anywhere else.
+    cookie: {{ name: portcullis-demo, secure: false }}
+    cookie_keys_env: {keys_env}
+    post_logout_redirect: /hello
 routes:
   - name: public
     match: {{ path_prefix: / }}
     upstream: echo
     auth: none
+  - name: app
+    match: {{ path_prefix: /app }}
+    upstream: echo
+    auth:
+      session: web
+      forward_access_token: true
+      forward_claims: {{ sub: X-User-Id, email: X-User-Email }}
   - name: api
     match: {{ path_prefix: /api, methods: [GET, POST] }}
     upstream: echo
@@ -139,6 +135,7 @@ routes:
         admin = ports.admin,
         echo = ports.echo,
         issuer = ports.issuer,
+        keys_env = COOKIE_KEYS_ENV,
     )
 }
 
@@ -156,6 +153,14 @@ pub fn run(ports: DemoPorts) -> anyhow::Result<()> {
     let good = crate::auth::tools::mint(&key, &claims("demo:read"), None, Some("demo-1"))?;
     let no_scope = crate::auth::tools::mint(&key, &claims("profile"), None, Some("demo-1"))?;
 
+    // The session cookie's key, made now, lives only in this process (edition 2021: setting
+    // the environment is safe; nothing else runs yet).
+    let cookie_key = crate::session::seal::random::<32>()
+        .ok_or_else(|| anyhow::anyhow!("no random bytes for the cookie key"))?;
+    std::env::set_var(
+        COOKIE_KEYS_ENV,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cookie_key),
+    );
     let path: PathBuf = std::env::temp_dir().join("portcullis-demo.yaml");
     std::fs::write(&path, config_text(&ports))?;
     let reloader = Arc::new(Reloader::from_file(&path)?);
@@ -179,15 +184,21 @@ Try:
   curl -s \"http://{a}/readyz?verbose\"                      # readiness, with upstreams and issuers
   curl -s http://{a}/metrics | grep portcullis_              # metrics
   portcullis token inspect $TOKEN                            # decode a token (no verification)
+
+In a browser (a session: login at the development issuer, one click as alice):
+  http://{l}/app/                  # login, then what the upstream received: x-user-id, the access token
+  http://{l}/.portcullis/logout    # logout: ends the session, back to /hello
 Stop with Ctrl-C.
 ",
         e = ports.echo,
         path = path.display()
     );
-    let dev_issuer = DevIssuer {
-        issuer: issuer_url.clone(),
-        jwks: serde_json::json!({ "keys": [jwk] }),
-    };
+    let dev_issuer = DevIssuer::new(
+        issuer_url.clone(),
+        key,
+        "demo-1",
+        serde_json::json!({ "keys": [jwk] }),
+    );
     let issuer_addr = ports.issuer.clone();
     let echo_addr = ports.echo.clone();
     crate::server::serve(reloader, move |server| {
