@@ -369,6 +369,7 @@ impl ProxyHttp for Portcullis {
                         }
                         _ => None,
                     },
+                    set_cookies: &ctx.session_cookies,
                 };
                 ctx.grpc_refused = rescue::send(session, refusal, &reply, true).await;
                 Ok(true)
@@ -557,6 +558,7 @@ impl ProxyHttp for Portcullis {
             }
             let reply = rescue::Reply {
                 request_id: headers::request_id_str(&ctx.request_id),
+                set_cookies: &ctx.session_cookies,
                 ..Default::default()
             };
             ctx.grpc_refused = rescue::send(session, refusal, &reply, false).await;

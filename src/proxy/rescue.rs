@@ -257,6 +257,9 @@ impl Refusal {
     fn common_headers(self, header: &mut ResponseHeader, reply: &Reply<'_>) {
         let (request_id, scope) = (reply.request_id, reply.scope);
         let _ = header.insert_header("cache-control", "no-store");
+        for cookie in reply.set_cookies {
+            let _ = header.append_header(http::header::SET_COOKIE, cookie.clone());
+        }
         if !request_id.is_empty() {
             let _ = header.insert_header(headers::X_REQUEST_ID, request_id);
         }
@@ -376,6 +379,9 @@ pub struct Reply<'a> {
     pub scope: &'a str,
     /// `RateLimit-Policy` and `RateLimit` values.
     pub rate_limit: Option<(Option<&'a http::HeaderValue>, String)>,
+    /// `Set-Cookie` values of a browser session refreshed on the way (they must reach the
+    /// browser whatever the answer, or it would come back with a redeemed refresh token).
+    pub set_cookies: &'a [http::HeaderValue],
 }
 
 /// Send `refusal` as the whole response: JSON, or for a gRPC call ([`is_grpc`]) the gRPC
@@ -700,6 +706,7 @@ mod tests {
             request_id: "abc",
             scope: "orders:write",
             rate_limit: None,
+            set_cookies: &[],
         };
         for r in Refusal::ALL {
             assert_eq!(r.grpc_status().code(), expected(r), "{r:?}");
