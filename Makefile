@@ -2,8 +2,10 @@
 #
 #   make deps    install the system packages the build and tests need (apt-get, only when missing)
 #   make py      the Python venv of the gRPC tests (grpcio, pinned with hashes), only when missing
-#   make demo    deps, release build, run `portcullis demo`
-#   make test    deps, every test (lib, integration, benches compiled and smoke-run), `check` of config/,
+#   make node    the tests' OpenID provider (Node's oidc-provider, npm ci from its lock file),
+#                only when missing or when the lock changed; checks for Node.js 20.18 or later
+#   make demo    deps (without chromium), release build, run `portcullis demo`
+#   make test    deps, py, node, every test (lib, integration, benches compiled and smoke-run), `check` of config/,
 #                then each fuzz target for FUZZ_SMOKE_SECONDS (5) from its committed seeds
 #   make bench   the load benchmark against bare Pingora and HAProxy (release build), with the
 #                memory benchmark; writes benches/results/latest.md and latest.svg
@@ -28,7 +30,24 @@ PY_VENV := $(TARGET_DIR)/py
 PY_REQUIREMENTS := tests/grpc/requirements.txt
 export PORTCULLIS_TEST_PYTHON := $(abspath $(PY_VENV))/bin/python
 
-.PHONY: deps py demo test bench check fmt clippy fuzz fuzz-build fuzz-smoke
+# The session tests (tests/it/oidc_harness.rs and those of src/session) start a real OpenID
+# provider: Node's oidc-provider, pinned by tests/oidc/package-lock.json, `npm ci` into
+# tests/oidc/node_modules. It needs Node.js 20.18 or later: the machine image ships Node 20 at
+# /usr/bin/node, while Debian 12's own nodejs package is 18 and cannot run it. The tests run the
+# node checked here, through PORTCULLIS_TEST_NODE.
+NODE ?= node
+NODE_DIR := tests/oidc
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+NODE_MIN := 20.18
+export PORTCULLIS_TEST_NODE := $(NODE)
+define node_check
+if ! command -v $(NODE) >/dev/null 2>&1; then \
+  echo "make node: node not found; the tests' OpenID provider (oidc-provider) needs Node.js $(NODE_MIN) or later (Debian 12's nodejs package is 18, too old; the machine image has Node 20 at /usr/bin/node; or set NODE=/path/to/node)" >&2; exit 1; fi; \
+if ! $(NODE) -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 18) ? 0 : 1)'; then \
+  echo "make node: $(NODE) is Node.js $$($(NODE) --version), too old: the tests' OpenID provider (oidc-provider) needs $(NODE_MIN) or later (Debian 12's nodejs package is 18; the machine image has Node 20 at /usr/bin/node; or set NODE=/path/to/node)" >&2; exit 1; fi
+endef
+
+.PHONY: deps py node demo test bench check fmt clippy fuzz fuzz-build fuzz-smoke
 
 # Quiet when everything is present; otherwise one line saying what and why, one `apt-get update`,
 # then the install. `sudo` only when not root.
@@ -48,6 +67,8 @@ deps:
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
 	if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 	  missing="$$missing python3 python3-venv"; why="$$why; python3-venv: the gRPC tests run Python grpcio from a venv"; fi; \
+	if [ "$(DEPS_CHROMIUM)" != no ] && [ ! -x /usr/bin/chromium ]; then \
+	  missing="$$missing chromium"; why="$$why; chromium: the browser-session tests drive a real headless browser through login"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing with apt-get ($${why#; })"; \
 	  if ! command -v apt-get >/dev/null 2>&1; then \
@@ -58,6 +79,10 @@ deps:
 	  $$sudo apt-get update -qq; \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+# Chromium is for the tests alone: these targets check the other packages only.
+DEPS_CHROMIUM ?= yes
+demo bench clippy fuzz-build: DEPS_CHROMIUM := no
 
 # Quiet when the venv is there and its requirements did not change since; otherwise one line
 # saying why, then a fresh venv and a hash-checked install of the pinned wheels.
@@ -71,6 +96,18 @@ $(PY_VENV)/.installed: $(PY_REQUIREMENTS) | deps
 	  --require-hashes --only-binary :all: -r $(PY_REQUIREMENTS)
 	touch $@
 
+# Quiet when node is recent enough and the modules are installed from the current lock;
+# otherwise one line saying why, then `npm ci` (exactly what the lock pins; no audit, no
+# funding notes).
+node: $(NODE_STAMP)
+	@$(node_check)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@$(node_check)
+	@echo "make node: installing oidc-provider into $(NODE_DIR)/node_modules (the tests' OpenID provider; from $(NODE_DIR)/package-lock.json)"
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 demo: deps
 	$(CARGO) build $(LOCKED) --release --bin portcullis
 	$(TARGET_DIR)/release/portcullis demo
@@ -81,7 +118,7 @@ demo: deps
 # build it a second time under the dev profile).
 # The load bench's smoke run starts the example binaries (bare Pingora, the upstream); under
 # `--all-targets` cargo builds examples only as test harnesses, so build them as programs first.
-test: deps py
+test: deps py node
 	$(CARGO) build $(LOCKED) --examples
 	$(CARGO) test $(LOCKED) --all-targets
 	@for f in $(CONFIGS); do \

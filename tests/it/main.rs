@@ -16,6 +16,7 @@ mod hygiene;
 mod key_sets;
 mod layers;
 mod lifecycle;
+mod oidc_harness;
 mod outliers;
 mod ratelimit;
 mod reload;

@@ -5,13 +5,18 @@
 //! - [`netns::NetnsServer`]: an HTTP server at a non-loopback address, in a namespace of its own.
 //! - [`eventually`]: wait for health checks and reloads instead of sleeping fixed times.
 //! - [`Traffic`]: keep-alive clients hammering the proxy, counting every failure.
+//! - [`oidc::Provider`]: a real OpenID provider (Node's oidc-provider); [`browser::Browser`]: a
+//!   cookie-jar client that follows redirects hop by hop; [`chromium`]: headless Chromium.
 
+pub mod browser;
+pub mod chromium;
 pub mod dns;
 pub mod grpc;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod netns;
+pub mod oidc;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
