@@ -75,6 +75,11 @@ async fn discovery_names_every_endpoint_sessions_use() {
     }
     let keys = provider.jwks().await;
     assert_eq!(keys["keys"][0]["kty"], "RSA", "{keys}");
+
+    // On another loopback address, its cookies stay apart from the servers' on 127.0.0.1.
+    let apart = Provider::start(json!({ "host": "127.0.0.2" })).await;
+    assert_eq!(apart.issuer(), format!("http://127.0.0.2:{}", apart.port()));
+    assert_eq!(apart.discovery().await["issuer"], apart.issuer());
 }
 
 #[tokio::test]
@@ -214,7 +219,16 @@ async fn a_slowed_token_endpoint_holds_the_answer_back() {
 #[tokio::test]
 async fn pkce_is_required_and_a_public_client_uses_it_alone() {
     let provider = Provider::start(json!({
-        "clients": [web_client(json!({})), { "client_id": "spa", "redirect_uris": [CALLBACK] }],
+        "clients": [
+            web_client(json!({})),
+            { "client_id": "spa", "redirect_uris": [CALLBACK] },
+            {
+                "client_id": "post",
+                "client_secret": "post-secret",
+                "token_endpoint_auth_method": "client_secret_post",
+                "redirect_uris": [CALLBACK],
+            },
+        ],
     }))
     .await;
 
@@ -238,6 +252,17 @@ async fn pkce_is_required_and_a_public_client_uses_it_alone() {
         describe(&hops)
     );
     assert!(last.location_param("code").is_none());
+
+    // A client sending its secret in the form (client_secret_post) logs in too.
+    let post = Rp {
+        secret_in_body: true,
+        ..Rp::confidential("post", "post-secret", CALLBACK)
+    };
+    let login = provider.login(&Browser::new(), &post, "openid").await;
+    assert_eq!(
+        decode_jwt(&login.tokens.access_token).1["client_id"],
+        "post"
+    );
 
     // A public client logs in and refreshes with PKCE and no secret.
     let spa = Rp::public("spa", CALLBACK);

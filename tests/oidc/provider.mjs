@@ -24,8 +24,9 @@
 //                         unknown account id logs in too, with claims made from its id
 //   default_account       who the interaction logs in when nothing says otherwise ("alice")
 //   token_delay_ms        wait this long before answering each token request (default 0)
+//   host                  the loopback address to listen on (default 127.0.0.1)
 //
-// Once listening it prints one line, `READY http://127.0.0.1:PORT` (the issuer), on stdout.
+// Once listening it prints one line, `READY http://HOST:PORT` (the issuer), on stdout.
 //
 // Login needs no form: the authorization endpoint redirects to /interaction/UID, which logs the
 // account in (the request's login_hint, else the `test_account` cookie, else the one set with
@@ -43,12 +44,19 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import { promisify } from 'node:util';
 
-import Provider, { errors } from 'oidc-provider';
+// A fresh RSA key each run (ID tokens, JWT access tokens and logout tokens are RS256), made on
+// the thread pool while oidc-provider loads: start-up stays well under a second.
+const keyPair = promisify(crypto.generateKeyPair)('rsa', { modulusLength: 2048 });
+const { default: Provider, errors } = await import('oidc-provider');
 
 const [portArg = '0', configArg = '{}'] = process.argv.slice(2);
 const config = JSON.parse(configArg.trim().startsWith('{') ? configArg : fs.readFileSync(configArg, 'utf8'));
-const HOST = '127.0.0.1';
+// Another loopback address (e.g. 127.0.0.2) keeps the provider's cookies apart from those of
+// the servers on 127.0.0.1, as a provider on a host of its own would.
+const HOST = config.host ?? '127.0.0.1';
+if (!/^127\.\d+\.\d+\.\d+$/.test(HOST)) throw new Error(`host ${HOST}: loopback (127.0.0.0/8) only`);
 
 const RESOURCE = config.resource ?? 'urn:portcullis:api';
 const API_SCOPES = config.scopes ?? ['api:read', 'api:write'];
@@ -117,8 +125,7 @@ const clients = (config.clients ?? []).map((c) => {
   return out;
 });
 
-// A fresh RSA key each run: ID tokens, JWT access tokens and logout tokens are RS256.
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const { privateKey } = await keyPair;
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: crypto.randomBytes(8).toString('hex'), use: 'sig', alg: 'RS256' };
 
 const page = (title, body) => `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${title}</title></head><body>${body}</body></html>`;

@@ -190,12 +190,13 @@ impl Provider {
         }
     }
 
-    /// The issuer, `http://127.0.0.1:PORT` (no trailing slash), as its tokens name it.
+    /// The issuer, `http://127.0.0.1:PORT` (or the config's `host`; no trailing slash), as its
+    /// tokens name it.
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
 
-    /// Its port on 127.0.0.1.
+    /// Its port.
     pub fn port(&self) -> u16 {
         self.port
     }
