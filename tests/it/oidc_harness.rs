@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::support::browser::{describe, Browser};
 use crate::support::chromium;
 use crate::support::oidc::{decode_jwt, Flow, Provider, Rp, RESOURCE};
+use crate::support::upstream::Fault;
 use crate::support::Upstream;
 
 /// A redirect URI where nothing needs to listen: the tests stop before following it.
@@ -294,8 +295,17 @@ async fn the_test_chooses_who_logs_in_or_that_login_fails() {
     // A cookie on the provider picks the account too (what a browser test can set).
     let browser = Browser::new();
     browser.add_cookie("test_account=carol; Path=/", provider.issuer());
-    let carol = provider.login(&browser, &web_rp(), "openid email").await;
+    let carol = provider
+        .login(&browser, &web_rp(), "openid email profile")
+        .await;
     let id = decode_jwt(carol.tokens.id_token.as_deref().unwrap()).1;
+    assert_eq!(
+        id["roles"],
+        json!(["auditor"]),
+        "an account's own claims: {id}"
+    );
+    let at = decode_jwt(&carol.tokens.access_token).1;
+    assert_eq!(at["roles"], json!(["auditor"]), "{at}");
     assert_eq!(
         (id["sub"].clone(), id["email"].clone()),
         (json!("carol"), json!("carol@corp.test"))
@@ -450,6 +460,20 @@ async fn backchannel_logout_tokens_reach_a_loopback_listener() {
         .backchannel_logouts
         .iter()
         .all(|b| b.ok && b.sid.as_deref() == Some(sid.as_str())));
+
+    // For a subject alone (every session of it), to a client that answers 500: the token has
+    // no sid, and the failure is reported.
+    receiver.set_fault(Fault::Status(500));
+    let failed = provider.trigger_backchannel("web", "alice", None).await;
+    assert_eq!((failed.ok, failed.status), (false, Some(500)), "{failed:?}");
+    let body = receiver.received().last().unwrap().body.clone();
+    let claims = provider
+        .verify_jwt(body.strip_prefix("logout_token=").unwrap())
+        .await;
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    assert!(claims["sid"].is_null(), "{claims}");
+    let stats = provider.stats().await;
+    assert_eq!(stats.backchannel_logouts.last(), Some(&failed));
 }
 
 /// A tiny HTML server: `/redirect?to=PATH` answers 302 to PATH; any other path a page whose

@@ -70,8 +70,14 @@ const ACCOUNTS = {
   bob: {
     email: 'bob@example.test', email_verified: true, name: 'Bob Builder', given_name: 'Bob', family_name: 'Builder', groups: ['staff'],
   },
-  ...config.accounts,
 };
+for (const [id, claims] of Object.entries(config.accounts ?? {})) {
+  ACCOUNTS[id] = { ...ACCOUNTS[id], ...claims };
+}
+const STANDARD_CLAIMS = ['sub', 'email', 'email_verified', 'name', 'given_name', 'family_name', 'groups'];
+// Claims the config's accounts add (e.g. `roles`): released with the profile scope.
+const EXTRA_CLAIMS = [...new Set(Object.values(ACCOUNTS).flatMap(Object.keys))]
+  .filter((c) => !STANDARD_CLAIMS.includes(c));
 
 function accountClaims(id) {
   return {
@@ -148,7 +154,7 @@ function configuration() {
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
-      profile: ['name', 'given_name', 'family_name', 'groups'],
+      profile: ['name', 'given_name', 'family_name', 'groups', ...EXTRA_CLAIMS],
     },
     // Scope claims in the ID token itself, as most providers do, not only at userinfo.
     conformIdTokenClaims: false,
@@ -207,8 +213,9 @@ function configuration() {
     // introspection answers for opaque ones), so that policies can use them as with the ID token.
     extraTokenClaims: async (_ctx, token) => {
       if (!token.accountId) return undefined;
-      const { email, name, groups } = accountClaims(token.accountId);
-      return { email, name, groups, ...(token.sid ? { sid: token.sid } : {}) };
+      const { sub, ...claims } = accountClaims(token.accountId);
+      void sub;
+      return { ...claims, ...(token.sid ? { sid: token.sid } : {}) };
     },
     findAccount: async (_ctx, id) => ({
       accountId: id,
