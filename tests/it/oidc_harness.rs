@@ -476,8 +476,10 @@ async fn backchannel_logout_tokens_reach_a_loopback_listener() {
     assert_eq!(stats.backchannel_logouts.last(), Some(&failed));
 }
 
-/// A tiny HTML server: `/redirect?to=PATH` answers 302 to PATH; any other path a page whose
-/// script writes the request's path and query into `#where`.
+/// A tiny HTML server: `/redirect?to=PATH` answers 302 to PATH and sets a `__Host-` cookie
+/// with `Secure` (as Portcullis' session cookie is); any other path a page whose script writes
+/// the request's path and query into `#where`, and which shows the `Cookie` header it got in
+/// `#cookies`.
 async fn page_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -497,12 +499,26 @@ async fn page_server() -> SocketAddr {
                 }
                 let head = String::from_utf8_lossy(&buf[..len]).into_owned();
                 let target = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let cookies = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("cookie")
+                            .then(|| value.trim().to_string())
+                    })
+                    .unwrap_or_default();
                 let response = if let Some(to) = target.strip_prefix("/redirect?to=") {
-                    format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {to}\r\n\
+                         set-cookie: __Host-test=kept; Path=/; Secure; HttpOnly; SameSite=Lax\r\n\
+                         content-length: 0\r\nconnection: close\r\n\r\n"
+                    )
                 } else {
                     let body = format!(
                         "<!DOCTYPE html><html><head><title>landed</title></head><body><p id=\"where\"></p>\
+                         <p id=\"cookies\">{}</p>\
                          <script>document.getElementById('where').textContent = 'script ran at ' + {};</script></body></html>",
+                        cookies.replace('<', "&lt;"),
                         serde_json::to_string(&target).unwrap()
                     );
                     format!(
@@ -523,6 +539,12 @@ async fn chromium_follows_a_redirect_and_dumps_the_page_it_lands_on() {
     let start = format!("http://{pages}/redirect?to=/landing");
     let dom = chromium::dump_dom(&start).await;
     assert!(dom.contains("script ran at /landing"), "{dom}");
+    // Loopback counts as a secure origin: a `Secure`, `__Host-` cookie set over plain HTTP on
+    // 127.0.0.1 is kept and sent back (what session tests with `cookie.secure: true` rely on).
+    assert!(
+        dom.contains("<p id=\"cookies\">__Host-test=kept</p>"),
+        "{dom}"
+    );
 
     // The cookie-jar browser sees the same hops one by one, and follows nothing by itself.
     let browser = Browser::new();
@@ -542,7 +564,15 @@ async fn chromium_follows_a_redirect_and_dumps_the_page_it_lands_on() {
     let page = hops.last().unwrap();
     assert_eq!((page.status.as_u16(), page.url.path()), (200, "/landing"));
     assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
-    assert!(page.body.contains("id=\"where\""), "{}", page.body);
+    assert!(
+        page.body.contains("<p id=\"cookies\">__Host-test=kept</p>"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        browser.cookie(&start, "__Host-test").as_deref(),
+        Some("kept")
+    );
 }
 
 #[tokio::test]
