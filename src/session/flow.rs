@@ -328,7 +328,20 @@ impl Client {
         let state = param("state").unwrap_or("");
         let login_cookie = self.login_cookie_name(state);
         let (sealed, _) = cookie::read(&req.headers, &login_cookie);
-        let clear_login = cookie::clear(&self.config.cookie, &login_cookie, 0);
+        let login = sealed
+            .and_then(|s| self.sealer.open(&self.purposes.login, s.as_bytes()))
+            .and_then(|json| serde_json::from_slice::<LoginState>(&json).ok())
+            .filter(|l| {
+                super::seal::same(l.state.as_bytes(), state.as_bytes())
+                    && now().saturating_sub(l.created) <= LOGIN_TTL
+            });
+        // The login cookie goes only with its own state: a forged callback link must not
+        // end the login under way.
+        let clear_login = if login.is_some() {
+            cookie::clear(&self.config.cookie, &login_cookie, 0)
+        } else {
+            Vec::new()
+        };
         let failed = |status: StatusCode, result: &str, text: &str, cookies: Vec<HeaderValue>| {
             count_login(self, result);
             Reply::page(status, "Login failed", text, cookies)
@@ -349,13 +362,7 @@ impl Client {
                 clear_login,
             );
         }
-        let login = sealed
-            .and_then(|s| self.sealer.open(&self.purposes.login, s.as_bytes()))
-            .and_then(|json| serde_json::from_slice::<LoginState>(&json).ok());
-        let Some(login) = login.filter(|l| {
-            super::seal::same(l.state.as_bytes(), state.as_bytes())
-                && now().saturating_sub(l.created) <= LOGIN_TTL
-        }) else {
+        let Some(login) = login else {
             tracing::info!(session = %self.name(), "callback without a matching login state");
             return failed(
                 StatusCode::BAD_REQUEST,
@@ -455,8 +462,10 @@ impl Client {
         id: Option<[u8; 32]>,
         held: usize,
     ) -> Option<Vec<HeaderValue>> {
-        let max_age = self.lifetime(data, now());
+        let now = now();
+        let max_age = self.lifetime(data, now);
         let json = serde_json::to_vec(data).ok()?;
+        let mut stored_id = None;
         let value = match self.config.store {
             SessionStore::Cookie => self.sealer.seal(&self.purposes.session, &json)?,
             SessionStore::Redis => {
@@ -464,6 +473,7 @@ impl Client {
                     Some(id) => id,
                     None => super::seal::random::<32>()?,
                 };
+                stored_id = Some(id);
                 let sealed = self.sealer.seal(&self.purposes.record, &json)?;
                 let redis = self.shared.redis.as_ref()?;
                 let ttl = std::time::Duration::from_secs(max_age.max(1));
@@ -484,6 +494,11 @@ impl Client {
         if cookies.is_none() {
             tracing::warn!(session = %self.name(), bytes = value.len(), "session too large for its cookies: use `store: redis`");
         }
+        // The browser's next request, with this cookie, is served from the process.
+        let live = self.live(data.clone(), stored_id, now);
+        self.shared
+            .cache
+            .insert(self.shared.key(value.as_bytes()), live, now);
         cookies
     }
 

@@ -22,6 +22,7 @@ mod ratelimit;
 mod reload;
 mod retries;
 mod routing;
+mod sessions;
 mod targets;
 mod tls;
 mod upstream_tls;

@@ -104,6 +104,12 @@ impl Provider {
     /// documents: `clients`, `access_token_ttl`, `refresh_token_ttl`, ...), and wait until it
     /// listens.
     pub async fn start(config: Value) -> Provider {
+        Provider::start_on(0, config).await
+    }
+
+    /// As [`Provider::start`], on `port` (0: a free one): for tests whose proxies must know
+    /// the issuer's URL before the provider can know theirs (redirect URIs).
+    pub async fn start_on(port: u16, config: Value) -> Provider {
         let module = dir().join("node_modules/oidc-provider/package.json");
         assert!(
             module.exists(),
@@ -112,7 +118,7 @@ impl Provider {
         );
         let mut child = Command::new(node())
             .arg(dir().join("provider.mjs"))
-            .arg("0")
+            .arg(port.to_string())
             .arg(config.to_string())
             .current_dir(dir())
             .stdin(Stdio::piped())
