@@ -66,6 +66,18 @@ pub const TOKEN_CACHE_REQUESTS_TOTAL: &str = "portcullis_token_cache_requests_to
 /// `portcullis_token_cache_entries`: tokens held in the cache.
 pub const TOKEN_CACHE_ENTRIES: &str = "portcullis_token_cache_entries";
 
+/// `portcullis_session_introspections_total{issuer,result}`: RFC 7662 introspection calls made,
+/// by what the endpoint answered: `active`, `inactive` (or active but refused by the issuer's
+/// checks), `error` (unreachable, timed out, not 200, not an answer).
+pub const SESSION_INTROSPECTIONS_TOTAL: &str = "portcullis_session_introspections_total";
+/// `portcullis_session_introspection_cache_requests_total{issuer,result}`: lookups of opaque
+/// tokens in the introspection cache, `hit` or `miss`.
+pub const SESSION_INTROSPECTION_CACHE_REQUESTS_TOTAL: &str =
+    "portcullis_session_introspection_cache_requests_total";
+/// `portcullis_session_introspection_cache_entries{issuer}`: answers held.
+pub const SESSION_INTROSPECTION_CACHE_ENTRIES: &str =
+    "portcullis_session_introspection_cache_entries";
+
 /// `portcullis_ratelimit_decisions_total{route,limit,result}`: limit checks, `allowed` or `denied`.
 pub const RATELIMIT_DECISIONS_TOTAL: &str = "portcullis_ratelimit_decisions_total";
 /// `portcullis_upstream_concurrency_limit{upstream}`: the in-flight cap now.
@@ -139,6 +151,12 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     /// See [`JWKS_STALE`].
     pub jwks_stale: IntGaugeVec,
+    /// See [`SESSION_INTROSPECTIONS_TOTAL`].
+    pub introspections: IntCounterVec,
+    /// See [`SESSION_INTROSPECTION_CACHE_REQUESTS_TOTAL`].
+    pub introspection_cache: IntCounterVec,
+    /// See [`SESSION_INTROSPECTION_CACHE_ENTRIES`].
+    pub introspection_cache_entries: IntGaugeVec,
     /// See [`RATELIMIT_DECISIONS_TOTAL`].
     pub ratelimit_decisions: IntCounterVec,
     /// See [`UPSTREAM_CONCURRENCY_LIMIT`].
@@ -335,6 +353,24 @@ impl Metrics {
                 &["issuer"]
             )
             .expect("register jwks stale"),
+            introspections: register_int_counter_vec!(
+                SESSION_INTROSPECTIONS_TOTAL,
+                "Token introspection calls by issuer and answer (active, inactive, error).",
+                &["issuer", "result"]
+            )
+            .expect("register introspections"),
+            introspection_cache: register_int_counter_vec!(
+                SESSION_INTROSPECTION_CACHE_REQUESTS_TOTAL,
+                "Lookups of opaque tokens in the introspection cache, by issuer and result (hit, miss).",
+                &["issuer", "result"]
+            )
+            .expect("register introspection cache"),
+            introspection_cache_entries: register_int_gauge_vec!(
+                SESSION_INTROSPECTION_CACHE_ENTRIES,
+                "Introspection answers held in the cache, by issuer.",
+                &["issuer"]
+            )
+            .expect("register introspection cache entries"),
             ratelimit_decisions: register_int_counter_vec!(
                 RATELIMIT_DECISIONS_TOTAL,
                 "Rate limit checks by route, limit and result (allowed, denied).",

@@ -10,10 +10,85 @@ use jsonwebtoken::Algorithm;
 
 use super::crypto;
 use super::identity::{Fact, Facts, Projection};
+use super::introspect::Introspector;
 use super::issuer::{self, Issuer, KeySource};
 use super::token::TokenSource;
 use super::{Auth, Policy, TokenCache};
-use crate::config::{AuthPolicyConfig, Config, IssuerConfig, Issues};
+use crate::config::{AuthPolicyConfig, Config, IntrospectionConfig, IssuerConfig, Issues};
+
+/// An issuer's `introspection:` checked: its settings, the configured endpoint and the client
+/// secret read from the environment.
+struct IntrospectionPlan {
+    config: IntrospectionConfig,
+    endpoint: Option<reqwest::Url>,
+    secret: String,
+}
+
+/// Check `ic.introspection`, pushing every problem; `None` when absent or wrong.
+fn introspection_plan(
+    ic: &IssuerConfig,
+    path: &str,
+    issues: &mut Issues<'_>,
+) -> Option<IntrospectionPlan> {
+    let config = ic.introspection.as_ref()?;
+    let path = format!("{path}.introspection");
+    let before = issues.len();
+    let endpoint = match &config.endpoint {
+        Some(url) => match super::fetch::check_fetch_url(url)
+            .and_then(|()| reqwest::Url::parse(url).map_err(|e| e.to_string()))
+        {
+            Ok(url) => Some(url),
+            Err(e) => {
+                issues.push(format!("{path}.endpoint"), e);
+                None
+            }
+        },
+        None if !ic.discovery => {
+            issues.push(
+                format!("{path}.endpoint"),
+                "required when the issuer has no `discovery: true` (which would name the \
+                 introspection endpoint)",
+            );
+            None
+        }
+        None => None,
+    };
+    if config.client_id.is_empty() {
+        issues.push(format!("{path}.client_id"), "must not be empty");
+    }
+    let var = &config.client_secret_env;
+    let secret = match std::env::var(var) {
+        Ok(secret) if !secret.is_empty() => secret,
+        Ok(_) => {
+            issues.push(
+                format!("{path}.client_secret_env"),
+                format!("environment variable `{var}` is empty"),
+            );
+            String::new()
+        }
+        Err(_) => {
+            issues.push(
+                format!("{path}.client_secret_env"),
+                format!("environment variable `{var}` is not set"),
+            );
+            String::new()
+        }
+    };
+    if config.cache_ttl.0 < std::time::Duration::from_secs(1) {
+        issues.push(format!("{path}.cache_ttl"), "must be at least 1s");
+    }
+    if config.timeout.0.is_zero() {
+        issues.push(format!("{path}.timeout"), "must be more than zero");
+    }
+    if config.max_tokens == 0 {
+        issues.push(format!("{path}.max_tokens"), "must be at least 1");
+    }
+    (issues.len() == before).then(|| IntrospectionPlan {
+        config: config.clone(),
+        endpoint,
+        secret,
+    })
+}
 
 /// Headers a claim may never be forwarded in.
 const RESERVED_HEADERS: [&str; 12] = [
@@ -150,6 +225,7 @@ impl Auth {
     pub fn build(config: &Config, previous: Option<&Auth>, issues: &mut Issues<'_>) -> Auth {
         crypto::install();
         let mut issuers = Vec::new();
+        let mut plans: Vec<(Arc<super::Issuer>, IntrospectionPlan)> = Vec::new();
         let mut names = HashSet::new();
         for (i, ic) in config.issuers.iter().enumerate() {
             let path = format!("issuers[{i}]");
@@ -179,6 +255,7 @@ impl Auth {
                     "must not exceed jwks_refresh",
                 );
             }
+            let plan = introspection_plan(ic, &path, issues);
             let Some((source, secret)) = issuer_source(ic, &path, issues) else {
                 continue;
             };
@@ -212,6 +289,11 @@ impl Auth {
                     }
                     Err(e) => issues.push(path, e),
                 },
+            }
+            if let (Some(plan), Some(issuer)) = (plan, issuers.last()) {
+                if issuer.name == ic.name {
+                    plans.push((Arc::clone(issuer), plan));
+                }
             }
         }
 
@@ -249,11 +331,28 @@ impl Auth {
         if config.token_cache.max_tokens == 0 {
             issues.push("token_cache.max_tokens", "must be at least 1");
         }
+        let introspectors = plans
+            .into_iter()
+            .map(|(issuer, plan)| {
+                let key = Introspector::carry_key_of(&issuer, &plan.secret, &projection);
+                let old = previous.into_iter().flat_map(|p| &p.introspectors);
+                crate::carry::kept(old, &key).unwrap_or_else(|| {
+                    Arc::new(Introspector::new(
+                        issuer,
+                        &plan.config,
+                        plan.endpoint,
+                        &plan.secret,
+                        Arc::clone(&projection),
+                    ))
+                })
+            })
+            .collect();
         Auth {
             issuers,
             cache,
             projection,
             identity_headers,
+            introspectors,
         }
     }
 
@@ -354,6 +453,18 @@ impl Auth {
                 .iter()
                 .filter_map(|s| p.fact(&Fact::Scope(s.as_str().into()))),
         );
+        let mut introspecting = self
+            .introspectors
+            .iter()
+            .filter(|x| issuers.iter().any(|i| Arc::ptr_eq(i, &x.issuer)));
+        let introspector = introspecting.next().cloned();
+        if introspecting.next().is_some() {
+            issues.push(
+                format!("{path}.issuers"),
+                "at most one of a route's issuers may have `introspection:`: an opaque token \
+                 does not name its issuer",
+            );
+        }
         if issues.len() != before {
             return None;
         }
@@ -366,6 +477,7 @@ impl Auth {
             forward,
             strip_authorization: pc.strip_authorization,
             forward_access_token: pc.forward_access_token,
+            introspector,
         })
     }
 }

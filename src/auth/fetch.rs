@@ -86,9 +86,10 @@ pub(super) fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
-/// A client trusting the system's CAs and `extra`.
+/// A client trusting the system's CAs and `extra`, following redirects by `redirects`.
 fn build_client(
     extra: &[rustls_pki_types::CertificateDer<'static>],
+    redirects: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, String> {
     let mut roots = rustls::RootCertStore::empty();
     // One odd certificate in the system store must not take every fetch down.
@@ -108,14 +109,18 @@ fn build_client(
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .redirect(redirect_policy())
+        .redirect(redirects)
         .referer(false)
         .build()
         .map_err(|e| e.to_string())
 }
 
 /// The client of issuers without `ca_file`.
-static CLIENT: LazyLock<Option<reqwest::Client>> = LazyLock::new(|| build_client(&[]).ok());
+static CLIENT: LazyLock<Option<reqwest::Client>> =
+    LazyLock::new(|| build_client(&[], redirect_policy()).ok());
+/// The same for calls that send a credential (introspection): no redirect is followed.
+static POSTER: LazyLock<Option<reqwest::Client>> =
+    LazyLock::new(|| build_client(&[], reqwest::redirect::Policy::none()).ok());
 
 /// Whom an issuer's fetches trust: the system's CAs, and its `ca_file`'s.
 #[derive(Default)]
@@ -123,6 +128,9 @@ pub struct Trust {
     /// The `ca_file` and a hash of its content, when given (part of the issuer's carry key).
     pub stamp: crate::tls::Stamp,
     client: Option<reqwest::Client>,
+    /// The same trust, following no redirect: for calls that carry a token and the client
+    /// secret, which must reach the configured endpoint and nowhere else.
+    poster: Option<reqwest::Client>,
 }
 
 impl Trust {
@@ -136,15 +144,23 @@ impl Trust {
         };
         let file = crate::tls::read(path)?;
         let certs = crate::tls::certificates(&file)?;
-        let client = build_client(&certs).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        let built = |redirects| {
+            build_client(&certs, redirects).map_err(|e| format!("`{}`: {e}", path.display()))
+        };
         Ok(Trust {
             stamp: vec![file.stamp],
-            client: Some(client),
+            client: Some(built(redirect_policy())?),
+            poster: Some(built(reqwest::redirect::Policy::none())?),
         })
     }
 
     pub(crate) fn client(&self) -> Option<&reqwest::Client> {
         self.client.as_ref().or(CLIENT.as_ref())
+    }
+
+    /// The client with this trust that follows no redirect.
+    pub(crate) fn poster(&self) -> Option<&reqwest::Client> {
+        self.poster.as_ref().or(POSTER.as_ref())
     }
 }
 

@@ -205,13 +205,21 @@ impl Issuer {
         )
     }
 
-    /// Serve `old`'s keys until this issuer's first fetch: for an issuer rebuilt only because
-    /// its `ca_file`'s content changed, so that tokens keep passing while it fetches with the
-    /// new trust (at once: nothing is scheduled).
+    /// Serve `old`'s keys (and the endpoints its discovery found) until this issuer's first
+    /// fetch: for an issuer rebuilt only because its `ca_file`'s content or its
+    /// `introspection` settings changed, so that tokens keep passing while it fetches again
+    /// (at once: nothing is scheduled).
     pub fn start_with_keys_of(&self, old: &Issuer) {
-        if self.source.fetches() && self.config == old.config {
+        let keys_from = |c: &IssuerConfig| IssuerConfig {
+            introspection: None,
+            ..c.clone()
+        };
+        if self.source.fetches() && keys_from(&self.config) == keys_from(&old.config) {
             if let Some(keys) = old.keys.load_full() {
                 self.keys.store(Some(keys));
+            }
+            if let Some(found) = old.fetch.discovered.load_full() {
+                self.fetch.discovered.store(Some(found));
             }
         }
     }
@@ -230,6 +238,12 @@ impl Issuer {
     /// Its HTTP client (the system's CAs and its `ca_file`), for calls to its endpoints.
     pub fn client(&self) -> Option<&reqwest::Client> {
         self.trust.client()
+    }
+
+    /// [`Issuer::client`]'s trust, following no redirect: for calls that carry a credential
+    /// (a token, the client secret), which go to the endpoint named and nowhere else.
+    pub fn client_without_redirects(&self) -> Option<&reqwest::Client> {
+        self.trust.poster()
     }
 
     /// Whether a key with this fingerprint is in the set now (no reference counting: this is

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod crypto;
 pub mod fetch;
 pub mod identity;
+pub mod introspect;
 pub mod issuer;
 pub mod keys;
 pub mod token;
@@ -21,6 +22,7 @@ use http::HeaderName;
 
 pub use cache::TokenCache;
 pub use identity::{Fact, Facts, Identity, Projection};
+pub use introspect::Introspector;
 pub use issuer::{Endpoints, Issuer, KeyRefresher, KeySource};
 use token::TokenSource;
 
@@ -83,6 +85,9 @@ token_faults! {
     UnsupportedCritical => "unsupported_critical", "the token has an unsupported critical header";
     /// `exp` (or `aud`, where the issuer lists audiences) is missing.
     MissingClaim => "missing_claim", "the token lacks a required claim";
+    /// The issuer's introspection endpoint says the (opaque) token is not active: expired,
+    /// revoked, unknown, or not an access token.
+    Inactive => "inactive", "the token is not active";
 }
 
 /// Why a request was not let through.
@@ -103,6 +108,9 @@ pub enum AuthError {
     KeysUnavailable,
     /// A browser session's store or provider cannot be reached.
     SessionUnavailable,
+    /// An opaque token could not be introspected: the endpoint is unknown, unreachable, slow,
+    /// or answered something else than an RFC 7662 answer.
+    IntrospectionUnavailable,
 }
 
 impl AuthError {
@@ -115,6 +123,7 @@ impl AuthError {
             "claims_mismatch",
             "keys_unavailable",
             "session_unavailable",
+            "introspection_unavailable",
         ]
         .into_iter()
         .chain(TokenFault::ALL.iter().map(|f| f.label()))
@@ -130,6 +139,7 @@ impl AuthError {
             AuthError::ClaimsMismatch => "claims_mismatch",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::SessionUnavailable => "session_unavailable",
+            AuthError::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }
@@ -152,6 +162,9 @@ pub struct Policy {
     pub strip_authorization: bool,
     /// On a browser session, send its access token upstream as `Authorization: Bearer`.
     pub forward_access_token: bool,
+    /// Where an opaque (non-JWT) token is introspected: the one issuer of the route with
+    /// `introspection:`, if any. Without one, every token is verified as a JWT.
+    pub introspector: Option<Arc<Introspector>>,
 }
 
 impl Policy {
@@ -180,6 +193,8 @@ pub struct Auth {
     pub projection: Arc<Projection>,
     /// Every header any route forwards a claim in: removed from every client request.
     pub identity_headers: Vec<HeaderName>,
+    /// Introspection of opaque tokens, one per issuer with `introspection:`.
+    pub introspectors: Vec<Arc<Introspector>>,
 }
 
 impl Default for Auth {
@@ -189,6 +204,7 @@ impl Default for Auth {
             cache: Arc::new(TokenCache::new(&Default::default())),
             projection: Arc::default(),
             identity_headers: Vec::new(),
+            introspectors: Vec::new(),
         }
     }
 }
@@ -214,12 +230,32 @@ impl Auth {
         }
         m.token_cache_entries
             .set(i64::try_from(self.cache.len()).unwrap_or(i64::MAX));
+        for introspector in &self.introspectors {
+            m.introspection_cache_entries
+                .with_label_values(&[&introspector.issuer.name])
+                .set(i64::try_from(introspector.len()).unwrap_or(i64::MAX));
+        }
     }
 
     /// The commit step of a reload, once this state serves in place of `old`: the series of
-    /// issuers it no longer has are dropped.
+    /// issuers it no longer has are dropped; those of its introspecting issuers appear.
     pub fn commit(&self, old: Option<&Auth>) {
         let m = &*crate::metrics::METRICS;
+        for introspector in &self.introspectors {
+            introspector.register();
+        }
+        for gone in old
+            .into_iter()
+            .flat_map(|o| o.introspectors.iter())
+            .filter(|o| {
+                !self
+                    .introspectors
+                    .iter()
+                    .any(|i| i.issuer.name == o.issuer.name)
+            })
+        {
+            Introspector::forget(&gone.issuer.name);
+        }
         for gone in old
             .into_iter()
             .flat_map(|o| o.issuers.iter())
@@ -247,6 +283,11 @@ impl Auth {
         req: &pingora::http::RequestHeader,
     ) -> Result<Identity, AuthError> {
         let token = token::extract(req, &policy.sources)?;
+        if let Some(introspector) = &policy.introspector {
+            if !token::looks_like_jwt(token) {
+                return introspect(policy, introspector, req, token).await;
+            }
+        }
         let key = match self.check_cached(policy, token) {
             Cached::Hit(result) => return result,
             Cached::Miss(key) => key,
@@ -293,6 +334,31 @@ impl Auth {
         }
         Cached::Miss(key)
     }
+}
+
+/// Check an opaque token by introspection, then the route's scopes and claims.
+async fn introspect(
+    policy: &Policy,
+    introspector: &Introspector,
+    req: &pingora::http::RequestHeader,
+    token: &[u8],
+) -> Result<Identity, AuthError> {
+    if token.len() > token::MAX_TOKEN_BYTES {
+        return Err(AuthError::InvalidToken(TokenFault::TooLarge));
+    }
+    let Some(token) = std::str::from_utf8(token)
+        .ok()
+        .filter(|t| token::is_well_formed(t))
+    else {
+        return Err(if req.headers.contains_key(http::header::AUTHORIZATION) {
+            AuthError::InvalidRequest
+        } else {
+            AuthError::InvalidToken(TokenFault::Malformed)
+        });
+    };
+    let identity = introspector.check(token).await?;
+    policy.permits(&identity)?;
+    Ok(identity)
 }
 
 /// The outcome of [`Auth::check_cached`].

@@ -61,6 +61,13 @@ pub fn is_well_formed(token: &str) -> bool {
     !token.is_empty() && token.bytes().all(|b| TOKEN_CHARS[usize::from(b)])
 }
 
+/// Whether a bearer value has a JWT's shape, three parts separated by dots (RFC 7519
+/// section 7.2): such a token is verified as a JWT; any other goes to introspection on a route
+/// that has it.
+pub fn looks_like_jwt(token: &[u8]) -> bool {
+    token.iter().filter(|b| **b == b'.').count() == 2
+}
+
 /// RFC 6750's `b64token` characters, which cover a JWT's base64url and dots; a table
 /// because every new token (500 bytes and more) is scanned.
 static TOKEN_CHARS: [bool; 256] = {
@@ -196,7 +203,7 @@ fn header_names_alg(header: &str) -> bool {
 
 /// A NumericDate (RFC 7519) as whole seconds: a non-negative integer, or a non-negative
 /// fraction rounded; anything else (a string, `null`, a negative number) is `None`.
-fn numeric_date(v: &Value) -> Option<u64> {
+pub(super) fn numeric_date(v: &Value) -> Option<u64> {
     let n = v.as_number()?;
     n.as_u64().or_else(|| {
         let f = n.as_f64().filter(|_| n.is_f64())?;
@@ -211,7 +218,7 @@ fn numeric_date(v: &Value) -> Option<u64> {
 
 /// Whether `aud` (a string or an array of strings) names one of `audiences`; `None` when it
 /// is neither.
-fn audience_matches(aud: &Value, audiences: &[String]) -> Option<bool> {
+pub(super) fn audience_matches(aud: &Value, audiences: &[String]) -> Option<bool> {
     let accepted = |a: &str| audiences.iter().any(|x| x == a);
     match aud {
         Value::String(a) => Some(accepted(a)),

@@ -374,6 +374,42 @@ pub struct IssuerConfig {
     /// PEM CA certificates trusted for this issuer's fetches, besides the system's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// RFC 7662 introspection of this issuer's opaque (non-JWT) access tokens.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// How an issuer's opaque access tokens are checked: RFC 7662 token introspection.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint; without it, the `introspection_endpoint` of the issuer's
+    /// discovery document.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The client Portcullis authenticates as (HTTP Basic, RFC 6749 section 2.3.1).
+    pub client_id: String,
+    /// Environment variable holding the client's secret; never the file itself.
+    pub client_secret_env: String,
+    /// Longest an active answer is trusted (never past the token's `exp`).
+    #[serde(default = "default_introspection_cache_ttl")]
+    pub cache_ttl: Dur,
+    /// Time one introspection call may take.
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout: Dur,
+    /// Most answers held; past it, those nearest their end are dropped first.
+    #[serde(default = "default_introspection_max_tokens")]
+    pub max_tokens: u64,
+}
+
+fn default_introspection_cache_ttl() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_introspection_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_introspection_max_tokens() -> u64 {
+    100_000
 }
 
 fn default_leeway() -> Dur {

@@ -237,11 +237,13 @@ impl Portcullis {
             match result {
                 Ok(identity) => ctx.identity = Some(identity),
                 Err(e) => {
+                    // Only a client's own failure counts: not the provider's.
                     let failed = !matches!(
                         e,
                         AuthError::MissingToken
                             | AuthError::KeysUnavailable
                             | AuthError::SessionUnavailable
+                            | AuthError::IntrospectionUnavailable
                     );
                     if let (true, Some(guard), Some(key)) =
                         (failed, &limits.auth_failures_per_ip, ip_key)

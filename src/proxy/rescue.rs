@@ -63,6 +63,9 @@ pub enum Refusal {
     /// A browser session cannot be served now: its store (Redis) or the provider is away
     /// and nothing held in the process can stand in (503).
     SessionUnavailable,
+    /// An opaque token could not be introspected: the issuer's introspection endpoint is
+    /// unknown, down, slow or broken (503; never a pass, never a 401).
+    IntrospectionUnavailable,
     /// A rate limit refused it (429); seconds until a request would pass.
     RateLimited(u64),
     /// The upstream pool is at its in-flight cap (503).
@@ -71,7 +74,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 21] = [
+    pub const ALL: [Refusal; 22] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
@@ -91,6 +94,7 @@ impl Refusal {
         Refusal::ClaimsMismatch,
         Refusal::KeysUnavailable,
         Refusal::SessionUnavailable,
+        Refusal::IntrospectionUnavailable,
         Refusal::RateLimited(1),
         Refusal::Overloaded,
     ];
@@ -163,6 +167,11 @@ impl Refusal {
                 503,
                 "session_unavailable",
                 "the session cannot be served right now",
+            ),
+            Refusal::IntrospectionUnavailable => (
+                503,
+                "introspection_unavailable",
+                "the identity provider could not check the token",
             ),
             Refusal::RateLimited(_) => (429, "rate_limited", "too many requests"),
             Refusal::Overloaded => (503, "overloaded", "the upstream is at capacity"),
@@ -267,7 +276,10 @@ impl Refusal {
             let _ = header.insert_header("www-authenticate", challenge);
         }
         match self {
-            Refusal::KeysUnavailable | Refusal::SessionUnavailable | Refusal::Overloaded => {
+            Refusal::KeysUnavailable
+            | Refusal::SessionUnavailable
+            | Refusal::IntrospectionUnavailable
+            | Refusal::Overloaded => {
                 let _ = header.insert_header("retry-after", "1");
             }
             Refusal::RateLimited(secs) => {
@@ -459,6 +471,7 @@ impl From<crate::auth::AuthError> for Refusal {
             AuthError::ClaimsMismatch => Refusal::ClaimsMismatch,
             AuthError::KeysUnavailable => Refusal::KeysUnavailable,
             AuthError::SessionUnavailable => Refusal::SessionUnavailable,
+            AuthError::IntrospectionUnavailable => Refusal::IntrospectionUnavailable,
         }
     }
 }
@@ -696,6 +709,7 @@ mod tests {
                 | Refusal::UpstreamTls
                 | Refusal::KeysUnavailable
                 | Refusal::SessionUnavailable
+                | Refusal::IntrospectionUnavailable
                 | Refusal::Overloaded => 14,
                 Refusal::MissingToken | Refusal::InvalidToken(_) => 16,
                 Refusal::InsufficientScope | Refusal::ClaimsMismatch => 7,
@@ -791,6 +805,7 @@ mod tests {
                 Refusal::ClaimsMismatch => (403, "forbidden"),
                 Refusal::KeysUnavailable => (503, "keys_unavailable"),
                 Refusal::SessionUnavailable => (503, "session_unavailable"),
+                Refusal::IntrospectionUnavailable => (503, "introspection_unavailable"),
                 Refusal::RateLimited(_) => (429, "rate_limited"),
                 Refusal::Overloaded => (503, "overloaded"),
             }

@@ -13,6 +13,7 @@ mod connections;
 mod faults;
 mod grpc;
 mod hygiene;
+mod introspection;
 mod key_sets;
 mod layers;
 mod lifecycle;

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod chromium;
 pub mod dns;
 pub mod grpc;
+pub mod introspection;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
