@@ -15,6 +15,7 @@
 //! | a host name's resolved addresses | pool name, host name, port |
 //! | an issuer's keys | every setting of the issuer, and its secret |
 //! | the token cache | `token_cache:` and the claims the routes use |
+//! | an issuer's introspection cache | the issuer kept, its client secret, the claims routes use |
 
 use std::sync::Arc;
 

@@ -516,6 +516,121 @@ mod tests {
         assert_eq!(decoded, b"a+b%3Ac:s%26%3D%25");
     }
 
+    /// An endpoint on loopback that counts calls and answers each, after `delay`, with an
+    /// active token of `sub` alice.
+    async fn slow_endpoint(delay: Duration) -> (reqwest::Url, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !String::from_utf8_lossy(&seen).contains("token_type_hint") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    let body = r#"{"active":true,"sub":"alice"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (reqwest::Url::parse(&url).unwrap(), calls)
+    }
+
+    fn introspector(endpoint: reqwest::Url) -> Introspector {
+        let issuer: crate::config::IssuerConfig =
+            serde_yaml::from_str("{name: idp, issuer: idp, jwks_uri: 'https://idp.example/k'}")
+                .unwrap();
+        let issuer = Issuer::new(
+            &issuer,
+            super::super::KeySource::Uri("https://idp.example/k".into()),
+            super::super::issuer::ASYMMETRIC.to_vec(),
+            None,
+            super::super::fetch::Trust::default(),
+        )
+        .unwrap();
+        let config: IntrospectionConfig =
+            serde_yaml::from_str("{client_id: edge, client_secret_env: UNUSED}").unwrap();
+        let mut projection = Projection::default();
+        let sub = projection.slot_for("sub");
+        assert_eq!(sub, 0);
+        Introspector::new(
+            Arc::new(issuer),
+            &config,
+            Some(endpoint),
+            "secret",
+            Arc::new(projection),
+        )
+    }
+
+    async fn wait_for(calls: &std::sync::atomic::AtomicUsize, n: usize) {
+        while calls.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn in_flight(x: &Introspector) -> usize {
+        x.in_flight.lock().unwrap().len()
+    }
+
+    /// The request that made the call goes away (its client hung up): a request waiting for
+    /// the same token makes the call in its place and gets the answer; nothing stays behind
+    /// in the map of calls in flight, whoever leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_request_takes_over_a_call_whose_request_went_away() {
+        let (url, calls) = slow_endpoint(Duration::from_millis(300)).await;
+        let x = Arc::new(introspector(url));
+        let first = tokio::spawn({
+            let x = Arc::clone(&x);
+            async move { x.check("tok").await }
+        });
+        wait_for(&calls, 1).await;
+        let second = tokio::spawn({
+            let x = Arc::clone(&x);
+            async move { x.check("tok").await }
+        });
+        // The second joins the call in flight (it does not make its own).
+        while Arc::strong_count(x.in_flight.lock().unwrap().get(&x.key("tok")).unwrap()) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        first.abort();
+        let identity = second.await.unwrap().unwrap();
+        assert_eq!(identity.claim(0), Some("alice"));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the waiting request called again"
+        );
+        assert_eq!(in_flight(&x), 0);
+        assert_eq!(x.len(), 1);
+        // A request alone that goes away leaves nothing behind either.
+        let alone = tokio::spawn({
+            let x = Arc::clone(&x);
+            async move { x.check("other").await }
+        });
+        wait_for(&calls, 3).await;
+        alone.abort();
+        let _ = alone.await;
+        assert_eq!(in_flight(&x), 0);
+        // And the cached token makes no call.
+        assert!(x.check("tok").await.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
     #[test]
     fn jwt_shape() {
         use super::super::token::looks_like_jwt;

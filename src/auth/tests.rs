@@ -474,6 +474,60 @@ routes:
     }
 }
 
+#[test]
+fn config_errors_for_introspection() {
+    std::env::set_var("PORTCULLIS_TEST_INTROSPECTION_SECRET", "s");
+    let yaml = "
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+issuers:
+  - name: a
+    issuer: a
+    jwks_uri: \"https://a.example/keys\"
+    introspection: { client_id: edge, client_secret_env: PORTCULLIS_TEST_INTROSPECTION_SECRET }
+  - name: b
+    issuer: b
+    jwks_uri: \"https://b.example/keys\"
+    introspection: { endpoint: \"http://b.example/introspect\", client_id: \"\", client_secret_env: PORTCULLIS_TEST_UNSET_VAR, cache_ttl: 500ms, timeout: 0s, max_tokens: 0 }
+  - name: c
+    issuer: \"https://c.example\"
+    discovery: true
+    introspection: { client_id: edge, client_secret_env: PORTCULLIS_TEST_INTROSPECTION_SECRET }
+  - name: d
+    issuer: d
+    jwks_uri: \"https://d.example/keys\"
+    introspection: { endpoint: \"https://d.example/introspect\", client_id: edge, client_secret_env: PORTCULLIS_TEST_INTROSPECTION_SECRET }
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    auth: { issuers: [c, d] }
+";
+    let err = Generation::from_yaml(yaml).unwrap_err().to_string();
+    for expected in [
+        "issuers[0].introspection.endpoint: required when the issuer has no `discovery: true`",
+        "issuers[1].introspection.endpoint: `http://b.example/introspect` must use https",
+        "issuers[1].introspection.client_id: must not be empty",
+        "issuers[1].introspection.client_secret_env: environment variable \
+         `PORTCULLIS_TEST_UNSET_VAR` is not set",
+        "issuers[1].introspection.cache_ttl: must be at least 1s",
+        "issuers[1].introspection.timeout: must be more than zero",
+        "issuers[1].introspection.max_tokens: must be at least 1",
+        "routes[0].auth.issuers: at most one of a route's issuers may have `introspection:`",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    // Discovery alone names the endpoint; a configured one needs no discovery.
+    let fine = yaml.replace("auth: { issuers: [c, d] }", "auth: { issuers: [c] }");
+    let fine = fine.split("  - name: a\n").next().unwrap().to_string()
+        + &fine[fine.find("  - name: c\n").unwrap()..];
+    let generation = Generation::from_yaml(&fine).unwrap_or_else(|e| panic!("{e}\n{fine}"));
+    assert_eq!(generation.auth.introspectors.len(), 2);
+    let policy = generation.routes[0].policy.as_ref().unwrap();
+    assert_eq!(policy.introspector.as_ref().unwrap().issuer.name, "c");
+}
+
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
