@@ -66,9 +66,9 @@ pub const TOKEN_CACHE_REQUESTS_TOTAL: &str = "portcullis_token_cache_requests_to
 /// `portcullis_token_cache_entries`: tokens held in the cache.
 pub const TOKEN_CACHE_ENTRIES: &str = "portcullis_token_cache_entries";
 
-/// `portcullis_session_introspections_total{issuer,result}`: RFC 7662 introspection calls made,
-/// by what the endpoint answered: `active`, `inactive` (or active but refused by the issuer's
-/// checks), `error` (unreachable, timed out, not 200, not an answer).
+/// `portcullis_session_introspections_total{issuer,result}`: RFC 7662 introspections, by
+/// outcome: `active`, `inactive` (or active but refused by the issuer's checks), `error` (no
+/// endpoint known yet, unreachable, timed out, not 200, not an answer).
 pub const SESSION_INTROSPECTIONS_TOTAL: &str = "portcullis_session_introspections_total";
 /// `portcullis_session_introspection_cache_requests_total{issuer,result}`: lookups of opaque
 /// tokens in the introspection cache, `hit` or `miss`.
