@@ -103,7 +103,7 @@ pub struct Introspector {
     secret_fingerprint: u64,
     cache_ttl: u64,
     timeout: Duration,
-    /// The settings, for `max_tokens` and the README's sake.
+    /// The settings it was built with.
     pub config: IntrospectionConfig,
     projection: Arc<Projection>,
     answers: Store<Answer>,
