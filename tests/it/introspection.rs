@@ -313,7 +313,7 @@ async fn fifty_concurrent_requests_with_a_new_token_make_one_call() {
 }
 
 /// An endpoint that answers 500, times out, answers something that is not RFC 7662's,
-/// refuses our credentials or is down gives 503 `introspection_unavailable`: never a pass,
+/// refuses our credentials, redirects or is down gives 503 `introspection_unavailable`: never a pass,
 /// never a 401. A failure is not cached: once the endpoint is back, the token passes. Neither
 /// the token nor the secret reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,6 +346,15 @@ async fn a_failing_endpoint_is_a_503_never_a_pass() {
         errors += 1.0;
         assert_eq!(counts(&proxy).await[2], errors, "{mode:?}");
     }
+    // A redirect is not followed (the call carries the token and the secret), even to a
+    // place that would answer.
+    idp.set_mode(Mode::Redirect("/elsewhere".into()));
+    unavailable(get(&proxy, token).await);
+    assert_eq!(
+        idp.calls_for(token),
+        7,
+        "the redirect's target was never called"
+    );
     idp.set_mode(Mode::Normal);
     idp.set_delay(Duration::from_secs(3));
     unavailable(get(&proxy, token).await);

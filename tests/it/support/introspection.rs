@@ -30,6 +30,9 @@ pub enum Mode {
     Status(u16),
     /// Answer 200 with this body (not an RFC 7662 answer).
     Body(String),
+    /// Answer `307 Temporary Redirect` to this path of the same server, which answers as
+    /// [`Mode::Normal`] would.
+    Redirect(String),
 }
 
 /// One call as the endpoint saw it.
@@ -196,6 +199,9 @@ async fn answer(mut stream: TcpStream, state: Arc<State>) {
         }
     }
     let body = &buf[head_len..head_len + body_len];
+    let mut extra = String::new();
+    let mode = state.mode.lock().unwrap().clone();
+    let redirected = matches!(&mode, Mode::Redirect(to) if *to == path);
     let (status, body) = match path.as_str() {
         "/.well-known/openid-configuration" => (
             200,
@@ -207,7 +213,7 @@ async fn answer(mut stream: TcpStream, state: Arc<State>) {
             .to_string(),
         ),
         "/jwks.json" => (200, state.keys.to_string()),
-        INTROSPECT_PATH => {
+        _ if path == INTROSPECT_PATH || redirected => {
             let form: HashMap<String, String> = url::form_urlencoded::parse(body)
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
@@ -221,14 +227,17 @@ async fn answer(mut stream: TcpStream, state: Arc<State>) {
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            let mode = state.mode.lock().unwrap().clone();
             match mode {
                 _ if authorization.as_deref() != Some(&state.expected_authorization) => {
                     (401, json!({"error": "invalid_client"}).to_string())
                 }
                 Mode::Status(status) => (status, "{}".to_string()),
                 Mode::Body(body) => (200, body),
-                Mode::Normal => {
+                Mode::Redirect(to) if !redirected => {
+                    extra = format!("location: {to}\r\n");
+                    (307, String::new())
+                }
+                Mode::Normal | Mode::Redirect(_) => {
                     let answers = state.answers.lock().unwrap();
                     let answer = answers
                         .get(&token)
@@ -241,7 +250,7 @@ async fn answer(mut stream: TcpStream, state: Arc<State>) {
         _ => (404, "{}".to_string()),
     };
     let head = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
