@@ -508,4 +508,25 @@ async fn the_cache_survives_a_reload_that_leaves_the_issuer_alone() {
     assert_eq!(get(&proxy, &jwt).await.0, 200);
     assert_eq!(get(&proxy, "kept").await.0, 200);
     assert_eq!(idp.calls_for("kept"), 2);
+    // Without `introspection:` the issuer's series go, and an opaque token is only a
+    // malformed JWT.
+    let plain = format!(
+        "  - name: idp\n    issuer: \"{}\"\n    jwks_uri: \"{}\"\n    audiences: [orders-api]\n",
+        idp.base_url(),
+        idp.jwks_url()
+    );
+    proxy.write_config(&config(&up, &plain, "{ issuers: [idp] }"));
+    reload().await;
+    let m = proxy.metrics().await;
+    for (name, result) in [(CALLS, "active"), (CALLS, "error"), (CACHE, "hit")] {
+        let labels = [("issuer", "idp"), ("result", result)];
+        assert!(!m.has(name, &labels), "{name}{labels:?} left behind");
+    }
+    assert!(!m.has(ENTRIES, &[("issuer", "idp")]));
+    let (status, body) = get(&proxy, "kept").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (401, Some("the token is malformed"))
+    );
+    assert_eq!(idp.calls_for("kept"), 2);
 }
