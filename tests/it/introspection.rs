@@ -2,7 +2,8 @@
 //! binary, a real introspection endpoint ([`IntrospectionServer`], which counts every call and
 //! answers as told), real upstreams.
 //!
-//! Each test owns its proxy and its endpoint, so call counts and metric values are exact.
+//! Each test owns its proxy and its endpoint, so call counts and metric values are exact. The
+//! last test introspects an opaque token of a real OpenID provider (`support::oidc`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -529,4 +530,88 @@ async fn the_cache_survives_a_reload_that_leaves_the_issuer_alone() {
         (401, Some("the token is malformed"))
     );
     assert_eq!(idp.calls_for("kept"), 2);
+}
+
+/// An opaque access token from a real OpenID provider (Node's `oidc-provider`, which issues
+/// opaque tokens to a client registered for them) is introspected by Portcullis at the
+/// endpoint the provider's discovery document names, as the provider's own confidential
+/// client: the user's claims go upstream, the route's scope applies, the answer is cached, and
+/// once the provider revokes the token it is refused within `cache_ttl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_token_from_a_real_provider_is_introspected() {
+    use crate::support::browser::Browser;
+    use crate::support::oidc::{Provider, Rp, RESOURCE};
+    const CALLBACK: &str = "http://127.0.0.1:9/callback";
+    let provider = Provider::start(json!({
+        "clients": [
+            {
+                "client_id": "web", "client_secret": "web-secret",
+                "redirect_uris": [CALLBACK], "access_token_format": "opaque",
+            },
+            { "client_id": "edge proxy", "client_secret": SECRET, "grant_types": [] },
+        ],
+    }))
+    .await;
+    let web = Rp::confidential("web", "web-secret", CALLBACK);
+    let login = provider
+        .login(&Browser::new(), &web, "openid profile email api:read")
+        .await;
+    let token = login.tokens.access_token.clone();
+    assert_eq!(token.matches('.').count(), 0, "opaque, not a JWT: {token}");
+
+    let up = Upstream::start("app").await;
+    let issuers = format!(
+        "  - name: idp\n    issuer: \"{}\"\n    discovery: true\n    audiences: [\"{RESOURCE}\"]\n    introspection: {{ client_id: \"{CLIENT_ID}\", client_secret_env: {SECRET_ENV}, cache_ttl: 1s }}\n",
+        provider.issuer()
+    );
+    let auth = "{ issuers: [idp], require_scopes: [api:read], forward_claims: { sub: X-User-Id, email: X-User-Email, client_id: X-Client-Id } }";
+    let proxy = start(&config(&up, &issuers, auth)).await;
+    let seen = eventually(
+        "the opaque token to pass",
+        Duration::from_secs(10),
+        || async {
+            let resp = client()
+                .get(proxy.url("/orders"))
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap();
+            match resp.status().as_u16() {
+                200 => Ok(resp.json::<crate::support::Echo>().await.unwrap()),
+                s => Err(format!("{s}: {}", resp.text().await.unwrap())),
+            }
+        },
+    )
+    .await;
+    assert_eq!(seen.header("x-user-id").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.header("x-user-email").as_deref(),
+        Some("alice@example.test")
+    );
+    assert_eq!(seen.header("x-client-id").as_deref(), Some("web"));
+    let stats = provider.stats().await;
+    assert_eq!(
+        (stats.introspections, stats.introspections_active),
+        (1, 1),
+        "{stats:?}"
+    );
+    // Revoked at the provider: refused (401 inactive) once the cached answer is over.
+    assert_eq!(provider.revoke(&web, &token).await, 200);
+    eventually(
+        "the revoked token to be refused",
+        Duration::from_secs(10),
+        || async {
+            match get(&proxy, &token).await {
+                (401, body) if body["message"] == "the token is not active" => Ok(()),
+                (s, body) => Err(format!("{s}: {body}")),
+            }
+        },
+    )
+    .await;
+    let m = proxy.metrics().await;
+    let calls = |result| {
+        m.get(CALLS, &[("issuer", "idp"), ("result", result)])
+            .unwrap()
+    };
+    assert!(calls("active") >= 1.0 && calls("inactive") >= 1.0);
 }
