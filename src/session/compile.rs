@@ -234,3 +234,91 @@ fn check_cookie(sc: &SessionConfig, path: &str, issues: &mut Issues<'_>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::generation::Generation;
+
+    #[test]
+    fn config_errors_for_sessions() {
+        // A name only this test uses: set once, read by every compile below.
+        std::env::set_var(
+            "PORTCULLIS_TEST_SESSION_KEYS",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY",
+        );
+        std::env::set_var("PORTCULLIS_TEST_SHORT_KEY", "c2hvcnQ");
+        let yaml = "
+upstreams:
+  - name: u
+    targets: [\"127.0.0.1:9\"]
+issuers:
+  - name: idp
+    issuer: \"https://id.example.com\"
+    discovery: true
+  - name: files
+    issuer: files
+    jwks_file: config/keys/example-jwks.json
+sessions:
+  - name: web
+    issuer: files
+    client_id: \"\"
+    scopes: [profile]
+    cookie: { name: __Host-x, secure: false, same_site: none }
+    store: redis
+    cookie_keys_env: PORTCULLIS_TEST_UNSET_KEYS
+    client_secret_env: PORTCULLIS_TEST_UNSET_SECRET
+    callback_path: \"//evil\"
+  - name: web
+    issuer: nobody
+    client_id: b
+    cookie: { name: __Host-x }
+    cookie_keys_env: PORTCULLIS_TEST_SHORT_KEY
+    logout_path: /.portcullis/backchannel-logout
+    post_logout_redirect: \"javascript:alert(1)\"
+  - name: ok
+    issuer: idp
+    client_id: c
+    cookie: { name: other }
+    callback_path: /ok/callback
+    logout_path: /ok/logout
+    cookie_keys_env: PORTCULLIS_TEST_SESSION_KEYS
+routes:
+  - name: r
+    match: { path_prefix: / }
+    upstream: u
+    auth: { session: missing }
+  - name: s
+    match: { path_prefix: /s }
+    upstream: u
+    auth: { issuers: [idp], forward_access_token: true }
+  - name: t
+    match: { path_prefix: /t }
+    upstream: u
+    auth: { require_scopes: [a] }
+";
+        let err = Generation::from_yaml(yaml).unwrap_err().to_string();
+        for expected in [
+            "sessions[0].issuer: issuer `files` needs `discovery: true`",
+            "sessions[0].client_id: must not be empty",
+            "sessions[0].scopes: must include `openid`",
+            "sessions[0].callback_path: `//evil` must be a path",
+            "sessions[0].cookie.secure: a `__Host-` cookie must be `secure`",
+            "sessions[0].cookie.same_site: `none` needs `secure: true`",
+            "sessions[0].store: `store: redis` keeps sessions in `cluster.redis`",
+            "sessions[0].client_secret_env: environment variable `PORTCULLIS_TEST_UNSET_SECRET` is not set",
+            "sessions[0].cookie_keys_env: environment variable `PORTCULLIS_TEST_UNSET_KEYS` is not set",
+            "sessions[1].name: session name `web` is empty or used twice",
+            "sessions[1].issuer: no issuer named `nobody`",
+            "sessions[1].logout_path: `/.portcullis/backchannel-logout` is already the path of another session endpoint",
+            "sessions[1].post_logout_redirect: must be a path on this host",
+            "sessions[1].cookie.name: cookie `__Host-x` is already another session's",
+            "sessions[1].cookie_keys_env: `PORTCULLIS_TEST_SHORT_KEY`: key 1 is not 32 bytes",
+            "routes[0].auth.session: no session named `missing`",
+            "routes[1].auth.forward_access_token: forwards a session's access token: it needs `session`",
+            "routes[2].auth.issuers: name at least one issuer, or a `session`",
+        ] {
+            assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+        }
+        assert!(!err.contains("sessions[2]"), "{err}");
+    }
+}

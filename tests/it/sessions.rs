@@ -31,6 +31,7 @@ struct Opts {
     access_ttl: u64,
     refresh_ttl: u64,
     refresh_before: &'static str,
+    absolute_timeout: &'static str,
     /// Claims of the accounts beyond the provider's built-in ones.
     accounts: Value,
 }
@@ -43,6 +44,7 @@ impl Default for Opts {
             access_ttl: 600,
             refresh_ttl: 86_400,
             refresh_before: "60s",
+            absolute_timeout: "24h",
             accounts: json!({}),
         }
     }
@@ -80,6 +82,7 @@ sessions:
     store: {store}
     cookie_keys_env: WEB_KEYS
     refresh_before: {rb}
+    absolute_timeout: {absolute}
     provider_timeout: 3s
     post_logout_redirect: /bye
 {cluster}upstreams:
@@ -94,12 +97,17 @@ routes:
       forward_access_token: true
       require_scopes: ["api:read"]
       forward_claims: {{ sub: X-User-Id, email: X-User-Email }}
+  - name: both
+    match: {{ path_prefix: /both }}
+    upstream: app
+    auth: {{ session: web, issuers: [idp], forward_claims: {{ sub: X-User-Id }} }}
   - name: open
     match: {{ path_prefix: / }}
     upstream: app
     auth: none
 "#,
         rb = o.refresh_before,
+        absolute = o.absolute_timeout,
         up = upstream.addr(),
     )
 }
@@ -524,6 +532,73 @@ async fn invalid_grant_ends_the_session_and_the_next_navigation_logs_in_again() 
         .unwrap()
         .as_str()
         .starts_with(s.provider.issuer()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_may_take_a_session_or_a_bearer_token() {
+    let s = setup(Opts::default()).await;
+    let node = &s.nodes[0];
+    let browser = Browser::new();
+    let echo = login(&browser, node, "/both/page").await;
+    assert_eq!(header(&echo, "x-user-id").as_deref(), Some("alice"));
+    // Not forwarded on this route: only what the client sent itself.
+    assert!(header(&echo, "authorization").is_none(), "{echo:?}");
+    // The session's access token (the /app route forwards it) as an API client's bearer
+    // token, without any cookie.
+    assert_eq!(xhr(&browser, &node.url("/app/x")).await.0, 200);
+    let forwarded = s.upstream.received().pop().unwrap();
+    let token = forwarded.header("authorization").unwrap();
+    let token = token.trim_start_matches("Bearer ");
+    let resp = crate::support::client()
+        .get(node.url("/both/api"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: Echo = resp.json().await.unwrap();
+    assert_eq!(header(&echo, "x-user-id").as_deref(), Some("alice"));
+    // A bad bearer token is judged as a token, even with a good session beside it.
+    let resp = browser
+        .http()
+        .get(node.url("/both/api"))
+        .bearer_auth("not-a-token.x.y")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_at_its_absolute_timeout() {
+    let s = setup(Opts {
+        absolute_timeout: "3s",
+        ..Opts::default()
+    })
+    .await;
+    let browser = Browser::new();
+    login(&browser, &s.nodes[0], "/app/").await;
+    assert_eq!(xhr(&browser, &s.nodes[0].url("/app/x")).await.0, 200);
+    let url = s.nodes[0].url("/app/x");
+    eventually("the session to end", Duration::from_secs(10), || async {
+        match xhr(&browser, &url).await.0 {
+            401 => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    let hop = browser.get(&s.nodes[0].url("/app/x")).await;
+    assert_eq!(hop.status, 302, "a navigation logs in again");
+    assert!(
+        s.nodes[0]
+            .metric(
+                "portcullis_session_logouts_total",
+                &[("session", "web"), ("kind", "expired")]
+            )
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
