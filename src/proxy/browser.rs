@@ -31,14 +31,14 @@ fn is_https(session: &Session, ctx: &RequestCtx) -> bool {
 pub(super) async fn endpoint(
     session: &mut Session,
     ctx: &mut RequestCtx,
-    logout: &(dyn Fn(&flow::LogoutOf) + Sync),
+    logout: &(dyn Fn(&crate::session::logout::LogoutOf) + Sync),
 ) -> Option<Reply> {
     let sessions = Arc::clone(&ctx.generation.sessions);
     if sessions.is_empty() {
         return None;
     }
     let path = session.req_header().uri.path();
-    if path == flow::BACKCHANNEL_PATH {
+    if path == crate::session::logout::BACKCHANNEL_PATH {
         return Some(backchannel(session, ctx, logout).await);
     }
     let https = is_https(session, ctx);
@@ -57,7 +57,7 @@ pub(super) async fn endpoint(
 async fn backchannel(
     session: &mut Session,
     ctx: &RequestCtx,
-    logout: &(dyn Fn(&flow::LogoutOf) + Sync),
+    logout: &(dyn Fn(&crate::session::logout::LogoutOf) + Sync),
 ) -> Reply {
     let not_allowed = || Reply {
         status: http::StatusCode::METHOD_NOT_ALLOWED,
@@ -83,10 +83,11 @@ async fn backchannel(
             }
         }
     }
-    match flow::check_logout_token(&ctx.generation.sessions.clients, &body).await {
+    match crate::session::logout::check_logout_token(&ctx.generation.sessions.clients, &body).await
+    {
         Ok(of) => {
             logout(&of);
-            flow::logged_out()
+            crate::session::logout::logged_out()
         }
         Err(reply) => reply,
     }

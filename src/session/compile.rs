@@ -98,7 +98,7 @@ impl Sessions {
                 ("logout_path", &sc.logout_path),
             ] {
                 check_path(p, format!("{path}.{field}"), issues);
-                if p == super::flow::BACKCHANNEL_PATH || !paths.insert(p.as_str()) {
+                if p == super::logout::BACKCHANNEL_PATH || !paths.insert(p.as_str()) {
                     issues.push(
                         format!("{path}.{field}"),
                         format!("`{p}` is already the path of another session endpoint"),

@@ -10,7 +10,9 @@
 //! - [`seal`]: AEAD for every value that leaves the process (cookies, Redis records).
 //! - [`cookie`]: reading, splitting and clearing the cookies.
 //! - [`oidc`]: the calls to the provider (code, refresh, revocation) and the ID token check.
-//! - [`flow`]: login, callback, logout, back-channel logout: the answers Portcullis writes.
+//! - [`flow`]: the login redirect and the callback: the answers Portcullis writes.
+//! - [`serve`]: the session of each request (cache, store, timeouts, refresh).
+//! - [`logout`]: logout and back-channel logout.
 //! - [`refresh`]: one redemption per refresh token: in process, across nodes (a Redis lock
 //!   with a renewed lease) and after the fact (a grace record of the result).
 //! - [`redis`]: the Redis side of the store.
@@ -18,10 +20,12 @@
 pub mod compile;
 pub mod cookie;
 pub mod flow;
+pub mod logout;
 pub mod oidc;
 pub mod redis;
 pub mod refresh;
 pub mod seal;
+pub mod serve;
 
 use std::sync::Arc;
 
