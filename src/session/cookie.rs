@@ -2,6 +2,8 @@
 //! them (split past [`MAX_COOKIE_VALUE`] into `NAME.1`, `NAME.2` …), clearing them, and
 //! taking them out of the `Cookie` header the upstream gets.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::CookieConfig;
@@ -12,36 +14,45 @@ pub const MAX_COOKIE_VALUE: usize = 3800;
 /// Most numbered parts of one session cookie (about 30 kB in all).
 pub const MAX_PARTS: usize = 8;
 
-/// Every `name=value` pair of the request's `Cookie` headers.
-pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+/// Every `name=value` pair of the request's `Cookie` headers, as bytes: no text check of
+/// the whole header (a session cookie is kilobytes long; what is read from it is checked
+/// where it is used: base64url, then AEAD).
+pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .filter_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            Some((k.trim(), v.trim().trim_matches('"')))
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let value = pair[eq + 1..].trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            Some((pair[..eq].trim_ascii(), value))
         })
 }
 
 /// Which part of the cookie `name` a cookie named `cookie` is: `Some(0)` for `name` itself,
 /// `Some(n)` for `name.n`.
-fn part_of(cookie: &str, name: &str) -> Option<usize> {
-    let rest = cookie.strip_prefix(name)?;
+fn part_of(cookie: &[u8], name: &str) -> Option<usize> {
+    let rest = cookie.strip_prefix(name.as_bytes())?;
     if rest.is_empty() {
         return Some(0);
     }
-    let n: usize = rest.strip_prefix('.')?.parse().ok()?;
+    let digits = rest.strip_prefix(b".")?;
+    let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
     (1..=MAX_PARTS).contains(&n).then_some(n)
 }
 
-/// The value of the cookie `name`: the cookie itself, or its numbered parts joined in order
-/// (all of `1..=n` present, none twice). `None` when absent or when the parts do not fit.
-/// The count of parts the request carried is given too, to clear leftovers.
-pub fn read(headers: &HeaderMap, name: &str) -> (Option<String>, usize) {
-    let mut whole: Option<&str> = None;
-    let mut parts: [Option<&str>; MAX_PARTS] = [None; MAX_PARTS];
+/// The value of the cookie `name`: the cookie itself (borrowed from the request), or its
+/// numbered parts joined in order (all of `1..=n` present, none twice). `None` when absent
+/// or when the parts do not fit. The count of parts the request carried is given too, to
+/// clear leftovers.
+pub fn read<'h>(headers: &'h HeaderMap, name: &str) -> (Option<Cow<'h, [u8]>>, usize) {
+    let mut whole: Option<&[u8]> = None;
+    let mut parts: [Option<&[u8]>; MAX_PARTS] = [None; MAX_PARTS];
     let mut count = 0;
     let mut doubled = false;
     for (k, v) in pairs(headers) {
@@ -64,13 +75,22 @@ pub fn read(headers: &HeaderMap, name: &str) -> (Option<String>, usize) {
         return (None, count);
     }
     if let Some(v) = whole.filter(|v| !v.is_empty()) {
-        return (Some(v.to_string()), count);
+        return (Some(Cow::Borrowed(v)), count);
     }
     let held = parts.iter().take_while(|p| p.is_some()).count();
     if held == 0 || held != count {
         return (None, count);
     }
-    (Some(parts.iter().flatten().copied().collect()), count)
+    (
+        Some(Cow::Owned(
+            parts
+                .iter()
+                .flatten()
+                .flat_map(|p| p.iter().copied())
+                .collect(),
+        )),
+        count,
+    )
 }
 
 /// The attributes every cookie of the session gets.
@@ -137,24 +157,46 @@ pub fn clear(cookie: &CookieConfig, name: &str, held: usize) -> Vec<HeaderValue>
 }
 
 /// Remove from `headers`' `Cookie` every cookie `owned` says is Portcullis's; a header left
-/// empty is removed. Nothing is rebuilt when none is there (the common case).
-pub fn strip(headers: &mut HeaderMap, owned: impl Fn(&str) -> bool) {
-    if !pairs(headers).any(|(k, _)| owned(k)) {
+/// empty is removed. Nothing is rebuilt when none is there.
+pub fn strip(headers: &mut HeaderMap, owned: impl Fn(&[u8]) -> bool) {
+    let (mut ours, mut theirs) = (false, false);
+    for (k, _) in pairs(headers) {
+        if owned(k) {
+            ours = true;
+        } else {
+            theirs = true;
+        }
+    }
+    if !ours {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| !owned(pair.split_once('=').map_or(*pair, |(k, _)| k.trim())))
-        .map(str::to_string)
-        .collect();
+    let kept: Vec<u8> = if theirs {
+        let mut kept = Vec::new();
+        for pair in headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty())
+        {
+            let name = pair
+                .iter()
+                .position(|b| *b == b'=')
+                .map_or(pair, |eq| pair[..eq].trim_ascii());
+            if !owned(name) {
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b"; ");
+                }
+                kept.extend_from_slice(pair);
+            }
+        }
+        kept
+    } else {
+        Vec::new()
+    };
     headers.remove(http::header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
             headers.insert(http::header::COOKIE, v);
         }
     }
@@ -162,11 +204,11 @@ pub fn strip(headers: &mut HeaderMap, owned: impl Fn(&str) -> bool) {
 
 /// Whether `cookie` is the session cookie `name`, one of its parts, or one of its login
 /// cookies (`NAME-login-…`).
-pub fn is_session_cookie(cookie: &str, name: &str) -> bool {
+pub fn is_session_cookie(cookie: &[u8], name: &str) -> bool {
     part_of(cookie, name).is_some()
         || cookie
-            .strip_prefix(name)
-            .is_some_and(|rest| rest.starts_with("-login-"))
+            .strip_prefix(name.as_bytes())
+            .is_some_and(|rest| rest.starts_with(b"-login-"))
 }
 
 #[cfg(test)]
@@ -198,8 +240,9 @@ mod tests {
             .iter()
             .map(|s| s.split(';').next().unwrap().to_string())
             .collect();
-        let (read_back, parts) = read(&headers(&[&sent.join("; ")]), "s");
-        assert_eq!((read_back.as_deref(), parts), (Some(value.as_str()), 3));
+        let h = headers(&[&sent.join("; ")]);
+        let (read_back, parts) = read(&h, "s");
+        assert_eq!((read_back.as_deref(), parts), (Some(value.as_bytes()), 3));
         for s in &set[1..] {
             assert!(
                 s.contains("; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=60"),
@@ -220,10 +263,10 @@ mod tests {
     fn missing_or_doubled_parts_read_as_nothing() {
         assert_eq!(read(&headers(&["s.1=a; s.3=c"]), "s").0, None);
         assert_eq!(read(&headers(&["s=a", "s=b"]), "s").0, None);
-        assert_eq!(
-            read(&headers(&["other=a; s.1=a; s.2=b"]), "s").0.as_deref(),
-            Some("ab")
-        );
+        let h = headers(&["other=a; s.1=a; s.2=b"]);
+        assert_eq!(read(&h, "s").0.as_deref(), Some(&b"ab"[..]));
+        let h = headers(&["a=1;s=\"q\" ; b=2"]);
+        assert_eq!(read(&h, "s").0.as_deref(), Some(&b"q"[..]));
         assert_eq!(read(&headers(&["sx=a; s.0=b; s.9=c"]), "s").0, None);
         assert!(set(
             &CookieConfig::default(),
@@ -246,7 +289,7 @@ mod tests {
         let mut only = headers(&["sess=x"]);
         strip(&mut only, |k| is_session_cookie(k, "sess"));
         assert!(only.get("cookie").is_none());
-        assert!(!is_session_cookie("session", "sess"));
-        assert!(!is_session_cookie("sess.x", "sess"));
+        assert!(!is_session_cookie(b"session", "sess"));
+        assert!(!is_session_cookie(b"sess.x", "sess"));
     }
 }

@@ -306,7 +306,7 @@ impl Client {
         let login_cookie = self.login_cookie_name(state);
         let (sealed, _) = cookie::read(&req.headers, &login_cookie);
         let login = sealed
-            .and_then(|s| self.sealer.open(&self.purposes.login, s.as_bytes()))
+            .and_then(|s| self.sealer.open(&self.purposes.login, &s))
             .and_then(|json| serde_json::from_slice::<LoginState>(&json).ok())
             .filter(|l| {
                 super::seal::same(l.state.as_bytes(), state.as_bytes())

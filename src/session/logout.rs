@@ -24,7 +24,7 @@ impl Client {
         let (value, held) = cookie::read(&req.headers, self.cookie_name());
         let mut id_token = None;
         if let Some(value) = value {
-            let key = self.shared.key(value.as_bytes());
+            let key = self.shared.key(&value);
             let cached = self.shared.cache.get(key, |l| (l.data.clone(), l.id));
             self.shared.cache.remove(key);
             let found = match self.load(&value).await {

@@ -135,7 +135,7 @@ impl Client {
             return Outcome::None { cookies };
         };
         let shared = &self.shared;
-        let key = shared.key(value.as_bytes());
+        let key = shared.key(&value);
         let now = now();
         let cached = shared.cache.get(key, Arc::clone);
         if let Some(live) = cached
@@ -225,12 +225,12 @@ impl Client {
     /// does not open, an id Redis does not hold), `Err` when Redis cannot be read.
     pub(super) async fn load(
         &self,
-        value: &str,
+        value: &[u8],
     ) -> Result<Option<(SessionData, Option<[u8; 32]>)>, ()> {
         match self.config.store {
             SessionStore::Cookie => Ok(self
                 .sealer
-                .open(&self.purposes.session, value.as_bytes())
+                .open(&self.purposes.session, value)
                 .and_then(|json| serde_json::from_slice(&json).ok())
                 .map(|data| (data, None))),
             SessionStore::Redis => {
