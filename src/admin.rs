@@ -1,7 +1,9 @@
-//! The admin endpoint, on its own listener: `/metrics`, `/healthz`, `/readyz`, `POST /reload`.
+//! The admin endpoint, on its own listener: `/metrics`, `/healthz`, `/readyz`, `POST /reload`,
+//! `POST /revoke`.
 //!
-//! It reads the serving config and the metrics registry and can ask for a reload; it never
-//! serves client traffic and never shows a secret.
+//! It reads the serving config and the metrics registry, can ask for a reload and can revoke
+//! (through the process's [`Revocations`]); it never serves client traffic and never shows a
+//! secret.
 
 use std::sync::Arc;
 
@@ -13,16 +15,97 @@ use serde_json::json;
 
 use crate::generation::Generation;
 use crate::reload::{ReloadError, Reloader};
+use crate::revocation::{Kind, Revocation, Revocations};
 
 /// The admin HTTP app.
 pub struct Admin {
     reloader: Arc<Reloader>,
+    revocations: Arc<Revocations>,
 }
 
 impl Admin {
-    /// Serve admin requests about `reloader`'s config.
-    pub fn new(reloader: Arc<Reloader>) -> Self {
-        Self { reloader }
+    /// Serve admin requests about `reloader`'s config; `POST /revoke` adds to `revocations`.
+    pub fn new(reloader: Arc<Reloader>, revocations: Arc<Revocations>) -> Self {
+        Self {
+            reloader,
+            revocations,
+        }
+    }
+}
+
+/// The largest `POST /revoke` body read; a larger one is refused with 413 unread.
+pub const MAX_REVOKE_BODY: usize = 4096;
+
+/// What `POST /revoke` accepts: exactly one of the fields, a non-empty string.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    sub: Option<String>,
+    sid: Option<String>,
+    jti: Option<String>,
+}
+
+const REVOKE_SHAPE: &str =
+    "the body must be a JSON object with exactly one of `sub`, `sid` or `jti`, a string";
+
+/// The revocation a `POST /revoke` body asks for, or what is wrong with it (a fixed text that
+/// never echoes the body).
+fn parse_revocation(body: &[u8]) -> Result<Revocation, String> {
+    let body: RevokeBody = serde_json::from_slice(body).map_err(|_| REVOKE_SHAPE.to_string())?;
+    let given: Vec<(Kind, String)> = [
+        (Kind::Sub, body.sub),
+        (Kind::Sid, body.sid),
+        (Kind::Jti, body.jti),
+    ]
+    .into_iter()
+    .filter_map(|(kind, value)| value.map(|v| (kind, v)))
+    .collect();
+    let [(kind, value)] =
+        <[(Kind, String); 1]>::try_from(given).map_err(|_| REVOKE_SHAPE.to_string())?;
+    let revocation = Revocation::new(kind, value);
+    revocation
+        .check()
+        .map_err(|e| format!("`{}`: {e}", kind.label()))?;
+    Ok(revocation)
+}
+
+/// Read a request body of at most `max` bytes; `Err` with the answer when it is larger or
+/// cannot be read.
+async fn read_body(session: &mut ServerSession, max: usize) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let too_large = || {
+        json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({ "revoked": false, "error": format!("the body is larger than {max} bytes") }),
+        )
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        // The body stays unread: the connection cannot be reused.
+        session.set_keepalive(None);
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() > max => {
+                session.set_keepalive(None);
+                return Err(too_large());
+            }
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                session.set_keepalive(None);
+                return Err(json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "revoked": false, "error": "the body could not be read" }),
+                ));
+            }
+        }
     }
 }
 
@@ -103,6 +186,37 @@ pub fn readiness(generation: &Generation, verbose: bool) -> (bool, serde_json::V
     (ready, body)
 }
 
+impl Admin {
+    /// `POST /revoke`: applied on this node before the answer, shared with the fleet by the
+    /// revocation sync service.
+    async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_body(session, MAX_REVOKE_BODY).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
+        let revocation = match parse_revocation(&body) {
+            Ok(r) => r,
+            Err(error) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "revoked": false, "error": error }),
+                )
+            }
+        };
+        let kind = revocation.kind();
+        match self.revocations.revoke(revocation) {
+            Ok(at) => json_response(
+                StatusCode::OK,
+                json!({ "revoked": true, "kind": kind.label(), "revoked_at": at }),
+            ),
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                json!({ "revoked": false, "error": format!("`{}`: {e}", kind.label()) }),
+            ),
+        }
+    }
+}
+
 /// Whether a query string asks for `verbose` (`?verbose`, `?verbose=1`, `?verbose=true`).
 fn wants_verbose(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
@@ -117,7 +231,11 @@ impl ServeHttp for Admin {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let verbose = wants_verbose(session.req_header().uri.query());
-        // Admin requests carry no body worth reading; drain it so keep-alive stays correct.
+        if (path.as_str(), &method) == ("/revoke", &Method::POST) {
+            return self.revoke(session).await;
+        }
+        // Other admin requests carry no body worth reading; drain it so keep-alive stays
+        // correct.
         let _ = session.drain_request_body().await;
         match (path.as_str(), method) {
             ("/metrics", Method::GET) => respond(StatusCode::OK, "text/plain; version=0.0.4", {
@@ -163,11 +281,48 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
-            ("/metrics" | "/healthz" | "/readyz" | "/reload", _) => json_response(
+            ("/metrics" | "/healthz" | "/readyz" | "/reload" | "/revoke", _) => json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed"}),
             ),
             _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoke_body_names_exactly_one_id() {
+        let ok = |body: &str| parse_revocation(body.as_bytes()).unwrap();
+        assert_eq!(ok(r#"{"sub":"alice"}"#), Revocation::Sub("alice".into()));
+        assert_eq!(ok(r#"{"sid":"s-1"}"#), Revocation::Sid("s-1".into()));
+        assert_eq!(ok(r#" {"jti": "t:1"} "#), Revocation::Jti("t:1".into()));
+        for bad in [
+            "",
+            "sub=alice",
+            "[]",
+            "\"alice\"",
+            "{}",
+            r#"{"sub":null}"#,
+            r#"{"sub":"a","sid":"b"}"#,
+            r#"{"sub":"a","sub":"b"}"#,
+            r#"{"sub":5}"#,
+            r#"{"user":"alice"}"#,
+            r#"{"sub":"alice","extra":1}"#,
+        ] {
+            let error = parse_revocation(bad.as_bytes()).unwrap_err();
+            assert_eq!(error, REVOKE_SHAPE, "{bad}");
+        }
+        assert_eq!(
+            parse_revocation(br#"{"sub":""}"#).unwrap_err(),
+            "`sub`: the value is empty"
+        );
+        let long = format!(r#"{{"jti":"{}"}}"#, "x".repeat(2000));
+        assert!(parse_revocation(long.as_bytes())
+            .unwrap_err()
+            .contains("longer than"));
     }
 }

@@ -23,6 +23,7 @@ use crate::headers::OwnedHeaders;
 use crate::metrics::RouteMetrics;
 use crate::ratelimit::cluster::ClusterPart;
 use crate::ratelimit::{self, RouteLimits};
+use crate::revocation::RevocationPart;
 use crate::routing::{self, RouteTable};
 use crate::settings::ConnectionLimits;
 use crate::upstream::{self, Pool};
@@ -347,6 +348,8 @@ pub struct Parts {
     pub connections: Arc<ArcSwap<ConnectionLimits>>,
     /// The TLS listeners' certificates, for their handshakes.
     pub listener_certs: Arc<ArcSwap<Vec<Arc<crate::tls::ListenerCert>>>>,
+    /// `cluster.redis` and the revocation bounds, for the revocation list and its sync.
+    pub revocation: Arc<ArcSwap<RevocationPart>>,
 }
 
 impl Parts {
@@ -359,6 +362,9 @@ impl Parts {
             cluster: Arc::new(ArcSwap::from_pointee(generation.cluster_part())),
             connections: Arc::new(ArcSwap::from_pointee(generation.connections)),
             listener_certs: Arc::new(ArcSwap::from_pointee(generation.listener_certs.clone())),
+            revocation: Arc::new(ArcSwap::from_pointee(RevocationPart::of(
+                &generation.config,
+            ))),
         }
     }
 
@@ -372,6 +378,8 @@ impl Parts {
         self.connections.store(Arc::new(generation.connections));
         self.listener_certs
             .store(Arc::new(generation.listener_certs.clone()));
+        self.revocation
+            .store(Arc::new(RevocationPart::of(&generation.config)));
     }
 }
 

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
+pub mod revocation;
 pub mod routing;
 pub mod server;
 pub mod session;

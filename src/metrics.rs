@@ -105,6 +105,25 @@ pub const CONNECTIONS_HEADER_TIMEOUTS_TOTAL: &str = "portcullis_connections_head
 /// connections closed and the proxy went quiet (see `crate::memory`).
 pub const MEMORY_RELEASES_TOTAL: &str = "portcullis_memory_releases_total";
 
+/// `portcullis_session_revocations_total{kind}`: revocations made on this node (`POST /revoke`,
+/// a session logout), by `kind` (`sub`, `sid`, `jti`); every kind from zero.
+pub const SESSION_REVOCATIONS_TOTAL: &str = "portcullis_session_revocations_total";
+/// `portcullis_session_revocation_entries`: revocations held now (made here or on other nodes).
+pub const SESSION_REVOCATION_ENTRIES: &str = "portcullis_session_revocation_entries";
+/// `portcullis_session_revocations_evicted_total`: revocations dropped before
+/// `server.revocation_ttl` because the list was at `server.max_revocations`.
+pub const SESSION_REVOCATIONS_EVICTED_TOTAL: &str = "portcullis_session_revocations_evicted_total";
+/// `portcullis_session_revocations_unpublished`: revocations made here that Redis has not
+/// taken yet (it was unreachable).
+pub const SESSION_REVOCATIONS_UNPUBLISHED: &str = "portcullis_session_revocations_unpublished";
+/// `portcullis_session_revocation_sync_up`: 1 while this node is subscribed to the fleet's
+/// revocations in Redis.
+pub const SESSION_REVOCATION_SYNC_UP: &str = "portcullis_session_revocation_sync_up";
+/// `portcullis_session_revocation_sync_errors_total`: failed attempts to reach Redis for
+/// revocations, and subscriptions lost.
+pub const SESSION_REVOCATION_SYNC_ERRORS_TOTAL: &str =
+    "portcullis_session_revocation_sync_errors_total";
+
 /// The metrics, registered on first use.
 pub struct Metrics {
     /// See [`REQUESTS_TOTAL`].
@@ -185,6 +204,18 @@ pub struct Metrics {
     pub connections_header_timeouts: IntCounter,
     /// See [`MEMORY_RELEASES_TOTAL`].
     pub memory_releases: IntCounter,
+    /// See [`SESSION_REVOCATIONS_TOTAL`], by `kind`.
+    pub session_revocations: IntCounterVec,
+    /// See [`SESSION_REVOCATION_ENTRIES`].
+    pub session_revocation_entries: IntGauge,
+    /// See [`SESSION_REVOCATIONS_EVICTED_TOTAL`].
+    pub session_revocations_evicted: IntCounter,
+    /// See [`SESSION_REVOCATIONS_UNPUBLISHED`].
+    pub session_revocations_unpublished: IntGauge,
+    /// See [`SESSION_REVOCATION_SYNC_UP`].
+    pub session_revocation_sync_up: IntGauge,
+    /// See [`SESSION_REVOCATION_SYNC_ERRORS_TOTAL`].
+    pub session_revocation_sync_errors: IntCounter,
 }
 
 /// Status classes used as the `status_class` label, indexed by `status / 100`.
@@ -223,6 +254,15 @@ impl Metrics {
             &["reason"]
         )
         .expect("register connections refused");
+        let revocations = register_int_counter_vec!(
+            SESSION_REVOCATIONS_TOTAL,
+            "Revocations made on this node, by kind (sub, sid, jti).",
+            &["kind"]
+        )
+        .expect("register session revocations");
+        for kind in ["sub", "sid", "jti"] {
+            revocations.with_label_values(&[kind]);
+        }
         Metrics {
             requests: register_int_counter_vec!(
                 REQUESTS_TOTAL,
@@ -431,6 +471,33 @@ impl Metrics {
                  the proxy went quiet."
             )
             .expect("register memory releases"),
+            session_revocations: revocations,
+            session_revocation_entries: register_int_gauge!(
+                SESSION_REVOCATION_ENTRIES,
+                "Revocations held now, made on this node or on others."
+            )
+            .expect("register revocation entries"),
+            session_revocations_evicted: register_int_counter!(
+                SESSION_REVOCATIONS_EVICTED_TOTAL,
+                "Revocations dropped before server.revocation_ttl because the list was at \
+                 server.max_revocations."
+            )
+            .expect("register revocations evicted"),
+            session_revocations_unpublished: register_int_gauge!(
+                SESSION_REVOCATIONS_UNPUBLISHED,
+                "Revocations made on this node that Redis has not taken yet."
+            )
+            .expect("register revocations unpublished"),
+            session_revocation_sync_up: register_int_gauge!(
+                SESSION_REVOCATION_SYNC_UP,
+                "1 while this node is subscribed to the fleet's revocations in Redis."
+            )
+            .expect("register revocation sync up"),
+            session_revocation_sync_errors: register_int_counter!(
+                SESSION_REVOCATION_SYNC_ERRORS_TOTAL,
+                "Failed attempts to reach Redis for revocations, and subscriptions lost."
+            )
+            .expect("register revocation sync errors"),
         }
     }
 }

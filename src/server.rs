@@ -1,5 +1,7 @@
 //! Assembles and runs the Pingora server: the proxy on its listeners, the admin endpoint,
-//! health checks, DNS refresh and the config watcher, with graceful shutdown.
+//! health checks, DNS refresh, revocation sync and the config watcher, with graceful
+//! shutdown. It owns the process state that outlives every config generation (the
+//! revocation list) and hands it to the services that use it.
 //!
 //! Nothing here handles a request; it wires the parts together once at start.
 
@@ -19,6 +21,8 @@ use crate::admin::Admin;
 use crate::connections::Connections;
 use crate::proxy::{self, Portcullis};
 use crate::reload::{ConfigWatcher, Reloader};
+use crate::revocation::sync::RevocationSync;
+use crate::revocation::Revocations;
 use crate::upstream::{DnsRefresher, HealthSupervisor};
 
 /// The socket buffers of a plain-HTTP client connection. Pingora's default read buffer is
@@ -95,9 +99,15 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
+    // Process state, not config: a reload never replaces it.
+    let revocations = Arc::new(Revocations::new(Arc::clone(&reloader.parts().revocation)));
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Portcullis::new(Arc::clone(&reloader), access_log.clone()),
+        Portcullis::new(
+            Arc::clone(&reloader),
+            access_log.clone(),
+            Arc::clone(&revocations),
+        ),
     );
     proxy.server_options = Some(http_options(config));
     let h2c = config
@@ -141,8 +151,10 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     server.add_service(proxy_service);
 
     if let Some(admin) = &config.admin {
-        let mut admin_service =
-            Service::new("portcullis admin".into(), Admin::new(Arc::clone(&reloader)));
+        let mut admin_service = Service::new(
+            "portcullis admin".into(),
+            Admin::new(Arc::clone(&reloader), Arc::clone(&revocations)),
+        );
         admin_service.add_tcp(&admin.address);
         admin_service.threads = Some(1);
         server.add_service(admin_service);
@@ -175,6 +187,13 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     cluster.threads = Some(1);
     server.add_service(cluster);
+    // Idle (a sweep a second) unless the config has `cluster.redis`.
+    let mut revocation_sync = background_service(
+        "revocation sync",
+        RevocationSync::new(Arc::clone(&revocations)),
+    );
+    revocation_sync.threads = Some(1);
+    server.add_service(revocation_sync);
     install_sighup_handler();
     let mut watcher =
         background_service("config watcher", ConfigWatcher::new(Arc::clone(&reloader)));

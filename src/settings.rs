@@ -64,6 +64,12 @@ pub fn check(config: &Config, issues: &mut Issues<'_>) {
     if config.server.request_header_timeout.0.is_zero() {
         issues.push("server.request_header_timeout", "must be more than 0");
     }
+    if config.server.revocation_ttl.0 < Duration::from_secs(1) {
+        issues.push("server.revocation_ttl", "must be at least 1s");
+    }
+    if config.server.max_revocations == 0 {
+        issues.push("server.max_revocations", "must be at least 1");
+    }
     check_readiness(config, issues);
 }
 

@@ -4,9 +4,21 @@
 //! that set is the [`Projection`], and an [`Identity`] holds the values of just those paths,
 //! by slot. This keeps cached tokens small (millions fit in bounded memory) and makes the
 //! per-request checks index lookups instead of JSON walks.
+//!
+//! Whatever the routes use, an identity also holds what the revocation check needs
+//! ([`crate::revocation`]), so that a token cached before a revocation is refused on its next
+//! request: `sub` is always slot [`SUB_SLOT`] of every projection (routes forward or limit on
+//! it anyway), and `iat`, `sid` and `jti` come before the facts, each only when the token
+//! has it (`iat` in 4 bytes, `sid` and `jti` as 8-byte keyed hashes: their text is never
+//! forwarded, so it is not kept).
 
 use http::HeaderValue;
 use serde_json::{Map, Value};
+
+use crate::revocation::Tag;
+
+/// The slot of `sub` in every projection.
+pub const SUB_SLOT: usize = 0;
 
 /// Something a route requires of a token, decided once when the token is verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +35,21 @@ pub enum Fact {
 }
 
 /// The claim paths and facts the config uses; a path's slot and a fact's bit are their
-/// positions.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// positions. Slot [`SUB_SLOT`] is `sub`, always: the revocation check reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Projection {
     paths: Vec<String>,
     facts: Vec<Fact>,
+}
+
+impl Default for Projection {
+    /// `sub` only.
+    fn default() -> Self {
+        Projection {
+            paths: vec!["sub".to_string()],
+            facts: Vec::new(),
+        }
+    }
 }
 
 impl Projection {
@@ -102,16 +124,37 @@ struct Head {
 
 /// A verified token, reduced to what the config needs, in one allocation behind a thin
 /// reference-counted pointer: cloning it is one atomic increment, and a cached token costs
-/// its 24-byte table slot plus this (64 bytes for a short `sub` and a few facts).
+/// its 24-byte table slot plus this (72 bytes for a short `sub`, `iat` and a few facts).
 ///
 /// After the fixed part comes the packed data: the number of projection slots and of fact
-/// bytes (`u16` each, little-endian); the fact bits; per slot the end offset of its value
-/// (`u16`, `NONE` when the token lacks it); the values' text.
+/// bytes (`u16` each, little-endian); a byte saying which of `iat`, `sid` and `jti` follow
+/// ([`HAS_IAT`], [`HAS_SID`], [`HAS_JTI`]), then those that do (`iat` as `u32`, the others as
+/// their [`Tag`], `u64`); the fact bits; per slot the end offset of its value (`u16`, `NONE`
+/// when the token lacks it); the values' text.
 #[derive(Debug, Clone)]
 pub struct Identity(triomphe::ThinArc<Head, u8>);
 
 /// End offset of a slot the token does not have.
 const NONE: u16 = u16::MAX;
+
+/// The token has `iat` (a `u32` of seconds follows the flags byte).
+const HAS_IAT: u8 = 1;
+/// The token has `sid` (its [`Tag`] follows, after `iat`).
+const HAS_SID: u8 = 2;
+/// The token has `jti` (its [`Tag`] follows, after `sid`).
+const HAS_JTI: u8 = 4;
+/// Where the flags byte is.
+const FLAGS_AT: usize = 4;
+
+/// A claim that identifies (`sid`, `jti`) as text: a string as it is, a number or a boolean
+/// as its JSON text (as a projected claim reads); anything else counts as absent.
+fn id_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    match claims.get(name)? {
+        Value::String(s) => Some(s.as_str().into()),
+        v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string().into()),
+        _ => None,
+    }
+}
 
 /// Find `path` in `claims`: a top-level key of that exact name first, then a walk through
 /// nested objects by `.`.
@@ -208,10 +251,38 @@ impl Identity {
         }
         let slots = u16::try_from(values.len()).unwrap_or(u16::MAX);
         let fact_count = u16::try_from(fact_bytes).unwrap_or(u16::MAX);
+        // A fractional `iat` counts from its whole second; past 2106, as late as u32 goes.
+        let iat = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .filter(|t| *t >= 0.0)
+            .map(|t| t.min(f64::from(u32::MAX)) as u32);
+        let sid = id_claim(claims, "sid").map(|v| Tag::of(&v));
+        let jti = id_claim(claims, "jti").map(|v| Tag::of(&v));
+        let flags = [
+            (iat.is_some(), HAS_IAT),
+            (sid.is_some(), HAS_SID),
+            (jti.is_some(), HAS_JTI),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .fold(0u8, |f, (_, bit)| f | bit);
+        let ids = iat
+            .map(|t| t.to_le_bytes().to_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(
+                [sid, jti]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|t| t.to_bits().to_le_bytes()),
+            );
         let data = slots
             .to_le_bytes()
             .into_iter()
             .chain(fact_count.to_le_bytes())
+            .chain([flags])
+            .chain(ids)
             .chain(facts)
             .chain(ends.iter().flat_map(|e| e.to_le_bytes()))
             .chain(text.bytes())
@@ -267,13 +338,58 @@ impl Identity {
         &self.0.slice
     }
 
+    fn flags(&self) -> u8 {
+        self.data().get(FLAGS_AT).copied().unwrap_or(0)
+    }
+
+    /// Where the `iat`, `sid` and `jti` that the flags say follow would start.
+    fn id_offsets(flags: u8) -> (usize, usize, usize) {
+        let iat = FLAGS_AT + 1;
+        let sid = iat + if flags & HAS_IAT != 0 { 4 } else { 0 };
+        let jti = sid + if flags & HAS_SID != 0 { 8 } else { 0 };
+        (iat, sid, jti)
+    }
+
     /// (slots, where the fact bits start, where the ends start, where the text starts).
     fn layout(&self) -> (usize, usize, usize, usize) {
         let data = self.data();
         let slots = usize::from(read_u16(data, 0).unwrap_or(0));
         let fact_bytes = usize::from(read_u16(data, 2).unwrap_or(0));
-        let ends = 4 + fact_bytes;
-        (slots, 4, ends, ends + 2 * slots)
+        let flags = self.flags();
+        let (_, _, jti) = Self::id_offsets(flags);
+        let facts = jti + if flags & HAS_JTI != 0 { 8 } else { 0 };
+        let ends = facts + fact_bytes;
+        (slots, facts, ends, ends + 2 * slots)
+    }
+
+    /// Its `iat` in seconds since the epoch, if it has one.
+    pub fn issued_at(&self) -> Option<u64> {
+        if self.flags() & HAS_IAT == 0 {
+            return None;
+        }
+        let (at, _, _) = Self::id_offsets(self.flags());
+        let bytes = self.data().get(at..at + 4)?;
+        Some(u64::from(u32::from_le_bytes(bytes.try_into().ok()?)))
+    }
+
+    fn tag_at(&self, bit: u8, at: usize) -> Option<Tag> {
+        if self.flags() & bit == 0 {
+            return None;
+        }
+        let bytes = self.data().get(at..at + 8)?;
+        Tag::from_bits(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+
+    /// Its `sid`, hashed, if it has one.
+    pub fn sid_tag(&self) -> Option<Tag> {
+        let (_, at, _) = Self::id_offsets(self.flags());
+        self.tag_at(HAS_SID, at)
+    }
+
+    /// Its `jti`, hashed, if it has one.
+    pub fn jti_tag(&self) -> Option<Tag> {
+        let (_, _, at) = Self::id_offsets(self.flags());
+        self.tag_at(HAS_JTI, at)
     }
 
     fn end(&self, slot: usize) -> Option<usize> {
@@ -397,6 +513,58 @@ mod tests {
         let bare = Identity::project(claims.as_object().unwrap(), &Projection::default(), 1, 2, 3);
         assert_eq!(bare.claim(0), None);
         assert!(bare.holds(&Facts::default()));
+    }
+
+    #[test]
+    fn holds_iat_sid_and_jti_when_the_token_has_them() {
+        let mut p = Projection::default();
+        let org = p.slot_for("org");
+        let read = p.fact_for(Fact::Scope("read".into()));
+        let full = json!({"sub": "alice", "iat": 1_700_000_000.7, "sid": "s-1", "jti": 42,
+                          "org": "acme", "scope": "read"});
+        let id = Identity::project(full.as_object().unwrap(), &p, 1, 2, 3);
+        assert_eq!(id.claim(SUB_SLOT), Some("alice"));
+        assert_eq!(id.issued_at(), Some(1_700_000_000));
+        assert_eq!(id.sid_tag(), Some(Tag::of("s-1")));
+        assert_eq!(id.jti_tag(), Some(Tag::of("42")), "a number as its text");
+        assert_eq!(id.claim(org), Some("acme"));
+        assert!(id.holds(&Facts::of([read])));
+        // Each absent one leaves the others where they are.
+        for (claims, iat, sid, jti) in [
+            (json!({"org": "acme", "scope": "read"}), None, None, None),
+            (
+                json!({"jti": "j", "org": "acme", "scope": "read"}),
+                None,
+                None,
+                Some("j"),
+            ),
+            (
+                json!({"iat": 5, "jti": "j", "org": "acme", "scope": "read"}),
+                Some(5),
+                None,
+                Some("j"),
+            ),
+            (
+                json!({"sid": "s", "org": "acme", "scope": "read", "iat": -1}),
+                None,
+                Some("s"),
+                None,
+            ),
+            (
+                json!({"sid": ["s"], "jti": null, "org": "acme", "scope": "read"}),
+                None,
+                None,
+                None,
+            ),
+        ] {
+            let id = Identity::project(claims.as_object().unwrap(), &p, 1, 2, 3);
+            assert_eq!(id.issued_at(), iat, "{claims}");
+            assert_eq!(id.sid_tag(), sid.map(Tag::of), "{claims}");
+            assert_eq!(id.jti_tag(), jti.map(Tag::of), "{claims}");
+            assert_eq!(id.claim(SUB_SLOT), None, "{claims}");
+            assert_eq!(id.claim(org), Some("acme"), "{claims}");
+            assert!(id.holds(&Facts::of([read])), "{claims}");
+        }
     }
 
     #[test]

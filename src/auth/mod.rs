@@ -26,6 +26,8 @@ pub use introspect::Introspector;
 pub use issuer::{Endpoints, Issuer, KeyRefresher, KeySource};
 use token::TokenSource;
 
+use crate::revocation::{Kind, Revocations, Tag};
+
 /// Declares [`TokenFault`]: each variant with its label and its message in one line, so
 /// that a label cannot drift from the variant it names.
 macro_rules! token_faults {
@@ -88,6 +90,8 @@ token_faults! {
     /// The issuer's introspection endpoint says the (opaque) token is not active: expired,
     /// revoked, unknown, or not an access token.
     Inactive => "inactive", "the token is not active";
+    /// Its `sub`, `sid` or `jti` was revoked after it was issued ([`crate::revocation`]).
+    Revoked => "revoked", "the token has been revoked";
 }
 
 /// Why a request was not let through.
@@ -281,14 +285,15 @@ impl Auth {
         &self,
         policy: &Policy,
         req: &pingora::http::RequestHeader,
+        revocations: &Revocations,
     ) -> Result<Identity, AuthError> {
         let token = token::extract(req, &policy.sources)?;
         if let Some(introspector) = &policy.introspector {
             if !token::looks_like_jwt(token) {
-                return introspect(policy, introspector, req, token).await;
+                return introspect(policy, introspector, req, token, revocations).await;
             }
         }
-        let key = match self.check_cached(policy, token) {
+        let key = match self.check_cached(policy, token, revocations) {
             Cached::Hit(result) => return result,
             Cached::Miss(key) => key,
         };
@@ -305,14 +310,19 @@ impl Auth {
             });
         };
         let identity = token::verify(token, &policy.issuers, &self.projection).await?;
+        // Cached even when revoked: its next use is refused without a signature check.
         let identity = self.cache.insert(key, identity);
+        if revoked(revocations, &identity) {
+            return Err(REVOKED);
+        }
         policy.permits(&identity)?;
         Ok(identity)
     }
 
-    /// The fast path: a token verified before, still signed by a key in its issuer's set.
-    /// No signature check, no parsing, no allocation.
-    pub fn check_cached(&self, policy: &Policy, token: &[u8]) -> Cached {
+    /// The fast path: a token verified before, still signed by a key in its issuer's set,
+    /// and not revoked since (one atomic load while nothing is revoked). No signature check,
+    /// no parsing, no allocation.
+    pub fn check_cached(&self, policy: &Policy, token: &[u8], revocations: &Revocations) -> Cached {
         if token.len() > token::MAX_TOKEN_BYTES {
             return Cached::Hit(Err(AuthError::InvalidToken(TokenFault::TooLarge)));
         }
@@ -324,6 +334,9 @@ impl Auth {
                 .find(|i| i.id == u64::from(identity.issuer_id()))
             {
                 Some(issuer) if issuer.has_key(identity.key_fingerprint()) => {
+                    if revoked(revocations, &identity) {
+                        return Cached::Hit(Err(REVOKED));
+                    }
                     return Cached::Hit(policy.permits(&identity).map(|()| identity));
                 }
                 // Its key left the set: forget it and verify again (which will fail).
@@ -342,6 +355,7 @@ async fn introspect(
     introspector: &Introspector,
     req: &pingora::http::RequestHeader,
     token: &[u8],
+    revocations: &Revocations,
 ) -> Result<Identity, AuthError> {
     if token.len() > token::MAX_TOKEN_BYTES {
         return Err(AuthError::InvalidToken(TokenFault::TooLarge));
@@ -357,8 +371,24 @@ async fn introspect(
         });
     };
     let identity = introspector.check(token).await?;
+    if revoked(revocations, &identity) {
+        return Err(REVOKED);
+    }
     policy.permits(&identity)?;
     Ok(identity)
+}
+
+const REVOKED: AuthError = AuthError::InvalidToken(TokenFault::Revoked);
+
+/// Whether `identity`'s `sub`, `sid` or `jti` was revoked after it was issued. One atomic
+/// load while nothing is revoked.
+#[inline]
+fn revoked(revocations: &Revocations, identity: &Identity) -> bool {
+    revocations.refuses_with(identity.issued_at(), |kind| match kind {
+        Kind::Sub => identity.claim(identity::SUB_SLOT).map(Tag::of),
+        Kind::Sid => identity.sid_tag(),
+        Kind::Jti => identity.jti_tag(),
+    })
 }
 
 /// The outcome of [`Auth::check_cached`].

@@ -22,6 +22,7 @@ const ISS: &str = "https://id.example.com/";
 
 struct Setup {
     generation: Generation,
+    revocations: crate::revocation::Revocations,
     _dir: tempfile::TempDir,
 }
 
@@ -58,6 +59,7 @@ routes:
     let generation = Generation::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     Setup {
         generation,
+        revocations: Default::default(),
         _dir: dir,
     }
 }
@@ -91,7 +93,7 @@ async fn check(s: &Setup, token: &str) -> Result<super::Identity, AuthError> {
         .unwrap();
     s.generation
         .auth
-        .authenticate(route.policy.as_ref().unwrap(), &req)
+        .authenticate(route.policy.as_ref().unwrap(), &req, &s.revocations)
         .await
 }
 
@@ -143,6 +145,7 @@ routes:
 ";
     let s = Setup {
         generation: Generation::from_yaml(yaml).unwrap(),
+        revocations: Default::default(),
         _dir: dir,
     };
     let now = super::cache::unix_now();
@@ -198,6 +201,7 @@ routes:
 ";
     let s = Setup {
         generation: Generation::from_yaml(yaml).unwrap(),
+        revocations: Default::default(),
         _dir: tempfile::tempdir().unwrap(),
     };
     let now = super::cache::unix_now();
@@ -430,6 +434,49 @@ async fn a_repeated_token_is_served_from_the_cache() {
     // A tampered copy is a different token and is verified (and refused).
     let tampered = format!("{}x", &token[..token.len() - 1]);
     assert!(check(&s, &tampered).await.is_err());
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_cached_or_not_and_one_issued_after_passes() {
+    use crate::revocation::Revocation;
+    const REVOKED: AuthError = AuthError::InvalidToken(super::TokenFault::Revoked);
+    let s = setup(all_keys(), "", ANY);
+    let now = super::cache::unix_now();
+    let token = |extra: Value| mint(RSA, &claims(extra), None, Some("rsa")).unwrap();
+    let cached = token(json!({"iat": now - 10, "jti": "t-1"}));
+    check(&s, &cached).await.unwrap();
+    let at = s
+        .revocations
+        .revoke(Revocation::Sub("alice".into()))
+        .unwrap();
+    assert_eq!(
+        check(&s, &cached).await.unwrap_err(),
+        REVOKED,
+        "from the cache"
+    );
+    let unseen = token(json!({"iat": now - 5, "jti": "t-2"}));
+    assert_eq!(check(&s, &unseen).await.unwrap_err(), REVOKED, "verified");
+    assert_eq!(
+        check(&s, &unseen).await.unwrap_err(),
+        REVOKED,
+        "then cached"
+    );
+    let no_iat = token(json!({"iat": null, "jti": "t-3"}));
+    assert_eq!(check(&s, &no_iat).await.unwrap_err(), REVOKED);
+    // Logged in again after the revocation: passes; so does another user.
+    check(&s, &token(json!({"iat": at + 1}))).await.unwrap();
+    check(&s, &token(json!({"sub": "bob", "iat": now - 10})))
+        .await
+        .unwrap();
+    // By session and by token id, numbers as their text.
+    let of_session = token(json!({"sub": "carol", "sid": "s-1", "iat": now - 10}));
+    let by_id = token(json!({"sub": "dave", "jti": 42, "iat": now - 10}));
+    check(&s, &of_session).await.unwrap();
+    check(&s, &by_id).await.unwrap();
+    s.revocations.revoke(Revocation::Sid("s-1".into())).unwrap();
+    s.revocations.revoke(Revocation::Jti("42".into())).unwrap();
+    assert_eq!(check(&s, &of_session).await.unwrap_err(), REVOKED);
+    assert_eq!(check(&s, &by_id).await.unwrap_err(), REVOKED);
 }
 
 #[test]

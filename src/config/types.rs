@@ -93,6 +93,13 @@ pub struct ServerConfig {
     /// Where host-name targets are looked up; default: the system's resolver settings.
     #[serde(default)]
     pub dns: super::DnsConfig,
+    /// How long a revocation (`POST /revoke`, a session logout) is held, here and in Redis:
+    /// longer than any token or session issued before it lives.
+    #[serde(default = "default_revocation_ttl")]
+    pub revocation_ttl: Dur,
+    /// Most revocations held; at the cap a new one evicts the oldest.
+    #[serde(default = "default_max_revocations")]
+    pub max_revocations: usize,
 }
 
 /// What happens to client request headers whose names contain `_`
@@ -135,8 +142,20 @@ impl Default for ServerConfig {
             keepalive_timeout: default_keepalive_timeout(),
             request_header_timeout: default_request_header_timeout(),
             dns: super::DnsConfig::default(),
+            revocation_ttl: default_revocation_ttl(),
+            max_revocations: default_max_revocations(),
         }
     }
+}
+
+/// A day: longer than access tokens and most sessions live.
+fn default_revocation_ttl() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+
+/// About 100 bytes each: 10 MB at the cap.
+fn default_max_revocations() -> usize {
+    100_000
 }
 
 /// Pingora's own keep-alive default.

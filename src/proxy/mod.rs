@@ -34,6 +34,7 @@ use crate::headers;
 use crate::ratelimit::concurrency::Permit;
 use crate::ratelimit::{Limiter, Tightest};
 use crate::reload::Reloader;
+use crate::revocation::Revocations;
 use crate::routing;
 pub use rescue::Refusal;
 
@@ -41,14 +42,21 @@ pub use rescue::Refusal;
 pub struct Portcullis {
     reloader: Arc<Reloader>,
     access_log: AccessLog,
+    /// The process's revocation list (kept across reloads, shared with the admin endpoint).
+    revocations: Arc<Revocations>,
 }
 
 impl Portcullis {
-    /// A proxy serving whatever config `reloader` holds.
-    pub fn new(reloader: Arc<Reloader>, access_log: AccessLog) -> Self {
+    /// A proxy serving whatever config `reloader` holds, refusing what `revocations` holds.
+    pub fn new(
+        reloader: Arc<Reloader>,
+        access_log: AccessLog,
+        revocations: Arc<Revocations>,
+    ) -> Self {
         Self {
             reloader,
             access_log,
+            revocations,
         }
     }
 }
@@ -227,9 +235,25 @@ impl Portcullis {
                     if policy.issuers.is_empty()
                         || crate::auth::token::extract(req, &policy.sources).is_err() =>
                 {
-                    browser::authenticate(client, policy, session, ctx, &|_| false).await
+                    // A session of a revoked user or provider session, created before the
+                    // revocation, is ended.
+                    let revocations = &self.revocations;
+                    let revoked = |data: &crate::session::SessionData| {
+                        revocations.refuses(
+                            Some(&data.sub),
+                            data.sid.as_deref(),
+                            None,
+                            Some(data.created),
+                        )
+                    };
+                    browser::authenticate(client, policy, session, ctx, &revoked).await
                 }
-                _ => generation.auth.authenticate(policy, req).await,
+                _ => {
+                    generation
+                        .auth
+                        .authenticate(policy, req, &self.revocations)
+                        .await
+                }
             };
             route
                 .metrics
@@ -343,7 +367,20 @@ impl ProxyHttp for Portcullis {
                 .get_all("x-forwarded-for")
                 .iter(),
         );
-        if let Some(reply) = browser::endpoint(session, ctx, &|_| {}).await {
+        // A verified back-channel logout ends that provider session (`sid`) or, without one,
+        // every session and token of the user (`sub`), on every node.
+        let revocations = &self.revocations;
+        let logout = |of: &crate::session::logout::LogoutOf| {
+            let revocation = match (&of.sid, &of.sub) {
+                (Some(sid), _) => crate::revocation::Revocation::Sid(sid.clone()),
+                (None, Some(sub)) => crate::revocation::Revocation::Sub(sub.clone()),
+                (None, None) => return,
+            };
+            if let Err(e) = revocations.revoke(revocation) {
+                tracing::warn!(session = %of.session, error = %e, "back-channel logout not applied");
+            }
+        };
+        if let Some(reply) = browser::endpoint(session, ctx, &logout).await {
             browser::send(session, reply, &ctx.request_id).await;
             return Ok(true);
         }

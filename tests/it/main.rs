@@ -22,6 +22,7 @@ mod outliers;
 mod ratelimit;
 mod reload;
 mod retries;
+mod revoke;
 mod routing;
 mod sessions;
 mod targets;
