@@ -631,3 +631,41 @@ async fn chromium_logs_in_and_lands_on_the_page() {
     assert!(dom.contains(r#"["x-user-id","alice"]"#), "{dom}");
     assert!(dom.contains("/app/welcome"), "{dom}");
 }
+
+/// A revocation of the user (`POST /revoke`) ends the sessions created before it, on their
+/// next request, cached in the process or not; a login after it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_user_loses_the_session_and_logs_in_again() {
+    let s = setup(Opts::default()).await;
+    let node = &s.nodes[0];
+    let browser = Browser::new();
+    login(&browser, node, "/app/").await;
+    assert_eq!(xhr(&browser, &node.url("/app/x")).await.0, 200);
+    let resp = crate::support::client()
+        .post(node.admin_url("/revoke"))
+        .body(r#"{"sub":"alice"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let at = resp.json::<Value>().await.unwrap()["revoked_at"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        xhr(&browser, &node.url("/app/x")).await.0,
+        401,
+        "the session was created before the revocation"
+    );
+    // A session created in the revocation's own second would count as before it.
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        <= at
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let echo = login(&browser, node, "/app/").await;
+    assert_eq!(header(&echo, "x-user-id").as_deref(), Some("alice"));
+    assert_eq!(xhr(&browser, &node.url("/app/x")).await.0, 200);
+}
