@@ -47,7 +47,7 @@ pub(super) async fn endpoint(
             return Some(client.callback(session.req_header()).await);
         }
         if path == client.config.logout_path {
-            return Some(client.logout(session.req_header(), https).await);
+            return Some(client.logout(session.req_header(), https, logout).await);
         }
     }
     None

@@ -367,8 +367,9 @@ impl ProxyHttp for Portcullis {
                 .get_all("x-forwarded-for")
                 .iter(),
         );
-        // A verified back-channel logout ends that provider session (`sid`) or, without one,
-        // every session and token of the user (`sub`), on every node.
+        // A logout (the user's, or a verified back-channel one) ends that provider session
+        // (`sid`) or, for a back-channel logout without one, every session and token of the
+        // user (`sub`), on every node.
         let revocations = &self.revocations;
         let logout = |of: &crate::session::logout::LogoutOf| {
             let revocation = match (&of.sid, &of.sub) {

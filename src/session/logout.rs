@@ -20,7 +20,14 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 impl Client {
     /// End this request's session: store, cookies, the refresh token at the provider; then
     /// send the browser to the provider's end-session endpoint (or `post_logout_redirect`).
-    pub async fn logout(&self, req: &RequestHeader, https: bool) -> Reply {
+    /// `ended` is told the provider session (`sid`) of the session it ended, so that it can be
+    /// revoked on every node (a copy of the cookie, another node's cached session).
+    pub async fn logout(
+        &self,
+        req: &RequestHeader,
+        https: bool,
+        ended: &(dyn Fn(&LogoutOf) + Sync),
+    ) -> Reply {
         let (value, held) = cookie::read(&req.headers, self.cookie_name());
         let mut id_token = None;
         if let Some(value) = value {
@@ -33,6 +40,14 @@ impl Client {
             };
             if let Some((data, id)) = found {
                 self.forget(&data, id).await;
+                if data.sid.is_some() {
+                    // Only this provider session: the user's other devices stay logged in.
+                    ended(&LogoutOf {
+                        session: self.name().to_string(),
+                        sub: None,
+                        sid: data.sid.clone(),
+                    });
+                }
                 if let Some(refresh) = &data.refresh_token {
                     self.revoke(refresh).await;
                 }

@@ -669,3 +669,33 @@ async fn a_revoked_user_loses_the_session_and_logs_in_again() {
     assert_eq!(header(&echo, "x-user-id").as_deref(), Some("alice"));
     assert_eq!(xhr(&browser, &node.url("/app/x")).await.0, 200);
 }
+
+/// A logout revokes the session's provider session (`sid`): a copy of the cookie kept from
+/// before is refused afterwards, even with the cookie store (where the cookie is the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_revokes_its_provider_session_so_a_kept_cookie_is_refused() {
+    let s = setup(Opts::default()).await;
+    let node = &s.nodes[0];
+    let browser = Browser::new();
+    login(&browser, node, "/app/").await;
+    let kept: Vec<String> = browser
+        .cookies(&node.url("/app/x"))
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    assert!(!kept.is_empty());
+    let with_kept = || async {
+        crate::support::client()
+            .get(node.url("/app/x"))
+            .header("cookie", kept.join("; "))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(with_kept().await, 200, "the copy works before the logout");
+    let _ = browser.get(&node.url("/.portcullis/logout")).await;
+    assert_eq!(with_kept().await, 401, "the copy is refused after it");
+}
