@@ -144,3 +144,34 @@ pub(super) async fn send(session: &mut Session, reply: Reply, request_id: &http:
         tracing::debug!(error = %e, "could not send a session response");
     }
 }
+
+/// Whether a session was revoked after it was created: by its user (`sub`) or its provider
+/// session (`sid`); its creation (the login) counts as its issue time.
+pub(super) fn revoked(
+    revocations: &crate::revocation::Revocations,
+    data: &crate::session::SessionData,
+) -> bool {
+    revocations.refuses(
+        Some(&data.sub),
+        data.sid.as_deref(),
+        None,
+        Some(data.created),
+    )
+}
+
+/// Revoke what a logout ended, on every node: its provider session (`sid`), or, for a
+/// back-channel logout that names only a user, every session and token of that user (`sub`).
+pub(super) fn revoke(
+    revocations: &crate::revocation::Revocations,
+    of: &crate::session::logout::LogoutOf,
+) {
+    use crate::revocation::Revocation;
+    let revocation = match (&of.sid, &of.sub) {
+        (Some(sid), _) => Revocation::Sid(sid.clone()),
+        (None, Some(sub)) => Revocation::Sub(sub.clone()),
+        (None, None) => return,
+    };
+    if let Err(e) = revocations.revoke(revocation) {
+        tracing::warn!(session = %of.session, error = %e, "logout not revoked");
+    }
+}

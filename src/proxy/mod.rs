@@ -237,15 +237,7 @@ impl Portcullis {
                 {
                     // A session of a revoked user or provider session, created before the
                     // revocation, is ended.
-                    let revocations = &self.revocations;
-                    let revoked = |data: &crate::session::SessionData| {
-                        revocations.refuses(
-                            Some(&data.sub),
-                            data.sid.as_deref(),
-                            None,
-                            Some(data.created),
-                        )
-                    };
+                    let revoked = |data: &_| browser::revoked(&self.revocations, data);
                     browser::authenticate(client, policy, session, ctx, &revoked).await
                 }
                 _ => {
@@ -367,20 +359,8 @@ impl ProxyHttp for Portcullis {
                 .get_all("x-forwarded-for")
                 .iter(),
         );
-        // A logout (the user's, or a verified back-channel one) ends that provider session
-        // (`sid`) or, for a back-channel logout without one, every session and token of the
-        // user (`sub`), on every node.
-        let revocations = &self.revocations;
-        let logout = |of: &crate::session::logout::LogoutOf| {
-            let revocation = match (&of.sid, &of.sub) {
-                (Some(sid), _) => crate::revocation::Revocation::Sid(sid.clone()),
-                (None, Some(sub)) => crate::revocation::Revocation::Sub(sub.clone()),
-                (None, None) => return,
-            };
-            if let Err(e) = revocations.revoke(revocation) {
-                tracing::warn!(session = %of.session, error = %e, "back-channel logout not applied");
-            }
-        };
+        // A logout (the user's, or a verified back-channel one) is revoked on every node.
+        let logout = |of: &_| browser::revoke(&self.revocations, of);
         if let Some(reply) = browser::endpoint(session, ctx, &logout).await {
             browser::send(session, reply, &ctx.request_id).await;
             return Ok(true);
