@@ -133,6 +133,8 @@ pub async fn check_logout_token(clients: &[Arc<Client>], body: &[u8]) -> Result<
         if !has_event || claims.contains_key("nonce") || (sub.is_none() && sid.is_none()) {
             return Err(bad());
         }
+        SessionMetrics::count(&SESSION_METRICS.logouts, client.name(), "backchannel");
+        tracing::info!(session = %client.name(), "back-channel logout");
         return Ok(LogoutOf {
             session: client.name().to_string(),
             sub,

@@ -11,7 +11,7 @@ use crate::support::browser::Browser;
 use crate::support::oidc::{decode_jwt, Provider};
 use crate::support::redis::Redis;
 use crate::support::upstream::{Echo, Upstream};
-use crate::support::{eventually, free_port, Proxy};
+use crate::support::{client, eventually, free_port, Proxy};
 
 /// The cookie key every node of a test shares (32 bytes, base64).
 const KEYS: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -698,4 +698,101 @@ async fn a_logout_revokes_its_provider_session_so_a_kept_cookie_is_refused() {
     assert_eq!(with_kept().await, 200, "the copy works before the logout");
     let _ = browser.get(&node.url("/.portcullis/logout")).await;
     assert_eq!(with_kept().await, 401, "the copy is refused after it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_ends_the_session_and_goes_to_end_session() {
+    let s = setup(Opts {
+        store: Store::Redis,
+        nodes: 2,
+        ..Opts::default()
+    })
+    .await;
+    let browser = Browser::new();
+    login(&browser, &s.nodes[0], "/app/").await;
+    // The other node holds the session in its process too.
+    assert_eq!(xhr(&browser, &s.nodes[1].url("/app/")).await.0, 200);
+    let stale = browser.cookie(&s.nodes[0].url("/"), COOKIE).unwrap();
+    let hops = browser.follow(&s.nodes[0].url("/.portcullis/logout")).await;
+    let first = &hops[0];
+    assert_eq!(first.status, 302);
+    let end = first.location.as_ref().unwrap().as_str();
+    assert!(
+        end.starts_with(s.provider.issuer()) && end.contains("id_token_hint="),
+        "{end}"
+    );
+    assert!(first.set_cookie(COOKIE).unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        hops.last().unwrap().url.path(),
+        "/bye",
+        "{}",
+        crate::support::browser::describe(&hops)
+    );
+    let stats = s.provider.stats().await;
+    assert_eq!(stats.revocations, 1, "{stats:?}");
+    // The old cookie, replayed, works on neither node.
+    for node in &s.nodes {
+        let url = node.url("/app/");
+        eventually("the session to end", Duration::from_secs(5), || async {
+            let status = client()
+                .get(&url)
+                .header("accept", "application/json")
+                .header("cookie", format!("{COOKIE}={stale}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .status();
+            if status == 401 {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_back_channel_logout_ends_the_session_on_every_node() {
+    let s = setup(Opts {
+        nodes: 2,
+        ..Opts::default()
+    })
+    .await;
+    let browser = Browser::new();
+    login(&browser, &s.nodes[0], "/app/").await;
+    assert_eq!(xhr(&browser, &s.nodes[1].url("/app/")).await.0, 200);
+    // A logout token for the user (`sub`); the provider adds no `sid` it does not know.
+    let sent = s
+        .provider
+        .trigger_backchannel("portcullis", "alice", None)
+        .await;
+    assert!(sent.ok, "{sent:?}");
+    for node in &s.nodes {
+        let url = node.url("/app/");
+        eventually("the session to end", Duration::from_secs(5), || async {
+            match xhr(&browser, &url).await.0 {
+                401 => Ok(()),
+                other => Err(other.to_string()),
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        s.nodes[0]
+            .metric(
+                "portcullis_session_logouts_total",
+                &[("session", "web"), ("kind", "backchannel")]
+            )
+            .await,
+        1.0
+    );
+    // Garbage is refused.
+    let resp = client()
+        .post(s.nodes[0].url("/.portcullis/backchannel-logout"))
+        .form(&[("logout_token", "not.a.token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
 }
