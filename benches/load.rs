@@ -20,6 +20,13 @@
 //! `LOAD_OUT` (another report folder), `LOAD_MEMORY_TABLE` (a file holding the output of
 //! `cargo bench --bench memory`, embedded in the report; `make bench` sets it).
 //!
+//! The session cases (`session-cookie`, `session-redis`) run on Portcullis alone: a route
+//! with `auth: { session: web, forward_access_token: true }`, every request carrying one
+//! session's cookie that the bench seals itself as a login would (for the Redis store it also
+//! starts a `redis-server` and writes the record). Every Portcullis run's metrics are read
+//! after it: a request not answered 2xx by the upstream, or in a session case not served by the
+//! session, fails the run.
+//!
 //! The idle-connections case (id `idle`, so `LOAD_CASES=idle` runs it alone) opens
 //! `LOAD_IDLE_CONNS` (2,000) keep-alive connections that each made one request, and reads the
 //! proxy's resident memory before, with them open, and `LOAD_IDLE_SETTLE` (60) seconds after
@@ -125,6 +132,8 @@ struct Tools {
     upstream: PathBuf,
     wrk: PathBuf,
     haproxy: Option<PathBuf>,
+    /// For the `session-redis` case.
+    redis_server: Option<PathBuf>,
     /// CPU lists for the proxy and for wrk + upstream, when `taskset` and two CPUs exist.
     pin: Option<(&'static str, &'static str)>,
     clk_tck: f64,
@@ -182,6 +191,15 @@ fn tools(s: &Settings, failures: &mut Vec<String>) -> Option<Tools> {
         ),
         _ => {}
     }
+    let redis_server = find_program("redis-server");
+    match (&redis_server, s.ci) {
+        (None, true) => failures.push(missing("redis-server", "the session-redis case")),
+        (None, false) => eprintln!(
+            "load: {}: the session-redis case left out (set CI to make this a failure)",
+            missing("redis-server", "the session-redis case")
+        ),
+        _ => {}
+    }
     if !failures.is_empty() {
         return None;
     }
@@ -200,6 +218,7 @@ fn tools(s: &Settings, failures: &mut Vec<String>) -> Option<Tools> {
         upstream,
         wrk,
         haproxy,
+        redis_server,
         pin,
         clk_tck,
     })
@@ -315,6 +334,25 @@ struct Case {
     connections: u32,
     /// How the proxies reach the upstream.
     wire: Wire,
+    /// A browser-session route instead of a token one: every request carries the session
+    /// cookie of this store. Portcullis only (the others have no sessions).
+    session: Option<Store>,
+}
+
+/// Where the session of a session case lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// Sealed into the cookie (`store: cookie`).
+    Cookie,
+    /// In a real `redis-server` the bench starts (`store: redis`); the cookie holds its id.
+    Redis,
+}
+
+impl Case {
+    /// Whether `system` runs this case: a session case is Portcullis's alone.
+    fn runs_on(&self, system: System) -> bool {
+        self.session.is_none() || system == System::Portcullis
+    }
 }
 
 /// How a proxy reaches the upstream in a case (wrk speaks HTTP/1.1 to the proxy in every case).
@@ -338,6 +376,7 @@ fn cases() -> Vec<Case> {
         routes,
         connections,
         wire: Wire::Plain,
+        session: None,
     };
     // Cases compared with each other run next to each other: a target comparing two cases
     // (10,000 routes against one, limits on against off) pairs runs seconds apart.
@@ -384,6 +423,31 @@ fn cases() -> Vec<Case> {
             10_000,
             CONNS,
         ),
+        // The session cases just before the cached-token case they are compared with.
+        Case {
+            session: Some(Store::Cookie),
+            ..case(
+                "session-cookie",
+                "browser session, cookie store, cached",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
+        Case {
+            session: Some(Store::Redis),
+            ..case(
+                "session-redis",
+                "browser session, Redis store, cached",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
         case(
             "rs256",
             "RS256 token reused over keep-alive",
@@ -446,10 +510,16 @@ fn what_it_does_downstream(case: &Case, system: System) -> String {
     match system {
         System::Bare => "forwards".into(),
         System::Portcullis => {
-            let mut s = match case.auth {
-                None => "`auth: none`".to_string(),
-                Some(alg) if case.fresh_tokens => format!("verifies {} (cache misses)", alg.name()),
-                Some(alg) => format!("{} from its cache", alg.name()),
+            let mut s = match (case.session, case.auth) {
+                (Some(Store::Cookie), _) => {
+                    "session sealed in the cookie, from its cache".to_string()
+                }
+                (Some(Store::Redis), _) => "session in Redis, from its cache".to_string(),
+                (None, None) => "`auth: none`".to_string(),
+                (None, Some(alg)) if case.fresh_tokens => {
+                    format!("verifies {} (cache misses)", alg.name())
+                }
+                (None, Some(alg)) => format!("{} from its cache", alg.name()),
             };
             if case.limits {
                 s.push_str(" + limits");
@@ -659,8 +729,22 @@ struct Work {
     ca_file: PathBuf,
     /// The upstream's HTTP/2 (h2c) port.
     h2c_upstream: SocketAddr,
+    /// The session cases' identity provider (discovery and keys only).
+    idp: SocketAddr,
+    /// The sessions' cookies, their keys and the Redis the Redis store uses.
+    sessions: Sessions,
 }
 
+/// The key set of the bench's issuers: the RSA and the EC key, `kid` `rsa` and `ec`.
+fn jwks() -> String {
+    serde_json::json!({"keys": [
+        tools::public_jwk(RSA_PEM, "rsa", true).unwrap(),
+        tools::public_jwk(EC_PEM, "ec", true).unwrap(),
+    ]})
+    .to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     s: &Settings,
     t: &Tools,
@@ -668,12 +752,10 @@ fn prepare(
     upstream: SocketAddr,
     tls_upstream: SocketAddr,
     h2c_upstream: SocketAddr,
-) -> Work {
-    let jwks = serde_json::json!({"keys": [
-        tools::public_jwk(RSA_PEM, "rsa", true).unwrap(),
-        tools::public_jwk(EC_PEM, "ec", true).unwrap(),
-    ]});
-    std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+    idp: SocketAddr,
+    redis: Option<SocketAddr>,
+) -> Result<Work, String> {
+    std::fs::write(dir.join("jwks.json"), jwks()).unwrap();
     std::fs::write(dir.join("rsa.pub.pem"), rsa_public_pem()).unwrap();
     std::fs::write(dir.join("ec.pub.pem"), ec_public_pem()).unwrap();
     let exp = unix_now() + 86_400;
@@ -684,7 +766,8 @@ fn prepare(
         .unwrap()
         .lines()
         .count();
-    Work {
+    let sessions = sessions(idp, redis)?;
+    Ok(Work {
         dir: dir.to_path_buf(),
         rs256_token,
         es256_token,
@@ -694,7 +777,9 @@ fn prepare(
         tls_upstream,
         ca_file: dir.join("upstream-ca.pem"),
         h2c_upstream,
-    }
+        idp,
+        sessions,
+    })
 }
 
 /// A CA, and a certificate for `localhost` it issued, for the upstream's TLS port:
@@ -735,21 +820,27 @@ impl Work {
         }
     }
 
-    /// The token a case's requests carry (the fresh-token case warms up with the reused one).
-    fn token(&self, case: &Case) -> Option<&str> {
-        match case.auth {
-            None => None,
-            Some(Alg::Rs256) => Some(&self.rs256_token),
-            Some(Alg::Es256) => Some(&self.es256_token),
+    /// The header a case's requests carry, name and value: a bearer token (the fresh-token
+    /// case warms up with the reused one), a session cookie, or none.
+    fn header(&self, case: &Case) -> Option<(&'static str, String)> {
+        let bearer = |t: &str| Some(("Authorization", format!("Bearer {t}")));
+        match (case.session, case.auth) {
+            (Some(Store::Cookie), _) => Some(("Cookie", self.sessions.cookie.clone())),
+            (Some(Store::Redis), _) => Some(("Cookie", self.sessions.redis_cookie.clone())),
+            (None, None) => None,
+            (None, Some(Alg::Rs256)) => bearer(&self.rs256_token),
+            (None, Some(Alg::Es256)) => bearer(&self.es256_token),
         }
     }
 }
 
-fn portcullis_config(case: &Case, w: &Work, listen: SocketAddr) -> String {
+fn portcullis_config(case: &Case, w: &Work, listen: SocketAddr, admin: SocketAddr) -> String {
     let mut c = format!(
         r#"# portcullis load bench: {id}
 listeners:
   - address: "{listen}"
+admin:
+  address: "{admin}"
 server:
   threads: 1
   grace_period: 1s
@@ -760,12 +851,15 @@ issuers:
     jwks_file: "{jwks}"
     audiences: [{AUD}]
     algorithms: [RS256, ES256]
-upstreams:
+{sessions}upstreams:
   - name: up
     targets: ["{up}"]
 {wire}routes:
 "#,
         id = case.id,
+        sessions = case
+            .session
+            .map_or(String::new(), |store| session_config(store, w)),
         jwks = w.dir.join("jwks.json").display(),
         up = w.upstream_for(case.wire),
         wire = match case.wire {
@@ -777,7 +871,9 @@ upstreams:
             Wire::H2c => "    protocol: h2c\n".into(),
         },
     );
-    let auth = if case.auth.is_some() {
+    let auth = if case.session.is_some() {
+        "{ session: web, forward_access_token: true }"
+    } else if case.auth.is_some() {
         "{ issuers: [bench] }"
     } else {
         "none"
@@ -805,6 +901,343 @@ upstreams:
         );
     }
     c
+}
+
+// ---------------------------------------------------------------------------------------------
+// Browser sessions
+// ---------------------------------------------------------------------------------------------
+
+/// The session client's name in the session cases.
+const SESSION: &str = "web";
+/// Its cookie: plain http (wrk), so neither `Secure` nor a `__Host-` name.
+const COOKIE: &str = "portcullis-bench";
+/// The environment variable its cookie key is in.
+const KEYS_ENV: &str = "PORTCULLIS_BENCH_COOKIE_KEYS";
+/// Its client id at the provider.
+const CLIENT_ID: &str = "bench-web";
+/// How long the bench's Redis keeps the session record (longer than any bench).
+const RECORD_TTL: u64 = 86_400;
+
+/// The session cases' cookies, made once: one session, as a login would have left it.
+struct Sessions {
+    /// The cookie key (base64 of 32 random bytes), for [`KEYS_ENV`].
+    keys: String,
+    /// `Cookie` of the cookie store: the session sealed into it.
+    cookie: String,
+    /// `Cookie` of the Redis store: the id of the record written into `redis`.
+    redis_cookie: String,
+    /// The bench's `redis-server`, when a Redis case runs.
+    redis: Option<SocketAddr>,
+}
+
+/// One session, sealed as Portcullis seals it (`src/session/flow.rs`, `save`): for the
+/// cookie store `Sealer::seal("session:NAME", json)` is the cookie; for Redis the cookie is
+/// the base64url of a random 32-byte id and the record `Sealer::seal("redis:NAME", json)`
+/// sits under `portcullis:session:NAME:<sha-256 of the id, hex>`. Its access token is valid
+/// for 30 days, so no request refreshes it; it is an RS256 JWT of the shape the `rs256`
+/// case sends, which `forward_access_token` puts in the upstream request as that case does.
+fn sessions(idp: SocketAddr, redis: Option<SocketAddr>) -> Result<Sessions, String> {
+    use portcullis::session::{seal, SessionData};
+    let key: [u8; 32] = seal::random().ok_or("no random bytes")?;
+    let keys = base64::engine::general_purpose::STANDARD.encode(key);
+    let sealer = seal::Sealer::from_text(&keys)?;
+    let now = unix_now();
+    let exp = now + 30 * 86_400;
+    let iss = format!("http://{idp}/");
+    let sid = "bench-sid-0123456789abcdef";
+    let access = serde_json::json!({
+        "iss": iss, "aud": AUD, "sub": "user-reused", "iat": now, "exp": exp
+    });
+    let access_token = tools::mint(RSA_PEM, &access.to_string(), None, Some("rsa"))
+        .map_err(|e| format!("minting the access token: {e}"))?;
+    let id = serde_json::json!({
+        "iss": iss, "aud": CLIENT_ID, "sub": "user-reused", "sid": sid, "iat": now,
+        "exp": now + 3600, "auth_time": now, "nonce": B64.encode([7u8; 32])
+    });
+    let id_token = tools::mint(RSA_PEM, &id.to_string(), None, Some("rsa"))
+        .map_err(|e| format!("minting the ID token: {e}"))?;
+    // The claims a login keeps: the ID token's, under the access token's.
+    let mut claims = id.as_object().cloned().unwrap_or_default();
+    claims.extend(access.as_object().cloned().unwrap_or_default());
+    let data = SessionData {
+        sub: "user-reused".into(),
+        sid: Some(sid.into()),
+        access_token,
+        access_exp: exp,
+        refresh_token: Some(B64.encode(seal::random::<32>().ok_or("no random bytes")?)),
+        id_token: Some(id_token),
+        claims,
+        created: now,
+        last_used: now,
+    };
+    let json = serde_json::to_vec(&data).map_err(|e| e.to_string())?;
+    let seal = |purpose: &str| {
+        sealer
+            .seal(format!("{purpose}:{SESSION}").as_bytes(), &json)
+            .ok_or("sealing failed")
+    };
+    let sealed = seal("session")?;
+    if sealed.len() > portcullis::session::cookie::MAX_COOKIE_VALUE {
+        return Err(format!(
+            "the session cookie is {} bytes: split",
+            sealed.len()
+        ));
+    }
+    let record_id: [u8; 32] = seal::random().ok_or("no random bytes")?;
+    if let Some(addr) = redis {
+        let key = format!(
+            "portcullis:session:{SESSION}:{}",
+            portcullis::session::redis::digest_hex(&record_id)
+        );
+        let record = seal("redis")?;
+        let ttl = RECORD_TTL.to_string();
+        let args: [&[u8]; 5] = [
+            b"SET",
+            key.as_bytes(),
+            record.as_bytes(),
+            b"EX",
+            ttl.as_bytes(),
+        ];
+        match redis_command(addr, &args)?.as_str() {
+            "+OK" => {}
+            other => return Err(format!("Redis answered {other} to SET")),
+        }
+    }
+    Ok(Sessions {
+        keys,
+        cookie: format!("{COOKIE}={sealed}"),
+        redis_cookie: format!("{COOKIE}={}", B64.encode(record_id)),
+        redis,
+    })
+}
+
+/// The config lines of a session case: the provider's issuer (at the end of `issuers:`),
+/// `sessions:`, and `cluster:` for the Redis store.
+fn session_config(store: Store, w: &Work) -> String {
+    let mut c = format!(
+        r#"  - name: idp
+    issuer: "http://{idp}/"
+    discovery: true
+    audiences: [{AUD}]
+sessions:
+  - name: {SESSION}
+    issuer: idp
+    client_id: {CLIENT_ID}
+    scopes: [openid, offline_access]
+    cookie: {{ name: {COOKIE}, secure: false }}
+    store: {store}
+    cookie_keys_env: {KEYS_ENV}
+"#,
+        idp = w.idp,
+        store = match store {
+            Store::Cookie => "cookie",
+            Store::Redis => "redis",
+        }
+    );
+    if let (Store::Redis, Some(redis)) = (store, w.sessions.redis) {
+        let _ = writeln!(c, "cluster:\n  redis: \"redis://{redis}\"");
+    }
+    c
+}
+
+/// The session cases' identity provider: its discovery document and key set over plain
+/// HTTP on loopback (the fetch rule allows it), a connection at a time on a thread of the
+/// bench. Portcullis reads them when it starts; no request of a run reaches it (the access
+/// token is far from due, so nothing is refreshed).
+fn serve_idp() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let discovery = serde_json::json!({
+        "issuer": format!("{base}/"),
+        "jwks_uri": format!("{base}/jwks.json"),
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+    })
+    .to_string();
+    let jwks = jwks();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 2048];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16_384 {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/.well-known/openid-configuration" => ("200 OK", discovery.as_str()),
+                "/jwks.json" => ("200 OK", jwks.as_str()),
+                _ => ("404 Not Found", "{}"),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// A `redis-server` on a free loopback port, without persistence, on the client's CPU; its
+/// address once it answers `PING`.
+fn start_redis(t: &Tools, program: &Path, dir: &Path) -> Result<(Proc, SocketAddr), String> {
+    let mut last = String::new();
+    // A port picked as free may be taken before redis-server binds it: try others.
+    for attempt in 0..4 {
+        let addr = free_addr();
+        let data = dir.join(format!("redis-{attempt}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let args = [
+            "--port".to_string(),
+            addr.port().to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+            "--dir".into(),
+            data.display().to_string(),
+        ];
+        let mut proc = spawn(
+            pinned(t.pin.map(|p| p.1), program, &args),
+            dir.join(format!("redis-{attempt}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(why) = proc.exited() {
+                last = format!("exited: {why}");
+                break;
+            }
+            if redis_command(addr, &[b"PING"]).is_ok_and(|r| r == "+PONG") {
+                return Ok((proc, addr));
+            }
+            if Instant::now() > deadline {
+                last = format!("no answer to PING on {addr} after 10 s");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Err(format!("redis-server did not start: {last}"))
+}
+
+/// Send one command to Redis (RESP) and read the first line of its answer.
+fn redis_command(addr: SocketAddr, args: &[&[u8]]) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("Redis at {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        cmd.extend_from_slice(a);
+        cmd.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&cmd).map_err(|e| format!("Redis: {e}"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => break,
+            Err(e) => return Err(format!("Redis: {e}")),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+}
+
+/// The body of `GET path` (HTTP/1.0: no chunks).
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// The sum of a Prometheus counter's series that carry every label of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels.iter().all(|(k, v)| {
+                    let pair = format!("{k}=\"{v}\"");
+                    rest.split(',').any(|p| p.trim_end_matches('}') == pair)
+                })
+        })
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// What Portcullis answered in a run, from its metrics: every request 2xx (none 3xx, 4xx or
+/// 5xx: a session case whose session does not pass gets 401s, which would measure refusals),
+/// every one the upstream's 200, and in a session case every request served by the session
+/// (from its cache but for a few).
+fn check_answers(admin: SocketAddr, case: &Case, r: &WrkResult) -> Result<(), String> {
+    let requests = r.requests as f64;
+    // The last answers wrk counted may be a moment ahead of the metrics.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = http_get(admin, "/metrics").ok_or("cannot read Portcullis's /metrics")?;
+        let m = |name: &str, labels: &[(&str, &str)]| metric_sum(&text, name, labels);
+        let requests_total = "portcullis_requests_total";
+        let ok = m(requests_total, &[("status_class", "2xx")]);
+        let wrong: f64 = ["3xx", "4xx", "5xx"]
+            .iter()
+            .map(|c| m(requests_total, &[("status_class", c)]))
+            .sum();
+        let upstream_ok = m("portcullis_upstream_responses_total", &[("code", "200")]);
+        let cache = "portcullis_session_cache_requests_total";
+        let hits = m(cache, &[("session", SESSION), ("result", "hit")]);
+        let misses = m(cache, &[("session", SESSION), ("result", "miss")]);
+        let mut why = Vec::new();
+        // A connection wrk cut at the end of a run may leave an error answer behind.
+        if wrong > r.socket_errors as f64 {
+            why.push(format!("{wrong} answers were 3xx, 4xx or 5xx"));
+        }
+        if ok < requests || upstream_ok < requests {
+            why.push(format!(
+                "{requests} requests in wrk, {ok} answered 2xx, {upstream_ok} upstream 200s"
+            ));
+        }
+        if case.session.is_some() {
+            if hits + misses < requests {
+                why.push(format!(
+                    "{requests} requests, {hits} session cache hits and {misses} misses"
+                ));
+            }
+            if misses > (requests / 100.0).max(f64::from(CONNS)) {
+                why.push(format!(
+                    "{misses} session cache misses in {requests} requests: not the cached path"
+                ));
+            }
+        }
+        if why.is_empty() {
+            return Ok(());
+        }
+        if wrong > r.socket_errors as f64 || Instant::now() > deadline {
+            return Err(format!("Portcullis's metrics: {}", why.join("; ")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn haproxy_config(case: &Case, w: &Work, listen: SocketAddr) -> String {
@@ -907,10 +1340,10 @@ end
 "#;
 
 /// A wrk script with a fixed request (headers set once, so wrk stays fast).
-fn lua_fixed(token: Option<&str>) -> String {
+fn lua_fixed(header: Option<&(&str, String)>) -> String {
     let mut s = String::from("wrk.method = \"GET\"\n");
-    if let Some(t) = token {
-        let _ = writeln!(s, "wrk.headers[\"Authorization\"] = \"Bearer {t}\"");
+    if let Some((name, value)) = header {
+        let _ = writeln!(s, "wrk.headers[\"{name}\"] = \"{value}\"");
     }
     s + LUA_DONE
 }
@@ -1030,13 +1463,15 @@ fn free_addr() -> SocketAddr {
 }
 
 /// The status of one `GET PATH` with `Connection: close`.
-fn http_status(addr: SocketAddr, token: Option<&str>) -> Option<u16> {
+fn http_status(addr: SocketAddr, header: Option<&(&str, String)>) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let extra = header.map_or(String::new(), |(name, value)| {
+        format!("{name}: {value}\r\n")
+    });
     write!(
         s,
-        "GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = Vec::new();
@@ -1046,14 +1481,18 @@ fn http_status(addr: SocketAddr, token: Option<&str>) -> Option<u16> {
 }
 
 /// Wait until the system answers 200 to the case's request.
-fn wait_ready(p: &mut Proc, addr: SocketAddr, token: Option<&str>) -> Result<(), String> {
+fn wait_ready(
+    p: &mut Proc,
+    addr: SocketAddr,
+    header: Option<&(&str, String)>,
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
     while Instant::now() < deadline {
         if let Some(why) = p.exited() {
             return Err(format!("exited at start: {why}"));
         }
-        last = http_status(addr, token);
+        last = http_status(addr, header);
         if last == Some(200) {
             return Ok(());
         }
@@ -1213,12 +1652,16 @@ fn run_one(
     let tag = format!("{}-{}-{round}", case.id, system.name().replace(' ', "-"));
     let log = w.dir.join(format!("{tag}.log"));
     let cpu = t.pin.map(|p| p.0);
+    // Portcullis's admin listener: its metrics say, after the run, what it answered.
+    let admin = free_addr();
     let cmd = match system {
         System::Portcullis => {
             let path = w.dir.join(format!("{tag}.yaml"));
-            std::fs::write(&path, portcullis_config(case, w, addr)).unwrap();
+            std::fs::write(&path, portcullis_config(case, w, addr, admin)).unwrap();
             let args = ["run".into(), "--config".into(), path.display().to_string()];
-            pinned(cpu, &t.portcullis, &args)
+            let mut cmd = pinned(cpu, &t.portcullis, &args);
+            cmd.env(KEYS_ENV, &w.sessions.keys);
+            cmd
         }
         System::Bare => bare(t, cpu, addr, w, case.wire),
         System::Haproxy => {
@@ -1229,8 +1672,8 @@ fn run_one(
         }
     };
     let mut proc = spawn(cmd, log);
-    let token = w.token(case);
-    wait_ready(&mut proc, addr, token)?;
+    let header = w.header(case);
+    wait_ready(&mut proc, addr, header.as_ref())?;
 
     // The smoke run checks that each system answers, in a second on a machine that may be
     // busy building: thousands of connections opened in that second can leave a one-thread
@@ -1241,7 +1684,7 @@ fn run_one(
         case.connections.min(SMOKE_MAX_CONNS)
     };
     let fixed = w.dir.join(format!("{}-fixed.lua", case.id));
-    std::fs::write(&fixed, lua_fixed(token)).unwrap();
+    std::fs::write(&fixed, lua_fixed(header.as_ref())).unwrap();
     if s.warmup > 0 {
         wrk(t, addr, connections, s.warmup, &fixed, &[])?;
     }
@@ -1268,11 +1711,13 @@ fn run_one(
     let (user_after, system_after) = cpu_after.ok_or("cannot read /proc/<pid>/stat")?;
     let user_ticks = user_after - cpu_before.0;
     let cpu_ticks = user_ticks + (system_after - cpu_before.1);
-    drop(proc);
-
     if r.requests == 0 {
         return Err("no request completed".into());
     }
+    if system == System::Portcullis {
+        check_answers(admin, case, &r)?;
+    }
+    drop(proc);
     if r.status_errors > 0 {
         return Err(format!(
             "{} of {} answers were not 2xx/3xx",
@@ -1860,6 +2305,26 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
         true,
         1.15,
     );
+    // Issue 16: a request on a session route, the session in the process's cache, against
+    // one with a cached bearer token (the access token it forwards is of that token's shape).
+    ratio(
+        "session (cookie store, cached): CPU/request ≤ 1.2× cached bearer token (issue 16)",
+        ("session-cookie", Portcullis),
+        ("rs256", Portcullis),
+        cpu,
+        "µs",
+        true,
+        1.2,
+    );
+    ratio(
+        "session (Redis store, cached): CPU/request ≤ 1.2× cached bearer token (issue 16)",
+        ("session-redis", Portcullis),
+        ("rs256", Portcullis),
+        cpu,
+        "µs",
+        true,
+        1.2,
+    );
     ratio(
         "every token new (RS256): CPU/request ≤ 1.1× HAProxy",
         ("rs256-new", Portcullis),
@@ -2152,7 +2617,19 @@ fn report(
          a connection), HAProxy `proto h2`. wrk speaks HTTP/1.1 to the proxies in every case.
 - Every token new: wrk sends the tokens of a file of {} pre-minted RS256 tokens (one user \
          each) in turn; a system that completes more requests than that in a run sees tokens \
-         again (marked below).",
+         again (marked below).
+- Browser sessions (`session-cookie`, `session-redis`; Portcullis only, next to `rs256`, \
+         their baseline): the route says `auth: {{ session: web, forward_access_token: true }}` \
+         and every request carries one session's cookie, made by the bench as a login leaves \
+         it (an RS256 access token valid for 30 days, so nothing is refreshed, an ID token, a \
+         refresh token, the claims). `store: cookie`: the session sealed into the cookie \
+         (AES-256-GCM). `store: redis`: the cookie holds the session's id, the record sits in \
+         a `redis-server` on CPU 1 (`cluster.redis`). Both are served from the in-process \
+         session cache after the first request, as a hot session is; the provider (discovery \
+         and keys from a thread of the bench) is read at start-up only. After every \
+         Portcullis run its `/metrics` must show every request answered 2xx by the upstream \
+         and, in a session case, taken through the session cache: a session that does not \
+         pass fails the case instead of measuring 401s.",
         s.rounds,
         s.seconds,
         s.warmup,
@@ -2211,7 +2688,7 @@ fn report(
         } else {
             format!(" ({} conns)", thousands(case.connections as f64))
         };
-        for sys in systems {
+        for sys in systems.iter().filter(|sys| case.runs_on(**sys)) {
             let Some(m) = summarise(runs, case.id, *sys) else {
                 let _ = writeln!(
                     r,
@@ -2479,10 +2956,9 @@ fn main() {
         assert!(Instant::now() < deadline, "the upstream did not start");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let w = prepare(&s, &t, work.path(), up_addr, tls_up_addr, h2c_up_addr);
 
     let all = cases();
-    let cases: Vec<&Case> = all
+    let mut cases: Vec<&Case> = all
         .iter()
         .filter(|c| {
             s.cases
@@ -2490,11 +2966,46 @@ fn main() {
                 .is_none_or(|l| l.iter().any(|id| id == c.id))
         })
         .collect();
+    // The session cases' provider, and the Redis of the Redis store, which holds the
+    // session's record from before the first run to after the last.
+    let idp = serve_idp();
+    let mut redis = None;
+    if cases.iter().any(|c| c.session == Some(Store::Redis)) {
+        if let Some(program) = &t.redis_server {
+            match start_redis(&t, program, work.path()) {
+                Ok(started) => redis = Some(started),
+                Err(e) => failures.push(format!("session-redis: {e}")),
+            }
+        }
+    }
+    if redis.is_none() {
+        cases.retain(|c| c.session != Some(Store::Redis));
+    }
+    let w = match prepare(
+        &s,
+        &t,
+        work.path(),
+        up_addr,
+        tls_up_addr,
+        h2c_up_addr,
+        idp,
+        redis.as_ref().map(|r| r.1),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("load: cannot prepare the sessions: {e}");
+            std::process::exit(1);
+        }
+    };
     let mut systems = vec![System::Portcullis, System::Bare];
     if t.haproxy.is_some() {
         systems.push(System::Haproxy);
     }
-    let total = cases.len() * systems.len() * s.rounds;
+    let total = cases
+        .iter()
+        .map(|c| systems.iter().filter(|sys| c.runs_on(**sys)).count())
+        .sum::<usize>()
+        * s.rounds;
     let mut runs = Vec::new();
     let mut n = 0;
     // Round by round, every 64-connection case in each: the drift of the machine over a run
@@ -2513,7 +3024,7 @@ fn main() {
                 .flat_map(|c| (0..s.rounds).map(move |round| (round, *c))),
         );
     for (round, case) in order {
-        for sys in &systems {
+        for sys in systems.iter().filter(|sys| case.runs_on(**sys)) {
             n += 1;
             match run_one(&s, &t, &w, case, *sys, round) {
                 Ok(run) => {
@@ -2578,6 +3089,11 @@ fn main() {
         failures.push(format!("the upstream exited: {why}"));
     }
     drop(upstream);
+    if let Some((mut proc, _)) = redis {
+        if let Some(why) = proc.exited() {
+            failures.push(format!("redis-server exited: {why}"));
+        }
+    }
 
     let text = report(
         &s,
