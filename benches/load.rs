@@ -930,7 +930,7 @@ struct Sessions {
     redis: Option<SocketAddr>,
 }
 
-/// One session, sealed as Portcullis seals it (`src/session/flow.rs`, `save`): for the
+/// One session, sealed as Portcullis seals it (`src/session/serve.rs`, `save`): for the
 /// cookie store `Sealer::seal("session:NAME", json)` is the cookie; for Redis the cookie is
 /// the base64url of a random 32-byte id and the record `Sealer::seal("redis:NAME", json)`
 /// sits under `portcullis:session:NAME:<sha-256 of the id, hex>`. Its access token is valid
