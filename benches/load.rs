@@ -1191,7 +1191,12 @@ fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// 5xx: a session case whose session does not pass gets 401s, which would measure refusals),
 /// every one the upstream's 200, and in a session case every request served by the session
 /// (from its cache but for a few).
-fn check_answers(admin: SocketAddr, case: &Case, r: &WrkResult) -> Result<(), String> {
+fn check_answers(
+    admin: SocketAddr,
+    case: &Case,
+    r: &WrkResult,
+    connections: u32,
+) -> Result<(), String> {
     let requests = r.requests as f64;
     // The last answers wrk counted may be a moment ahead of the metrics.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -1200,7 +1205,8 @@ fn check_answers(admin: SocketAddr, case: &Case, r: &WrkResult) -> Result<(), St
         let m = |name: &str, labels: &[(&str, &str)]| metric_sum(&text, name, labels);
         let requests_total = "portcullis_requests_total";
         let ok = m(requests_total, &[("status_class", "2xx")]);
-        let wrong: f64 = ["3xx", "4xx", "5xx"]
+        let redirects = m(requests_total, &[("status_class", "3xx")]);
+        let errors: f64 = ["4xx", "5xx"]
             .iter()
             .map(|c| m(requests_total, &[("status_class", c)]))
             .sum();
@@ -1209,9 +1215,13 @@ fn check_answers(admin: SocketAddr, case: &Case, r: &WrkResult) -> Result<(), St
         let hits = m(cache, &[("session", SESSION), ("result", "hit")]);
         let misses = m(cache, &[("session", SESSION), ("result", "miss")]);
         let mut why = Vec::new();
-        // A connection wrk cut at the end of a run may leave an error answer behind.
-        if wrong > r.socket_errors as f64 {
-            why.push(format!("{wrong} answers were 3xx, 4xx or 5xx"));
+        // wrk takes a 3xx for a success: none may be there (a login redirect). A request in
+        // flight when wrk stops (one per connection at most) may be logged as an error that
+        // no client saw (seen with h2c upstreams); wrk itself fails the run on any 4xx or 5xx
+        // it read.
+        let tolerated = f64::from(connections) + r.socket_errors as f64;
+        if redirects > 0.0 || errors > tolerated {
+            why.push(format!("{redirects} answers were 3xx, {errors} 4xx or 5xx"));
         }
         if ok < requests || upstream_ok < requests {
             why.push(format!(
@@ -1233,7 +1243,7 @@ fn check_answers(admin: SocketAddr, case: &Case, r: &WrkResult) -> Result<(), St
         if why.is_empty() {
             return Ok(());
         }
-        if wrong > r.socket_errors as f64 || Instant::now() > deadline {
+        if redirects > 0.0 || errors > tolerated || Instant::now() > deadline {
             return Err(format!("Portcullis's metrics: {}", why.join("; ")));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -1715,7 +1725,7 @@ fn run_one(
         return Err("no request completed".into());
     }
     if system == System::Portcullis {
-        check_answers(admin, case, &r)?;
+        check_answers(admin, case, &r, connections)?;
     }
     drop(proc);
     if r.status_errors > 0 {
