@@ -21,10 +21,10 @@ pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .flat_map(|v| split_pairs(v.as_bytes()))
         .filter_map(|pair| {
             let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
+            let eq = memchr::memchr(b'=', pair)?;
             let value = pair[eq + 1..].trim_ascii();
             let value = value
                 .strip_prefix(b"\"")
@@ -32,6 +32,18 @@ pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
                 .unwrap_or(value);
             Some((pair[..eq].trim_ascii(), value))
         })
+}
+
+/// The `;`-separated parts of one `Cookie` header, found with a vectorised search.
+fn split_pairs(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b';', bytes).chain(std::iter::once(bytes.len()));
+    std::iter::from_fn(move || {
+        let end = ends.next()?;
+        let part = bytes.get(start..end)?;
+        start = end + 1;
+        Some(part)
+    })
 }
 
 /// Which part of the cookie `name` a cookie named `cookie` is: `Some(0)` for `name` itself,
@@ -175,14 +187,11 @@ pub fn strip(headers: &mut HeaderMap, owned: impl Fn(&[u8]) -> bool) {
         for pair in headers
             .get_all(http::header::COOKIE)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .flat_map(|v| split_pairs(v.as_bytes()))
             .map(<[u8]>::trim_ascii)
             .filter(|pair| !pair.is_empty())
         {
-            let name = pair
-                .iter()
-                .position(|b| *b == b'=')
-                .map_or(pair, |eq| pair[..eq].trim_ascii());
+            let name = memchr::memchr(b'=', pair).map_or(pair, |eq| pair[..eq].trim_ascii());
             if !owned(name) {
                 if !kept.is_empty() {
                     kept.extend_from_slice(b"; ");
