@@ -32,6 +32,7 @@ struct Opts {
     refresh_ttl: u64,
     refresh_before: &'static str,
     absolute_timeout: &'static str,
+    provider_timeout: &'static str,
     /// Claims of the accounts beyond the provider's built-in ones.
     accounts: Value,
 }
@@ -45,6 +46,7 @@ impl Default for Opts {
             refresh_ttl: 86_400,
             refresh_before: "60s",
             absolute_timeout: "24h",
+            provider_timeout: "3s",
             accounts: json!({}),
         }
     }
@@ -83,7 +85,7 @@ sessions:
     cookie_keys_env: WEB_KEYS
     refresh_before: {rb}
     absolute_timeout: {absolute}
-    provider_timeout: 3s
+    provider_timeout: {provider_timeout}
     post_logout_redirect: /bye
 {cluster}upstreams:
   - name: app
@@ -108,6 +110,7 @@ routes:
 "#,
         rb = o.refresh_before,
         absolute = o.absolute_timeout,
+        provider_timeout = o.provider_timeout,
         up = upstream.addr(),
     )
 }
@@ -378,11 +381,16 @@ async fn race_opts(store: Store) -> Opts {
 }
 
 async fn the_race(store: Store) {
-    let s = setup(race_opts(store).await).await;
+    the_race_with(race_opts(store).await, Duration::from_millis(500)).await;
+}
+
+/// The race with the provider taking `delay` to answer each token request.
+async fn the_race_with(opts: Opts, delay: Duration) {
+    let s = setup(opts).await;
     let browser = Browser::new();
     login(&browser, &s.nodes[0], "/app/start").await;
     // A slow provider widens the window in which a second redemption would slip in.
-    s.provider.set_token_delay(Duration::from_millis(500)).await;
+    s.provider.set_token_delay(delay).await;
     s.provider.reset_stats().await;
     until_due(&s, 5).await;
     let statuses = burst(&s, &browser).await;
@@ -394,6 +402,34 @@ async fn the_race(store: Store) {
     for node in &s.nodes {
         assert_eq!(xhr(&browser, &node.url("/app/after")).await.0, 200);
     }
+    // No token and no cookie value in any log line, the refresh's included.
+    let cookie = browser.cookie(&s.nodes[0].url("/"), COOKIE).unwrap();
+    let tokens: Vec<String> = s
+        .upstream
+        .received()
+        .iter()
+        .filter_map(|e| e.header("authorization"))
+        .map(|t| t.trim_start_matches("Bearer ").to_string())
+        .collect();
+    assert!(tokens.len() > 1);
+    for node in &s.nodes {
+        let log = node.stderr();
+        assert!(!log.contains(&cookie[..40]), "a cookie value in the log");
+        for token in &tokens {
+            assert!(!log.contains(token.as_str()), "a token in the log");
+        }
+    }
+}
+
+/// oauth2-proxy's lock has a fixed TTL that a slow provider outlives; this one's lease is
+/// renewed while the call runs, so a provider slower than the lease still sees one refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_slower_than_the_lock_lease_still_sees_one_refresh() {
+    let opts = Opts {
+        provider_timeout: "15s",
+        ..race_opts(Store::Cookie).await
+    };
+    the_race_with(opts, Duration::from_millis(4500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
