@@ -106,8 +106,8 @@ sessions:
     issuer: dev
     client_id: demo-web
     scopes: [openid, offline_access]
-    # Plain http on localhost: a `Secure` cookie would not come back. Keep `secure: true`
-    # (the default) and the `__Host-` name anywhere else.
+    # Plain http on localhost: not every browser sends a `Secure` cookie back over http, even
+    # to localhost. Keep `secure: true` (the default) and the `__Host-` name anywhere else.
     cookie: {{ name: portcullis-demo, secure: false }}
     cookie_keys_env: {keys_env}
     post_logout_redirect: /hello
