@@ -300,3 +300,125 @@ fn parse_tokens(body: &[u8]) -> Result<Tokens, CallError> {
 pub fn count_login(client: &Client, result: &str) {
     SessionMetrics::count(&SESSION_METRICS.logins, client.name(), result);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::{refresh::Refreshes, seal::Sealer, Client, Purposes, Shared, SharedKey};
+    use crate::auth::fetch::Trust;
+    use crate::auth::issuer::ASYMMETRIC;
+    use crate::auth::tools::{generate_es256, mint};
+    use crate::auth::{Issuer, KeySource};
+
+    const ISS: &str = "https://id.test";
+
+    /// A client of an issuer whose key set is a file holding `jwk`.
+    fn client(dir: &tempfile::TempDir, jwk: serde_json::Value) -> Client {
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, json!({ "keys": [jwk] }).to_string()).unwrap();
+        let ic = serde_yaml::from_str(&format!(
+            "{{name: idp, issuer: '{ISS}', jwks_file: '{}'}}",
+            path.display()
+        ))
+        .unwrap();
+        let issuer = Issuer::new(
+            &ic,
+            KeySource::File(path),
+            ASYMMETRIC.to_vec(),
+            None,
+            Trust::default(),
+        )
+        .unwrap();
+        let config: crate::config::SessionConfig = serde_yaml::from_str(
+            "{name: web, issuer: idp, client_id: web-app, cookie_keys_env: K}",
+        )
+        .unwrap();
+        let sealer = Sealer::from_text("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY").unwrap();
+        let shared = Shared {
+            cache: crate::store::Store::new(10, 10),
+            refreshes: Refreshes::new(10),
+            redis: None,
+            hash: ahash::RandomState::new(),
+            key: SharedKey {
+                name: "web".into(),
+                store: config.store,
+                redis: None,
+                cache_sessions: 10,
+                seal: sealer.fingerprint,
+                issuer_id: issuer.id,
+                projection: Arc::default(),
+            },
+        };
+        Client {
+            purposes: Purposes::of("web"),
+            config,
+            issuer: Arc::new(issuer),
+            secret: None,
+            sealer,
+            projection: Arc::default(),
+            shared: Arc::new(shared),
+        }
+    }
+
+    #[tokio::test]
+    async fn id_tokens_are_checked_as_openid_connect_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, jwk) = generate_es256("k1").unwrap();
+        let (other_key, _) = generate_es256("k1").unwrap();
+        let c = client(&dir, jwk);
+        let now = crate::auth::cache::unix_now();
+        let good = json!({"iss": ISS, "aud": "web-app", "sub": "alice", "nonce": "n-1",
+                          "iat": now, "exp": now + 300});
+        let token = |claims: &serde_json::Value, key: &str| {
+            mint(key, &claims.to_string(), None, Some("k1")).unwrap()
+        };
+        let claims = c
+            .check_id_token(&token(&good, &key), Some("n-1"))
+            .await
+            .unwrap();
+        assert_eq!(claims["sub"], "alice");
+        // A refreshed ID token carries no nonce to compare.
+        assert!(c.check_id_token(&token(&good, &key), None).await.is_ok());
+        let with = |field: &str, value: serde_json::Value| {
+            let mut claims = good.clone();
+            claims[field] = value;
+            claims
+        };
+        let without = |field: &str| {
+            let mut claims = good.clone();
+            claims.as_object_mut().unwrap().remove(field);
+            claims
+        };
+        for (why, claims, signer) in [
+            ("another nonce", with("nonce", json!("n-2")), &key),
+            ("no nonce", without("nonce"), &key),
+            ("another audience", with("aud", json!("other-app")), &key),
+            ("no audience", without("aud"), &key),
+            (
+                "another issuer",
+                with("iss", json!("https://evil.test")),
+                &key,
+            ),
+            ("expired", with("exp", json!(now - 3600)), &key),
+            ("no sub", without("sub"), &key),
+            (
+                "several audiences, no azp",
+                with("aud", json!(["web-app", "other"])),
+                &key,
+            ),
+            ("signed by another key", good.clone(), &other_key),
+        ] {
+            let result = c.check_id_token(&token(&claims, signer), Some("n-1")).await;
+            assert!(result.is_err(), "{why} passed");
+        }
+        let mut azp = with("aud", json!(["web-app", "other"]));
+        azp["azp"] = json!("web-app");
+        assert!(c
+            .check_id_token(&token(&azp, &key), Some("n-1"))
+            .await
+            .is_ok());
+    }
+}

@@ -32,6 +32,7 @@ struct Opts {
     refresh_ttl: u64,
     refresh_before: &'static str,
     absolute_timeout: &'static str,
+    idle_timeout: &'static str,
     provider_timeout: &'static str,
     /// Claims of the accounts beyond the provider's built-in ones.
     accounts: Value,
@@ -46,6 +47,7 @@ impl Default for Opts {
             refresh_ttl: 86_400,
             refresh_before: "60s",
             absolute_timeout: "24h",
+            idle_timeout: "8h",
             provider_timeout: "3s",
             accounts: json!({}),
         }
@@ -85,6 +87,7 @@ sessions:
     cookie_keys_env: WEB_KEYS
     refresh_before: {rb}
     absolute_timeout: {absolute}
+    idle_timeout: {idle}
     provider_timeout: {provider_timeout}
     post_logout_redirect: /bye
 {cluster}upstreams:
@@ -110,6 +113,7 @@ routes:
 "#,
         rb = o.refresh_before,
         absolute = o.absolute_timeout,
+        idle = o.idle_timeout,
         provider_timeout = o.provider_timeout,
         up = upstream.addr(),
     )
@@ -635,6 +639,26 @@ async fn a_session_ends_at_its_absolute_timeout() {
             .await
             >= 1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_not_used_for_its_idle_timeout_ends() {
+    let s = setup(Opts {
+        idle_timeout: "3s",
+        ..Opts::default()
+    })
+    .await;
+    let browser = Browser::new();
+    login(&browser, &s.nodes[0], "/app/").await;
+    let url = s.nodes[0].url("/app/x");
+    // Used every second, it lives past its idle timeout.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(xhr(&browser, &url).await.0, 200);
+    }
+    // Left alone longer than that, it ends.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(xhr(&browser, &url).await.0, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
