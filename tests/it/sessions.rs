@@ -142,22 +142,35 @@ async fn setup(o: Opts) -> Setup {
         .map(|n| n.url("/.portcullis/callback"))
         .collect();
     let after: Vec<String> = nodes.iter().map(|n| n.url("/bye")).collect();
-    let provider = Provider::start_on(
-        provider_port,
-        json!({
-            "clients": [{
-                "client_id": "portcullis",
-                "client_secret": SECRET,
-                "redirect_uris": redirect_uris,
-                "post_logout_redirect_uris": after,
-                "backchannel_logout_uri": nodes[0].url("/.portcullis/backchannel-logout"),
-            }],
-            "access_token_ttl": o.access_ttl,
-            "refresh_token_ttl": o.refresh_ttl,
-            "accounts": o.accounts,
-        }),
-    )
-    .await;
+    let config = json!({
+        "clients": [{
+            "client_id": "portcullis",
+            "client_secret": SECRET,
+            "redirect_uris": redirect_uris,
+            "post_logout_redirect_uris": after,
+            "backchannel_logout_uri": nodes[0].url("/.portcullis/backchannel-logout"),
+        }],
+        "access_token_ttl": o.access_ttl,
+        "refresh_token_ttl": o.refresh_ttl,
+        "accounts": o.accounts,
+    });
+    // The port was free when picked; another test may have taken it since, while the nodes
+    // started. Then the nodes move to another port (a config reload) and the provider tries
+    // again there.
+    let mut port = provider_port;
+    let provider = loop {
+        match Provider::try_start_on(port, config.clone()).await {
+            Ok(provider) => break provider,
+            Err(why) if why.contains("EADDRINUSE") => {
+                port = free_port();
+                let issuer = format!("http://127.0.0.1:{port}");
+                for node in &nodes {
+                    node.write_config(&body(&o, &issuer, &upstream, redis.as_ref()));
+                }
+            }
+            Err(why) => panic!("{why}"),
+        }
+    };
     // Each node reads the provider's discovery document (it retries every second or so).
     for node in &nodes {
         let url = node.url("/app/");

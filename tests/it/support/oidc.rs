@@ -108,8 +108,17 @@ impl Provider {
     }
 
     /// As [`Provider::start`], on `port` (0: a free one): for tests whose proxies must know
-    /// the issuer's URL before the provider can know theirs (redirect URIs).
+    /// the issuer's URL before the provider can know theirs (redirect URIs). Panics when it
+    /// does not start; [`Provider::try_start_on`] says why instead.
     pub async fn start_on(port: u16, config: Value) -> Provider {
+        Provider::try_start_on(port, config)
+            .await
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// As [`Provider::start_on`]; `Err` says why it did not start (a port picked as free may
+    /// have been taken since: the message then holds `EADDRINUSE`).
+    pub async fn try_start_on(port: u16, config: Value) -> Result<Provider, String> {
         let module = dir().join("node_modules/oidc-provider/package.json");
         assert!(
             module.exists(),
@@ -179,21 +188,21 @@ impl Provider {
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                     .unwrap_or_else(|e| e.to_string());
-                panic!(
+                return Err(format!(
                     "the OpenID provider did not start (node {version}; it needs 20.18 or later): {}",
                     stderr.lock().unwrap()
-                );
+                ));
             }
         };
         let port = issuer.rsplit(':').next().unwrap().parse().unwrap();
-        Provider {
+        Ok(Provider {
             child: Some(child),
             _stdin: stdin,
             issuer,
             port,
             stderr,
             http: super::client(),
-        }
+        })
     }
 
     /// The issuer, `http://127.0.0.1:PORT` (or the config's `host`; no trailing slash), as its
