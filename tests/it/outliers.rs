@@ -98,7 +98,20 @@ async fn a_passing_probe_brings_an_ejected_target_back_early() {
     ups[0].set_fault(Fault::None);
     // An hour of ejection, cut short by the probe that passes.
     served_again(&proxy, &ups[0], "the probe to readmit the target").await;
-    assert!(proxy.stderr().contains("its probe passed"));
+    // The line is written as the target comes back, and read from the process's stderr
+    // by a thread of the test: it may arrive a moment after the request it let through.
+    eventually(
+        "the readmission's log line",
+        Duration::from_secs(5),
+        || async {
+            if proxy.stderr().contains("its probe passed") {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
