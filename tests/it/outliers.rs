@@ -47,14 +47,13 @@ async fn five_5xx_in_a_row_eject_a_target_until_its_time_is_up() {
     assert_eq!(ups[0].received().len(), 5, "{seen:?}");
     assert_eq!(seen.iter().filter(|s| **s == 500).count(), 5, "{seen:?}");
     assert_eq!(proxy.metric(EJECTIONS, &[("upstream", "pool")]).await, 1.0);
-    let log = proxy.stderr();
-    assert!(log.contains("target ejected"), "{log}");
+    let log = proxy.wait_for_log("target ejected").await;
     assert!(log.contains(&ups[0].addr().to_string()), "{log}");
 
     // Mended, and back once its second is up.
     ups[0].set_fault(Fault::None);
     served_again(&proxy, &ups[0], "the target to take traffic again").await;
-    assert!(proxy.stderr().contains("its time is up"));
+    proxy.wait_for_log("its time is up").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,20 +97,7 @@ async fn a_passing_probe_brings_an_ejected_target_back_early() {
     ups[0].set_fault(Fault::None);
     // An hour of ejection, cut short by the probe that passes.
     served_again(&proxy, &ups[0], "the probe to readmit the target").await;
-    // The line is written as the target comes back, and read from the process's stderr
-    // by a thread of the test: it may arrive a moment after the request it let through.
-    eventually(
-        "the readmission's log line",
-        Duration::from_secs(5),
-        || async {
-            if proxy.stderr().contains("its probe passed") {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        },
-    )
-    .await;
+    proxy.wait_for_log("its probe passed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

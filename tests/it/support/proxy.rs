@@ -338,6 +338,24 @@ impl Proxy {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
+    /// Wait (up to 5 s) until stderr holds `needle`, and give it: a thread of the test reads
+    /// the process's stderr, so a line may arrive a moment after what it tells of.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        super::eventually(
+            &format!("`{needle}` in the log"),
+            Duration::from_secs(5),
+            || async {
+                let log = self.stderr();
+                if log.contains(needle) {
+                    Ok(log)
+                } else {
+                    Err("not yet".to_string())
+                }
+            },
+        )
+        .await
+    }
+
     /// The access log file.
     pub fn access_log_path(&self) -> PathBuf {
         self.dir.path().join("access.log")
