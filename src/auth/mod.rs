@@ -301,13 +301,7 @@ impl Auth {
             .ok()
             .filter(|t| token::is_well_formed(t))
         else {
-            // RFC 6750: a malformed bearer credential is a bad request; a cookie or query
-            // value that cannot be a token is just not a valid token.
-            return Err(if req.headers.contains_key(http::header::AUTHORIZATION) {
-                AuthError::InvalidRequest
-            } else {
-                AuthError::InvalidToken(TokenFault::Malformed)
-            });
+            return Err(malformed(req));
         };
         let identity = token::verify(token, &policy.issuers, &self.projection).await?;
         // Cached even when revoked: its next use is refused without a signature check.
@@ -349,6 +343,17 @@ impl Auth {
     }
 }
 
+/// Why a credential that cannot be a token is refused. RFC 6750: a malformed bearer
+/// credential is a bad request; a cookie or query value that cannot be a token is just not
+/// a valid token.
+fn malformed(req: &pingora::http::RequestHeader) -> AuthError {
+    if req.headers.contains_key(http::header::AUTHORIZATION) {
+        AuthError::InvalidRequest
+    } else {
+        AuthError::InvalidToken(TokenFault::Malformed)
+    }
+}
+
 /// Check an opaque token by introspection, then the route's scopes and claims.
 async fn introspect(
     policy: &Policy,
@@ -364,11 +369,7 @@ async fn introspect(
         .ok()
         .filter(|t| token::is_well_formed(t))
     else {
-        return Err(if req.headers.contains_key(http::header::AUTHORIZATION) {
-            AuthError::InvalidRequest
-        } else {
-            AuthError::InvalidToken(TokenFault::Malformed)
-        });
+        return Err(malformed(req));
     };
     let identity = introspector.check(token).await?;
     if revoked(revocations, &identity) {
