@@ -1,11 +1,12 @@
-//! The admin endpoint, on its own listener: `/metrics`, `/healthz`, `/readyz`, `POST /reload`,
-//! `POST /revoke`.
+//! The admin endpoint, on its own listener: the status page (`/`, `/status.json`),
+//! `/metrics`, `/healthz`, `/readyz`, `POST /reload`, `POST /revoke`.
 //!
 //! It reads the serving config and the metrics registry, can ask for a reload and can revoke
 //! (through the process's [`Revocations`]); it never serves client traffic and never shows a
 //! secret.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -16,11 +17,14 @@ use serde_json::json;
 use crate::generation::Generation;
 use crate::reload::{ReloadError, Reloader};
 use crate::revocation::{Kind, Revocation, Revocations};
+use crate::status::{page, Status};
 
 /// The admin HTTP app.
 pub struct Admin {
     reloader: Arc<Reloader>,
     revocations: Arc<Revocations>,
+    /// When the process started serving, for the status page's uptime.
+    started: Instant,
 }
 
 impl Admin {
@@ -29,8 +33,38 @@ impl Admin {
         Self {
             reloader,
             revocations,
+            started: Instant::now(),
         }
     }
+
+    /// What the status page and `/status.json` show now.
+    fn status(&self) -> Status {
+        Status::of(
+            &self.reloader.current(),
+            self.reloader.history(),
+            self.started.elapsed(),
+        )
+    }
+}
+
+/// The status page, with its policy: nothing but its own inline style and script, fetches
+/// to this listener, no framing, no sniffing.
+fn status_page(status: &Status) -> Response<Vec<u8>> {
+    let mut resp = respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        page::render(status).into_bytes(),
+    );
+    for (name, value) in [
+        ("content-security-policy", page::CSP.as_str()),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        if let Ok(v) = http::HeaderValue::from_str(value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
 }
 
 /// The largest `POST /revoke` body read; a larger one is refused with 413 unread.
@@ -238,6 +272,18 @@ impl ServeHttp for Admin {
         // correct.
         let _ = session.drain_request_body().await;
         match (path.as_str(), method) {
+            ("/", Method::GET) => status_page(&self.status()),
+            ("/status.json", Method::GET) => {
+                let mut resp = respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec(&self.status()).unwrap_or_default(),
+                );
+                if let Ok(v) = http::HeaderValue::from_str("default-src 'none'") {
+                    resp.headers_mut().insert("content-security-policy", v);
+                }
+                resp
+            }
             ("/metrics", Method::GET) => respond(StatusCode::OK, "text/plain; version=0.0.4", {
                 let generation = self.reloader.current();
                 generation.auth.observe();
@@ -281,7 +327,10 @@ impl ServeHttp for Admin {
                     ),
                 }
             }
-            ("/metrics" | "/healthz" | "/readyz" | "/reload" | "/revoke", _) => json_response(
+            (
+                "/" | "/status.json" | "/metrics" | "/healthz" | "/readyz" | "/reload" | "/revoke",
+                _,
+            ) => json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method not allowed"}),
             ),

@@ -25,6 +25,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -21,6 +21,10 @@ use crate::config::{self, Config, ConfigError};
 use crate::generation::{Generation, Parts};
 use crate::metrics::METRICS;
 
+pub mod history;
+
+pub use history::{History, ReloadRecord};
+
 /// Why a reload did not happen.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -43,6 +47,8 @@ pub struct Reloader {
     /// What the background services read, published after each swap.
     parts: Parts,
     state: Mutex<State>,
+    /// The last reloads, for the status page.
+    history: History,
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -61,7 +67,10 @@ impl Reloader {
         let generation = Generation::build(&Config::parse_file(&text, path)?, None, 1)?;
         METRICS.generation.set(1);
         generation.commit(None);
+        let history = History::default();
+        history.push("start", 1, None);
         Ok(Reloader {
+            history,
             path: path.to_path_buf(),
             parts: Parts::of(&generation),
             current: ArcSwap::from_pointee(generation),
@@ -80,6 +89,11 @@ impl Reloader {
     /// The parts of the serving generation that background services watch.
     pub fn parts(&self) -> &Parts {
         &self.parts
+    }
+
+    /// The last reloads (the load at start first, while it is among them), oldest first.
+    pub fn history(&self) -> Vec<ReloadRecord> {
+        self.history.recent()
     }
 
     /// Reload from the file now; `trigger` names the cause in the log.
@@ -130,11 +144,13 @@ impl Reloader {
                     .generation
                     .set(i64::try_from(generation).unwrap_or(i64::MAX));
                 tracing::info!(trigger, generation, "config reloaded");
+                self.history.push(trigger, generation, None);
                 Ok(generation)
             }
             Err(e) => {
                 METRICS.reloads.with_label_values(&["failure"]).inc();
                 tracing::error!(trigger, error = %e, "config reload refused; the previous config keeps serving");
+                self.history.push(trigger, self.current().number, Some(&e));
                 Err(e.into())
             }
         }

@@ -357,6 +357,12 @@ impl KeySet {
         self.keys.iter().any(|k| k.fingerprint == fingerprint)
     }
 
+    /// Each key's `kid`, in the set's order (`None` for a key without one): public
+    /// identifiers, for the status page.
+    pub fn kids(&self) -> impl Iterator<Item = Option<&str>> {
+        self.keys.iter().map(|k| k.kid.as_deref())
+    }
+
     /// How many keys.
     pub fn len(&self) -> usize {
         self.keys.len()

@@ -129,6 +129,11 @@ impl Concurrency {
         self.limit.load(Ordering::Relaxed)
     }
 
+    /// Whether the cap adapts to the upstream's latency.
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive.is_some()
+    }
+
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)

@@ -278,6 +278,11 @@ impl RetryBudget {
         }
     }
 
+    /// Its requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Take a retry slot, held until [`RetryBudget::end`]; `false` when the budget is spent.
     pub fn try_retry(&self, percent: u32) -> bool {
         let active = self.active.load(Ordering::Relaxed);

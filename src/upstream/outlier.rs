@@ -88,6 +88,8 @@ pub struct Outlier {
     last_until_ms: AtomicU64,
     /// Ejections in a row.
     ejections: AtomicU32,
+    /// Ejections since it joined, for the status page.
+    ejected_total: AtomicU32,
 }
 
 impl Outlier {
@@ -96,6 +98,17 @@ impl Outlier {
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         let until = self.until_ms.load(Ordering::Relaxed);
         until != 0 && now_ms < until
+    }
+
+    /// How long it stays out after `now_ms`; `None` when it is in.
+    pub fn ejected_for_ms(&self, now_ms: u64) -> Option<u64> {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        (until != 0 && now_ms < until).then(|| until - now_ms)
+    }
+
+    /// How many times it was ejected since it joined (kept across reloads with the target).
+    pub fn ejections(&self) -> u32 {
+        self.ejected_total.load(Ordering::Relaxed)
     }
 
     /// Whether it was ejected and has not been seen back yet: the cheap check before reading
@@ -156,6 +169,7 @@ impl Outlier {
         self.errors.store(0, Ordering::Relaxed);
         self.last_until_ms.store(until, Ordering::Relaxed);
         self.until_ms.store(until, Ordering::Relaxed);
+        self.ejected_total.fetch_add(1, Ordering::Relaxed);
         Change::Ejected(length)
     }
 }

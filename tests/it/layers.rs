@@ -12,7 +12,7 @@ fn layer(module: &str) -> usize {
         "auth" | "routing" | "upstream" | "ratelimit" | "client_ip" | "headers" | "settings"
         | "access_log" | "tls" | "session" | "revocation" => 1,
         "generation" | "reload" => 2,
-        "proxy" | "connections" | "admin" | "memory" => 3,
+        "proxy" | "connections" | "admin" | "memory" | "status" => 3,
         "server" | "demo" => 4,
         other => panic!("module `{other}` has no layer: add it to tests/it/layers.rs"),
     }

@@ -25,6 +25,7 @@ mod retries;
 mod revoke;
 mod routing;
 mod sessions;
+mod status_page;
 mod targets;
 mod tls;
 mod upstream_tls;
