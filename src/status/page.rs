@@ -33,7 +33,9 @@ th{background:#20a0ff;color:#fff;font-weight:bold}
 tr.px th{background:#b00040;text-align:left;font-size:13px}
 tr.px th span{font-weight:normal;color:#ffe0ea;margin-left:12px}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-code{font:12px/1.3 ui-monospace,Menlo,Consolas,monospace}
+code{font:12px/1.3 ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}
+td b{white-space:nowrap}
+table.pool{min-width:600px}
 .up{background:#c0ffc0}
 .down{background:#ff9090}
 .ejected{background:#ffd070}
@@ -127,6 +129,16 @@ fn list(items: &[String]) -> String {
     }
 }
 
+/// Items one to a line, or a grey `-` when empty.
+fn lines(items: &[String]) -> String {
+    if items.is_empty() {
+        "<span class=none>-</span>".into()
+    } else {
+        let escaped: Vec<String> = items.iter().map(|i| escape(i)).collect();
+        escaped.join("<br>")
+    }
+}
+
 /// The whole page for `status`.
 pub fn render(status: &Status) -> String {
     let mut out = String::with_capacity(16 * 1024);
@@ -214,8 +226,8 @@ fn routes(out: &mut String, routes: &[RouteStatus]) {
             issuers = list(&r.auth.issuers),
             audiences = list(&r.auth.audiences),
             scopes = list(&r.auth.scopes),
-            claims = list(&r.auth.claims),
-            limits = list(&limits),
+            claims = lines(&r.auth.claims),
+            limits = lines(&limits),
         );
     }
     out.push_str("</table>");

@@ -167,6 +167,17 @@ async fn the_page_and_its_json_answer_with_their_types_and_a_strict_policy() {
     let error = reloads[refused.unwrap()]["error"].as_str().unwrap();
     assert!(error.contains("duplicate route `dup<b>`"), "{error}");
     assert_eq!(reloads.last().unwrap()["trigger"], "start");
+    for (method, path) in [
+        (reqwest::Method::POST, "/"),
+        (reqwest::Method::DELETE, "/status.json"),
+    ] {
+        let resp = http
+            .request(method, proxy.admin_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 405, "{path}");
+    }
     let html = http
         .get(proxy.admin_url("/"))
         .send()
