@@ -97,6 +97,8 @@ const SWITCHES: [&str; 14] = [
 /// over a pipe). Dropping it ends the browser.
 pub struct Page {
     child: Child,
+    /// Where Chromium's stderr goes, for the message of a failed call.
+    log: std::path::PathBuf,
     to_browser: ChildStdin,
     from_browser: mpsc::Receiver<Value>,
     session: String,
@@ -112,6 +114,7 @@ impl Page {
             "{CHROMIUM} is missing: the browser tests run Debian's chromium; `make deps` installs it"
         );
         let profile = tempfile::tempdir().unwrap();
+        let log = profile.path().join("chromium.log");
         // Chromium reads the protocol on fd 3 and writes it on fd 4: the shell puts the
         // pipes of our stdin and stdout there, then points 0 and 1 at /dev/null.
         let mut child = Command::new("sh")
@@ -124,7 +127,7 @@ impl Page {
             .arg("about:blank")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {CHROMIUM}: {e}"));
         let to_browser = child.stdin.take().unwrap();
@@ -146,6 +149,7 @@ impl Page {
         });
         let mut page = Page {
             child,
+            log,
             to_browser,
             from_browser,
             session: String::new(),
@@ -164,7 +168,8 @@ impl Page {
     }
 
     /// Send one command (to the page's session, or to the browser with `None`) and wait for
-    /// its answer; events on the way are dropped.
+    /// its answer; events on the way are dropped. It blocks its thread (in `block_in_place`,
+    /// so the test's runtime must be multi-threaded).
     fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
@@ -180,7 +185,10 @@ impl Page {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let answer = tokio::task::block_in_place(|| self.from_browser.recv_timeout(left))
-                .unwrap_or_else(|e| panic!("no answer from chromium to {method}: {e}"));
+                .unwrap_or_else(|e| {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    panic!("no answer from chromium to {method}: {e}\nstderr: {log}")
+                });
             if answer["id"] == json!(id) {
                 assert!(
                     answer.get("error").is_none(),
@@ -208,7 +216,21 @@ impl Page {
 }
 
 impl Drop for Page {
+    /// Ask the browser to close, so that it ends its own helper processes; kill it if it
+    /// has not within 5 s.
     fn drop(&mut self) {
+        let close = json!({ "id": self.next_id + 1, "method": "Browser.close", "params": {} });
+        let mut bytes = serde_json::to_vec(&close).unwrap_or_default();
+        bytes.push(0);
+        let _ = self.to_browser.write_all(&bytes);
+        let _ = self.to_browser.flush();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
