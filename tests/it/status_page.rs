@@ -7,7 +7,8 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use crate::support::chromium::Page;
-use crate::support::{addrs, client, eventually, pool, Proxy, Upstream};
+use crate::support::upstream::Fault;
+use crate::support::{addrs, client, eventually, one_route, pool, Proxy, Upstream};
 
 /// A route whose name would be markup if it were not escaped.
 const HOSTILE: &str = r#"x</td><img id=pwned src=x>"'&amp;"#;
@@ -328,4 +329,53 @@ async fn the_page_shows_a_target_going_down_within_one_refresh() {
         true,
         "not reloaded"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_target_is_shown_ejected_with_its_count() {
+    let ups = Upstream::start_many("u", 2).await;
+    ups[0].set_fault(Fault::Status(500));
+    let proxy = Proxy::start(&one_route(&pool(
+        "pool",
+        &addrs(&ups),
+        &[
+            "retry: { attempts: 1 }",
+            "outlier: { consecutive_errors: 2, base_ejection: 1h }",
+        ],
+    )))
+    .await;
+    let http = client();
+    for _ in 0..6 {
+        http.get(proxy.url("/")).send().await.unwrap();
+    }
+    let status: serde_json::Value = http
+        .get(proxy.admin_url("/status.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let targets = &status["pools"][0]["targets"];
+    let (bad, good) = (&targets[0], &targets[1]);
+    assert_eq!(bad["state"], "ejected", "{targets}");
+    assert_eq!(bad["ejections"], 1, "{targets}");
+    let left = bad["ejected_seconds"].as_u64().unwrap();
+    assert!(left > 3000 && left <= 3600, "{left}");
+    assert_eq!(good["state"], "up", "{targets}");
+    assert_eq!(good["ejections"], 0, "{targets}");
+    assert_eq!(status["pools"][0]["healthy"], 1);
+    let html = http
+        .get(proxy.admin_url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = format!(
+        "<tr class=ejected data-target=\"{}\" data-state=ejected>",
+        ups[0].addr()
+    );
+    assert!(html.contains(&row), "no `{row}` in the page");
 }
