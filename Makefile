@@ -65,6 +65,8 @@ deps:
 	  missing="$$missing dnsmasq-base"; why="$$why; dnsmasq-base: the DNS tests start a real DNS server whose answers they change"; fi; \
 	if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
+	if [ "$(DEPS_PROMTOOL)" != no ] && ! command -v promtool >/dev/null 2>&1; then \
+	  missing="$$missing prometheus"; why="$$why; prometheus: its promtool checks and unit-tests deploy/prometheus/alerts.yaml and the dashboard's queries (tests/it/dashboards.rs)"; fi; \
 	if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 	  missing="$$missing python3 python3-venv"; why="$$why; python3-venv: the gRPC tests run Python grpcio from a venv"; fi; \
 	if [ "$(DEPS_CHROMIUM)" != no ] && [ ! -x /usr/bin/chromium ]; then \
@@ -83,6 +85,9 @@ deps:
 # Chromium is for the tests alone: these targets check the other packages only.
 DEPS_CHROMIUM ?= yes
 demo bench clippy fuzz-build: DEPS_CHROMIUM := no
+# So is promtool.
+DEPS_PROMTOOL ?= yes
+demo bench clippy fuzz-build: DEPS_PROMTOOL := no
 
 # Quiet when the venv is there and its requirements did not change since; otherwise one line
 # saying why, then a fresh venv and a hash-checked install of the pinned wheels.

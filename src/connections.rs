@@ -105,7 +105,6 @@ impl Admission {
             }
             *count += 1;
         }
-        METRICS.connections_open.inc();
         Ok(Ticket {
             admission: Arc::clone(self),
             ip,
@@ -145,7 +144,6 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.admission.release(self.ip);
-        METRICS.connections_open.dec();
     }
 }
 
@@ -169,6 +167,44 @@ pub struct Connections<A> {
     activity: Arc<Activity>,
     /// The addresses of the listeners with `h2c: true`.
     h2c: Vec<SocketAddr>,
+    /// Each listener's address and connection series.
+    listeners: Vec<(SocketAddr, ListenerSeries)>,
+    /// The series of connections on no known listener (`listener="other"`); none expected.
+    other: std::sync::OnceLock<ListenerSeries>,
+}
+
+/// A listener's `portcullis_connections_open` and `portcullis_connections_accepted_total`.
+#[derive(Clone)]
+struct ListenerSeries {
+    open: prometheus::IntGauge,
+    accepted: prometheus::IntCounter,
+}
+
+impl ListenerSeries {
+    fn new(label: &str) -> ListenerSeries {
+        ListenerSeries {
+            open: METRICS.connections_open.with_label_values(&[label]),
+            accepted: METRICS.connections_accepted.with_label_values(&[label]),
+        }
+    }
+}
+
+/// Counts a connection as open on its listener until dropped.
+struct Open(prometheus::IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Whether a connection to `local` arrived on the listener bound to `listener`. A listener
+/// bound to an unspecified address (`0.0.0.0:8080`) matches every local address on its port.
+fn bound_to(listener: &SocketAddr, local: &SocketAddr) -> bool {
+    listener.port() == local.port()
+        && (listener.ip() == local.ip().to_canonical()
+            || listener.ip() == local.ip()
+            || listener.ip().is_unspecified())
 }
 
 impl<A> Connections<A> {
@@ -187,7 +223,33 @@ impl<A> Connections<A> {
             admission: Arc::new(Admission::default()),
             activity: Arc::new(Activity::default()),
             h2c: Vec::new(),
+            listeners: Vec::new(),
+            other: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Count connections per listener: `listeners` are the addresses of the config's
+    /// listeners as written (the `listener` label), fixed at start as listeners are. Their
+    /// series exist from now, at zero.
+    pub fn with_listeners(mut self, listeners: &[String]) -> Connections<A> {
+        self.listeners = listeners
+            .iter()
+            .filter_map(|a| Some((a.parse().ok()?, ListenerSeries::new(a))))
+            .collect();
+        self
+    }
+
+    /// The series of the listener `stream` arrived on.
+    fn listener_of(&self, stream: &Stream) -> &ListenerSeries {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local
+            .and_then(|local| self.listeners.iter().find(|(l, _)| bound_to(l, &local)))
+            .map_or_else(
+                || self.other.get_or_init(|| ListenerSeries::new("other")),
+                |(_, series)| series,
+            )
     }
 
     /// Accept h2c by prior knowledge on the listeners bound to `listeners` (fixed at start,
@@ -210,12 +272,7 @@ impl<A> Connections<A> {
         else {
             return false;
         };
-        self.h2c.iter().any(|l| {
-            l.port() == local.port()
-                && (l.ip() == local.ip().to_canonical()
-                    || l.ip() == local.ip()
-                    || l.ip().is_unspecified())
-        })
+        self.h2c.iter().any(|l| bound_to(l, &local))
     }
 
     /// What the memory housekeeper watches: this app's runtime and its closed connections.
@@ -307,7 +364,10 @@ where
                 return None; // dropping the stream closes the connection
             }
         };
-        m.connections_accepted.inc();
+        let listener = self.listener_of(&stream);
+        listener.accepted.inc();
+        listener.open.inc();
+        let _open = Open(listener.open.clone());
         self.activity.note_runtime();
         let _closing = Closing(&self.activity);
 

@@ -216,11 +216,12 @@ impl Generation {
             };
             let forwarding =
                 upstream::forwarding::route(rc, &pool.settings.forwarding, &path, &mut issues);
+            let methods = m.methods.names();
             matches.push(m);
             routes.push(Route {
                 name: rc.name.clone(),
                 pool: Arc::clone(pool),
-                metrics: RouteMetrics::new(&rc.name, policy.is_some()),
+                metrics: RouteMetrics::new(&rc.name, policy.is_some(), &methods),
                 policy,
                 session,
                 limits,
@@ -261,7 +262,7 @@ impl Generation {
             routes,
             table,
             pools,
-            unmatched: RouteMetrics::new("", false),
+            unmatched: RouteMetrics::new("", false, &[]),
             max_request_header_bytes,
             method_override: config.server.method_override_headers,
             connections: ConnectionLimits::from_config(&config.server),
@@ -295,9 +296,12 @@ impl Generation {
     /// appear (at zero); those of routes, limits, targets, caps and issuers that are gone
     /// are dropped, so a renamed route's series move to the new name.
     pub fn commit(&self, old: Option<&Generation>) {
-        self.unmatched.register();
+        self.unmatched.register([]);
+        for cert in &self.listener_certs {
+            cert.commit();
+        }
         for route in &self.routes {
-            route.metrics.register();
+            route.metrics.register(crate::auth::AuthError::reasons());
             for limiter in route.limits.all() {
                 limiter.register();
             }
@@ -308,8 +312,7 @@ impl Generation {
         let Some(old) = old else { return };
         for route in &old.routes {
             match self.routes.iter().find(|r| r.name == route.name) {
-                None => crate::metrics::forget_route(
-                    &route.name,
+                None => route.metrics.forget(
                     crate::auth::AuthError::reasons(),
                     &ratelimit::LimitKind::ALL.map(ratelimit::LimitKind::name),
                 ),

@@ -72,9 +72,13 @@ struct Snapshot {
 }
 
 fn requests_total() -> u64 {
+    counter_sum(&METRICS.requests)
+}
+
+/// The sum of every series of a counter family.
+fn counter_sum(family: &prometheus::IntCounterVec) -> u64 {
     use prometheus::core::Collector;
-    METRICS
-        .requests
+    family
         .collect()
         .iter()
         .flat_map(|family| family.get_metric())
@@ -95,7 +99,7 @@ impl Housekeeper {
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            accepted: METRICS.connections_accepted.get(),
+            accepted: counter_sum(&METRICS.connections_accepted),
             closed: self.activity.closed.load(Ordering::Relaxed),
             requests: requests_total(),
         }

@@ -66,6 +66,9 @@ impl Reloader {
         let text = config::read(path)?;
         let generation = Generation::build(&Config::parse_file(&text, path)?, None, 1)?;
         METRICS.generation.set(1);
+        for result in ["success", "failure"] {
+            METRICS.reloads.with_label_values(&[result]);
+        }
         generation.commit(None);
         let history = History::default();
         history.push("start", 1, None);

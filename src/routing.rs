@@ -60,6 +60,16 @@ impl Methods {
         self.0 & (1 << bit) != 0
     }
 
+    /// The names of the methods in the set (none for every method).
+    pub fn names(self) -> Vec<&'static str> {
+        METHOD_NAMES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| self.0 & (1 << bit) != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+
     fn overlaps(self, other: Methods) -> bool {
         self.0 == 0 || other.0 == 0 || self.0 & other.0 != 0
     }

@@ -110,14 +110,16 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
         ),
     );
     proxy.server_options = Some(http_options(config));
+    let addresses: Vec<String> = config.listeners.iter().map(|l| l.address.clone()).collect();
     let h2c = config
         .listeners
         .iter()
         .filter(|l| l.h2c)
         .filter_map(|l| l.address.parse().ok())
         .collect();
-    let connections =
-        Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections)).with_h2c(h2c);
+    let connections = Connections::new(Arc::new(proxy), Arc::clone(&reloader.parts().connections))
+        .with_h2c(h2c)
+        .with_listeners(&addresses);
     let activity = connections.activity();
     let mut proxy_service = Service::new("portcullis proxy".into(), connections);
     for listener in &config.listeners {

@@ -146,7 +146,26 @@ pub struct ListenerCert {
     pub address: String,
     /// What the handshake presents.
     pub key: Arc<CertifiedKey>,
+    /// The notAfter of the leaf certificate, in Unix seconds.
+    pub not_after: i64,
     stamp: Stamp,
+}
+
+impl ListenerCert {
+    /// The commit step: publish the expiry of the certificate served (a reload that replaced
+    /// it sets the new one). A listener is never removed by a reload, so neither is its series.
+    pub fn commit(&self) {
+        crate::metrics::METRICS
+            .tls_certificate_expiry
+            .with_label_values(&[&self.address])
+            .set(self.not_after);
+    }
+}
+
+/// The notAfter of `cert`, in Unix seconds (0 if it does not parse, which [`certificates`]
+/// has already refused).
+fn not_after(cert: &CertificateDer<'_>) -> i64 {
+    x509_parser::parse_x509_certificate(cert).map_or(0, |(_, c)| c.validity().not_after.timestamp())
 }
 
 impl crate::carry::Carry for ListenerCert {
@@ -185,12 +204,14 @@ pub fn compile_listeners(
         }
         let compiled = certificates(cert).and_then(|chain| {
             let k = private_key(key)?;
-            certified_key(chain, &k, &tls.cert, &tls.key)
+            let expiry = chain.first().map_or(0, not_after);
+            Ok((certified_key(chain, &k, &tls.cert, &tls.key)?, expiry))
         });
         match compiled {
-            Ok(certified) => out.push(Arc::new(ListenerCert {
+            Ok((certified, not_after)) => out.push(Arc::new(ListenerCert {
                 address: l.address.clone(),
                 key: Arc::new(certified),
+                not_after,
                 stamp: carry.1,
             })),
             Err(e) => issues.push(format!("listeners[{i}].tls"), e),

@@ -248,6 +248,11 @@ impl Auth {
         for introspector in &self.introspectors {
             introspector.register();
         }
+        for issuer in &self.issuers {
+            for result in ["success", "error"] {
+                m.jwks_fetches.with_label_values(&[&issuer.name, result]);
+            }
+        }
         for gone in old
             .into_iter()
             .flat_map(|o| o.introspectors.iter())
@@ -269,8 +274,8 @@ impl Auth {
             let _ = m.jwks_age.remove_label_values(&name);
             let _ = m.jwks_keys.remove_label_values(&name);
             let _ = m.jwks_stale.remove_label_values(&name);
-            for outcome in ["success", "error"] {
-                let _ = m.jwks_fetches.remove_label_values(&[name[0], outcome]);
+            for result in ["success", "error"] {
+                let _ = m.jwks_fetches.remove_label_values(&[name[0], result]);
             }
         }
     }

@@ -2,7 +2,8 @@
 
 /// `portcullis_auth_decisions_total{route,result,reason}`: token checks, `allowed` or `denied`.
 pub const AUTH_DECISIONS_TOTAL: &str = "portcullis_auth_decisions_total";
-/// `portcullis_jwks_fetches_total{issuer,outcome}`: key set fetches, `success` or `error`.
+/// `portcullis_jwks_fetches_total{issuer,result}`: key set fetches, `success` or `error`; both
+/// from zero for every issuer.
 pub const JWKS_FETCHES_TOTAL: &str = "portcullis_jwks_fetches_total";
 /// `portcullis_jwks_age_seconds{issuer}`: age of the keys in use.
 pub const JWKS_AGE_SECONDS: &str = "portcullis_jwks_age_seconds";

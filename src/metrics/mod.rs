@@ -16,6 +16,7 @@ mod auth;
 mod connections;
 mod lifecycle;
 mod limits;
+mod process;
 mod requests;
 mod sessions;
 mod upstream;
@@ -98,10 +99,14 @@ pub struct Metrics {
     pub token_cache_misses: IntCounter,
     /// See [`TOKEN_CACHE_ENTRIES`].
     pub token_cache_entries: IntGauge,
-    /// See [`CONNECTIONS_OPEN`].
-    pub connections_open: IntGauge,
-    /// See [`CONNECTIONS_ACCEPTED_TOTAL`].
-    pub connections_accepted: IntCounter,
+    /// See [`CONNECTIONS_OPEN`], by `listener`.
+    pub connections_open: IntGaugeVec,
+    /// See [`CONNECTIONS_ACCEPTED_TOTAL`], by `listener`.
+    pub connections_accepted: IntCounterVec,
+    /// See [`TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS`], by `listener`.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// See [`BUILD_INFO`].
+    pub build_info: IntGaugeVec,
     /// See [`CONNECTIONS_REFUSED_TOTAL`], by `reason`.
     pub connections_refused: IntCounterVec,
     /// See [`CONNECTIONS_HEADER_TIMEOUTS_TOTAL`].
@@ -133,11 +138,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
 impl Metrics {
     #[allow(clippy::expect_used)] // Names are constants: a clash is a bug found by any test.
     fn register() -> Metrics {
-        // The process collector gives process_cpu_seconds_total, process_resident_memory_bytes, ...
-        #[cfg(target_os = "linux")]
-        let _ = prometheus::register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        // process_cpu_seconds_total, process_resident_memory_bytes, ...
+        let _ = prometheus::register(Box::new(process::ProcessCollector::new()));
         let cache = register_int_counter_vec!(
             TOKEN_CACHE_REQUESTS_TOTAL,
             "Lookups in the verified-token cache, by result (hit, miss).",
@@ -162,14 +164,14 @@ impl Metrics {
         Metrics {
             requests: register_int_counter_vec!(
                 REQUESTS_TOTAL,
-                "Requests answered, by route and status class.",
-                &["route", "status_class"]
+                "Requests answered, by route, method and status code (0: no response sent).",
+                &["route", "method", "code"]
             )
             .expect("register requests"),
             request_duration: register_histogram_vec!(
                 REQUEST_DURATION_SECONDS,
-                "Time from request to the last byte of the response, by route.",
-                &["route"],
+                "Time from request to the last byte of the response, by route and method.",
+                &["route", "method"],
                 LATENCY_BUCKETS.to_vec()
             )
             .expect("register duration"),
@@ -271,8 +273,8 @@ impl Metrics {
             .expect("register auth decisions"),
             jwks_fetches: register_int_counter_vec!(
                 JWKS_FETCHES_TOTAL,
-                "Key set fetches by issuer and outcome (success, error).",
-                &["issuer", "outcome"]
+                "Key set fetches by issuer and result (success, error).",
+                &["issuer", "result"]
             )
             .expect("register jwks fetches"),
             jwks_age: register_int_gauge_vec!(
@@ -347,13 +349,25 @@ impl Metrics {
                 "Verified tokens held in the cache."
             )
             .expect("register token cache entries"),
-            connections_open: register_int_gauge!(CONNECTIONS_OPEN, "Client connections open now.")
-                .expect("register connections open"),
-            connections_accepted: register_int_counter!(
+            connections_open: register_int_gauge_vec!(
+                CONNECTIONS_OPEN,
+                "Client connections open now, by listener.",
+                &["listener"]
+            )
+            .expect("register connections open"),
+            connections_accepted: register_int_counter_vec!(
                 CONNECTIONS_ACCEPTED_TOTAL,
-                "Client connections admitted."
+                "Client connections admitted, by listener.",
+                &["listener"]
             )
             .expect("register connections accepted"),
+            tls_certificate_expiry: register_int_gauge_vec!(
+                TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
+                "When the certificate a TLS listener serves expires (its notAfter), in Unix seconds.",
+                &["listener"]
+            )
+            .expect("register certificate expiry"),
+            build_info: build_info(),
             connections_refused: refused,
             connections_header_timeouts: register_int_counter!(
                 CONNECTIONS_HEADER_TIMEOUTS_TOTAL,

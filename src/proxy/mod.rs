@@ -615,12 +615,13 @@ impl ProxyHttp for Portcullis {
             permit.finish(e.is_none() && (100..500).contains(&observed));
         }
         let route = ctx.route();
+        let method = &session.req_header().method;
         match route {
-            Some(r) => r.metrics.observe(observed, elapsed.as_secs_f64()),
+            Some(r) => r.metrics.observe(method, observed, elapsed.as_secs_f64()),
             None => ctx
                 .generation
                 .unmatched
-                .observe(observed, elapsed.as_secs_f64()),
+                .observe(method, observed, elapsed.as_secs_f64()),
         }
         if self.access_log.enabled() {
             let req = session.req_header();

@@ -457,6 +457,7 @@ pub fn commit(old: &[Arc<Pool>], new: &[Arc<Pool>]) {
         METRICS
             .retry_budget_exhausted
             .with_label_values(&[&pool.name]);
+        METRICS.ejections.with_label_values(&[&pool.name]);
         if let Some(t) = &pool.tls {
             let before = old.iter().find(|o| o.name == pool.name);
             t.commit(&pool.name, before.and_then(|o| o.tls.as_ref()));

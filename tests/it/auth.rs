@@ -799,7 +799,7 @@ async fn rotation_is_picked_up_on_the_first_unknown_kid() {
     assert_eq!(jwks.jwks_fetches(), 2);
     assert_eq!(
         proxy
-            .metric(FETCHES, &[("issuer", "corp"), ("outcome", "success")])
+            .metric(FETCHES, &[("issuer", "corp"), ("result", "success")])
             .await,
         2.0
     );
@@ -895,7 +895,7 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_min_refresh() {
     );
     assert_eq!(
         proxy
-            .metric(FETCHES, &[("issuer", "corp"), ("outcome", "success")])
+            .metric(FETCHES, &[("issuer", "corp"), ("result", "success")])
             .await as usize,
         initial + extra
     );
@@ -925,7 +925,7 @@ async fn provider_down_or_slow_last_good_keys_keep_serving() {
         .await
         .echo();
     assert_eq!(proxy.metric(STALE, &[("issuer", "corp")]).await, 0.0);
-    let corp_errors = [("issuer", "corp"), ("outcome", "error")];
+    let corp_errors = [("issuer", "corp"), ("result", "error")];
     assert_eq!(proxy.metric(FETCHES, &corp_errors).await, 0.0);
 
     // Down: background refreshes fail; the last good keys keep serving, and both /readyz
@@ -999,7 +999,7 @@ async fn provider_down_at_start_is_a_503_until_keys_arrive() {
     wait_metric_at_least(
         &proxy,
         FETCHES,
-        &[("issuer", "corp"), ("outcome", "error")],
+        &[("issuer", "corp"), ("result", "error")],
         1.0,
     )
     .await;
@@ -1079,7 +1079,7 @@ async fn discovery_finds_the_keys_and_refuses_a_document_naming_another_issuer()
     wait_metric_at_least(
         &proxy,
         FETCHES,
-        &[("issuer", "liar"), ("outcome", "error")],
+        &[("issuer", "liar"), ("result", "error")],
         2.0,
     )
     .await;

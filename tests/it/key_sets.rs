@@ -95,7 +95,7 @@ async fn wait_fetches_over(proxy: &Proxy, name: &str, outcome: &str, than: f64) 
         Duration::from_secs(10),
         || async {
             let got = proxy
-                .metric(FETCHES, &[("issuer", name), ("outcome", outcome)])
+                .metric(FETCHES, &[("issuer", name), ("result", outcome)])
                 .await;
             if got > than {
                 Ok(got)
@@ -116,7 +116,7 @@ async fn wait_first_fetch(proxy: &Proxy, name: &str) {
             let m = proxy.metrics().await;
             let done = ["success", "error"]
                 .iter()
-                .filter_map(|o| m.get(FETCHES, &[("issuer", name), ("outcome", o)]))
+                .filter_map(|o| m.get(FETCHES, &[("issuer", name), ("result", o)]))
                 .sum::<f64>();
             if done > 0.0 {
                 Ok(())
@@ -187,7 +187,7 @@ async fn a_key_set_redirected_to_another_host_is_refused_and_the_last_good_keys_
     // It redirects again: each background refresh fails, the last good keys keep serving,
     // and a token of the attacker's key (an unknown kid, so a fetch) is refused.
     let errors = proxy
-        .metric(FETCHES, &[("issuer", "corp"), ("outcome", "error")])
+        .metric(FETCHES, &[("issuer", "corp"), ("result", "error")])
         .await;
     jwks.set_redirect(JWKS_PATH, Some(&attacker.url("/jwks.json")));
     wait_fetches_over(&proxy, "corp", "error", errors).await;
@@ -361,7 +361,7 @@ async fn https_key_servers_are_trusted_by_ca_file() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(
         proxy
-            .metric(FETCHES, &[("issuer", "public"), ("outcome", "success")])
+            .metric(FETCHES, &[("issuer", "public"), ("result", "success")])
             .await,
         0.0
     );
@@ -373,7 +373,7 @@ async fn https_key_servers_are_trusted_by_ca_file() {
 
     // A certificate from another CA: refused at the next refresh, last good keys kept.
     let errors = proxy
-        .metric(FETCHES, &[("issuer", "internal"), ("outcome", "error")])
+        .metric(FETCHES, &[("issuer", "internal"), ("result", "error")])
         .await;
     let stranger = Ca::new("stranger");
     front.set_config(stranger.issue(&["127.0.0.1"]).server_config(None));
@@ -394,7 +394,7 @@ async fn https_key_servers_are_trusted_by_ca_file() {
     };
     std::fs::write(&ca_file, Ca::new("third").pem).unwrap();
     let errors = proxy
-        .metric(FETCHES, &[("issuer", "internal"), ("outcome", "error")])
+        .metric(FETCHES, &[("issuer", "internal"), ("result", "error")])
         .await;
     reload().await;
     wait_fetches_over(&proxy, "internal", "error", errors).await;
@@ -403,7 +403,7 @@ async fn https_key_servers_are_trusted_by_ca_file() {
     // ... and fetches again once the file holds the CA the server's certificate comes from.
     std::fs::write(&ca_file, &stranger.pem).unwrap();
     let successes = proxy
-        .metric(FETCHES, &[("issuer", "internal"), ("outcome", "success")])
+        .metric(FETCHES, &[("issuer", "internal"), ("result", "success")])
         .await;
     reload().await;
     wait_fetches_over(&proxy, "internal", "success", successes).await;

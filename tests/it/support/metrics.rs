@@ -53,9 +53,53 @@ impl Metrics {
         found.first().copied()
     }
 
-    /// Whether a series of this name exists with these labels.
+    /// Whether a series of this name exists with these labels (one or more).
     pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
-        self.get(name, labels).is_some()
+        self.any(name, labels)
+    }
+
+    /// The sum of every series `name` whose labels include all of `labels` (0 when none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    /// Whether any series `name` has labels including all of `labels`.
+    pub fn any(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.matching(name, labels).next().is_some()
+    }
+
+    /// `portcullis_requests_total` of `route` (any method) with a code of `class`: `'2'`
+    /// sums 2xx.
+    pub fn requests_in_class(&self, route: &str, class: char) -> f64 {
+        self.matching("portcullis_requests_total", &[("route", route)])
+            .filter(|(l, _)| {
+                l.iter()
+                    .any(|(k, v)| k == "code" && v.len() == 3 && v.starts_with(class))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Every series `name` whose labels include all of `labels`, with its value.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a [(String, String)], f64)> + 'a {
+        self.samples
+            .iter()
+            .filter(move |(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, l, v)| (l.as_slice(), *v))
+    }
+
+    /// The names of every sample.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.samples.iter().map(|(n, _, _)| n.as_str())
     }
 
     /// The raw text.

@@ -49,6 +49,7 @@ pub struct ProxyBuilder {
     body: String,
     server: Vec<String>,
     listener: Vec<String>,
+    extra_listeners: Vec<String>,
     tls: bool,
     env: Vec<(String, String)>,
 }
@@ -63,6 +64,13 @@ impl ProxyBuilder {
     /// A line under `server:` (e.g. `max_request_header_bytes: 2048`).
     pub fn server(mut self, line: &str) -> Self {
         self.server.push(line.to_string());
+        self
+    }
+
+    /// Another listener, with its fields as one YAML flow mapping body (e.g.
+    /// `address: "127.0.0.1:8081"`).
+    pub fn extra_listener(mut self, fields: &str) -> Self {
+        self.extra_listeners.push(fields.to_string());
         self
     }
 
@@ -104,6 +112,7 @@ pub struct Proxy {
     tls: bool,
     server: Vec<String>,
     listener: Vec<String>,
+    extra_listeners: Vec<String>,
     stderr: Arc<Mutex<Vec<u8>>>,
     exit: Option<ExitStatus>,
 }
@@ -120,6 +129,7 @@ impl Proxy {
             body: body.to_string(),
             server: Vec::new(),
             listener: Vec::new(),
+            extra_listeners: Vec::new(),
             tls: false,
             env: Vec::new(),
         }
@@ -165,6 +175,7 @@ impl Proxy {
             tls: b.tls,
             server: b.server.clone(),
             listener: b.listener.clone(),
+            extra_listeners: b.extra_listeners.clone(),
             stderr: Arc::new(Mutex::new(Vec::new())),
             exit: None,
         };
@@ -225,6 +236,11 @@ impl Proxy {
         };
         let tls: String = std::iter::once(tls)
             .chain(self.listener.iter().map(|l| format!("\n    {l}")))
+            .chain(
+                self.extra_listeners
+                    .iter()
+                    .map(|l| format!("\n  - {{ {l} }}")),
+            )
             .collect();
         let mut server = String::from("server:\n  threads: 2\n");
         for line in &self.server {
