@@ -394,6 +394,26 @@ async fn dashboards_and_alerts_name_only_exposed_metrics() {
         missing.join("\n  "),
         exposed.into_iter().collect::<Vec<_>>().join("\n")
     );
+    // The README's table lists every family exposed.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("\n## Metrics\n").unwrap();
+    let end = start
+        + readme[start..]
+            .find("\n## Dashboards and alerts\n")
+            .unwrap();
+    let section = &readme[start..end];
+    let unlisted: Vec<&str> = m
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .filter(|family| !section.contains(&format!("`{family}`")))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "README.md's Metrics section does not list {unlisted:?}"
+    );
     // An exemption that is exposed after all is stale: remove it.
     for (family, _) in NOT_STARTED_HERE {
         assert!(
