@@ -2,8 +2,10 @@
 //!
 //! The `prometheus` crate's process collector reports `process_cpu_seconds_total` in whole
 //! seconds (it truncates the clock ticks), so a proxy that used 0.8 s of CPU read 0 and a
-//! `rate()` over it jumped by whole seconds. This one divides the ticks by `CLK_TCK`  and keeps the other
-//! families the crate's collector had: memory, file descriptors, threads, start time.
+//! `rate()` over it jumped by whole seconds. This one reads the process CPU clock
+//! (`clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`, nanoseconds) and keeps the other families the
+//! crate's collector had: memory, file descriptors, threads, start time. That collector is off
+//! (the crate's `process` feature), as the default registry would register it by itself.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;

@@ -160,28 +160,38 @@ impl RouteMetrics {
         })
     }
 
+    /// The counter of (method, [`KNOWN_CODES`]`[i]`), resolved at its first use.
+    fn known(&self, method: usize, i: usize) -> &IntCounter {
+        self.methods[method].codes[i].get_or_init(|| {
+            METRICS
+                .requests
+                .with_label_values(&[&self.name, METHODS[method], KNOWN_CODES[i]])
+        })
+    }
+
+    /// The counter of (method, code): from the table for a known code, else from the route's
+    /// list of other codes (a lock, taken only for codes outside the table), made at the
+    /// code's first request.
     fn counter(&self, method: usize, code: u16) -> IntCounter {
-        let name = self.name.as_str();
         if let Some(i) = known_index(code) {
-            return self.methods[method].codes[i]
-                .get_or_init(|| {
-                    METRICS
-                        .requests
-                        .with_label_values(&[name, METHODS[method], KNOWN_CODES[i]])
-                })
-                .clone();
+            return self.known(method, i).clone();
         }
-        let mut buf = [0u8; 3];
-        let counter = METRICS.requests.with_label_values(&[
-            name,
-            METHODS[method],
-            code_label(code, &mut buf),
-        ]);
-        if let Ok(mut others) = self.others.lock() {
-            if !others.iter().any(|(m, c, _)| *m == method && *c == code) {
-                others.push((method, code, counter.clone()));
-            }
+        let make = || {
+            let mut buf = [0u8; 3];
+            METRICS.requests.with_label_values(&[
+                self.name.as_str(),
+                METHODS[method],
+                code_label(code, &mut buf),
+            ])
+        };
+        let Ok(mut others) = self.others.lock() else {
+            return make();
+        };
+        if let Some((_, _, c)) = others.iter().find(|(m, c, _)| *m == method && *c == code) {
+            return c.clone();
         }
+        let counter = make();
+        others.push((method, code, counter.clone()));
         counter
     }
 
@@ -204,15 +214,7 @@ impl RouteMetrics {
     pub fn observe(&self, method: &http::Method, status: u16, seconds: f64) {
         let method = method_index(method);
         match known_index(status) {
-            Some(i) => self.methods[method].codes[i]
-                .get_or_init(|| {
-                    METRICS.requests.with_label_values(&[
-                        &self.name,
-                        METHODS[method],
-                        KNOWN_CODES[i],
-                    ])
-                })
-                .inc(),
+            Some(i) => self.known(method, i).inc(),
             None => self.counter(method, status).inc(),
         }
         self.duration(method).observe(seconds);

@@ -12,6 +12,7 @@ use crate::support::jwks::{key_set, JwksServer};
 use crate::support::keys::{AUD, EC384, ISS};
 use crate::support::metrics::Metrics;
 use crate::support::proxy::free_port;
+use crate::support::upstream::Fault;
 use crate::support::{client, client_builder, eventually, pool, Proxy, Upstream};
 
 const REQUESTS: &str = "portcullis_requests_total";
@@ -28,19 +29,22 @@ fn now() -> u64 {
 /// A config with a route for each way Portcullis answers: `api` (HMAC issuer `legacy`, scope
 /// `read` required: 401, 403, 200), `keys` (issuer `remote` whose key server is down: 503),
 /// `limited` (one request a minute per IP: 200 then 429), `down` (a pool with nothing
-/// listening: 502) and `slow` (a pool with a 300 ms read timeout: 504).
-fn config(up: &Upstream, jwks: &JwksServer, dead: &str) -> String {
+/// listening: 502), `slow` (a pool with a 300 ms read timeout: 504) and `teapot` (an upstream
+/// answering 418, a code outside the route's table).
+fn config(up: &Upstream, teapot: &Upstream, jwks: &JwksServer, dead: &str) -> String {
     format!(
-        "upstreams:\n{}{}{}issuers:\n  - name: legacy\n    issuer: legacy\n    hmac_secret_env: {SECRET_ENV}\n  - name: remote\n    issuer: \"{ISS}\"\n    jwks_uri: \"{}\"\n    audiences: [{AUD}]\n    fetch_timeout: 500ms\n    jwks_refresh: 60s\n    jwks_min_refresh: 200ms\nroutes:\n{}{}{}{}{}",
+        "upstreams:\n{}{}{}{}issuers:\n  - name: legacy\n    issuer: legacy\n    hmac_secret_env: {SECRET_ENV}\n  - name: remote\n    issuer: \"{ISS}\"\n    jwks_uri: \"{}\"\n    audiences: [{AUD}]\n    fetch_timeout: 500ms\n    jwks_refresh: 60s\n    jwks_min_refresh: 200ms\nroutes:\n{}{}{}{}{}{}",
         pool("app", &[up.addr().to_string()], &[]),
         pool("dead", &[dead.to_string()], &["connect_timeout: 200ms"]),
         pool("slowpool", &[up.addr().to_string()], &["read_timeout: 300ms"]),
+        pool("teapots", &[teapot.addr().to_string()], &[]),
         jwks.jwks_url(),
         "  - name: api\n    match: { path_prefix: /api }\n    upstream: app\n    auth: { issuers: [legacy], require_scopes: [read] }\n",
         "  - name: keys\n    match: { path_prefix: /keys }\n    upstream: app\n    auth: { issuers: [remote] }\n",
         "  - name: limited\n    match: { path_prefix: /limited }\n    upstream: app\n    auth: none\n    rate_limit: { per_ip: { rate: 1/min, burst: 1 } }\n",
         "  - name: down\n    match: { path_prefix: /down }\n    upstream: dead\n    auth: none\n",
         "  - name: slow\n    match: { path_prefix: /slow, methods: [GET, PUT] }\n    upstream: slowpool\n    auth: none\n",
+        "  - name: teapot\n    match: { path_prefix: /teapot }\n    upstream: teapots\n    auth: none\n",
     )
 }
 
@@ -65,11 +69,15 @@ fn dead_address() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
-async fn start(up: &Upstream, jwks: &JwksServer) -> Proxy {
-    Proxy::builder(&config(up, jwks, &dead_address()))
+/// The proxy of [`config`], and the teapot upstream it sends `/teapot` to.
+async fn start(up: &Upstream, jwks: &JwksServer) -> (Proxy, Upstream) {
+    let teapot = Upstream::start("teapot").await;
+    teapot.set_fault(Fault::Status(418));
+    let proxy = Proxy::builder(&config(up, &teapot, jwks, &dead_address()))
         .env(SECRET_ENV, SECRET)
         .start()
-        .await
+        .await;
+    (proxy, teapot)
 }
 
 /// `portcullis_requests_total` of one route, method and code (0 when absent).
@@ -86,7 +94,7 @@ async fn requests_are_counted_by_route_method_and_code() {
     let up = Upstream::start("app").await;
     let mut jwks = JwksServer::start(key_set(&[(EC384, "ec384")])).await;
     jwks.stop().await;
-    let proxy = start(&up, &jwks).await;
+    let (proxy, _teapot) = start(&up, &jwks).await;
     let http = client();
     let send = |method: reqwest::Method, path: &str, token: Option<String>| {
         let mut req = http.request(method, proxy.url(path));
@@ -128,6 +136,9 @@ async fn requests_are_counted_by_route_method_and_code() {
     // A method outside the standard ones is `OTHER`.
     let purge = Method::from_bytes(b"PURGE").unwrap();
     assert_eq!(send(purge, "/down", None).await, 502);
+    // A code outside the table, twice: made at the first, found at the second.
+    assert_eq!(send(Method::GET, "/teapot", None).await, 418);
+    assert_eq!(send(Method::GET, "/teapot", None).await, 418);
 
     let expected = [
         ("api", "GET", "401", 2.0),
@@ -140,11 +151,12 @@ async fn requests_are_counted_by_route_method_and_code() {
         ("down", "PATCH", "502", 1.0),
         ("down", "OTHER", "502", 1.0),
         ("slow", "GET", "504", 1.0),
+        ("teapot", "GET", "418", 2.0),
     ];
     let m = eventually("every request counted", Duration::from_secs(10), || async {
         let m = proxy.metrics().await;
         let total: f64 = m.sum(REQUESTS, &[]);
-        if total >= 11.0 {
+        if total >= 13.0 {
             Ok(m)
         } else {
             Err(format!(
@@ -167,7 +179,7 @@ async fn requests_are_counted_by_route_method_and_code() {
         );
     }
     // Nothing else was counted, and the codes were told apart: a 401 is not a 403.
-    assert_eq!(m.sum(REQUESTS, &[]), 11.0, "{}", m.text());
+    assert_eq!(m.sum(REQUESTS, &[]), 13.0, "{}", m.text());
     assert_eq!(requests(&m, "api", "GET", "403"), 0.0);
     assert_eq!(requests(&m, "down", "PATCH", "503"), 0.0);
     assert_eq!(
@@ -191,7 +203,7 @@ async fn known_series_are_there_at_zero_from_the_start() {
     let up = Upstream::start("app").await;
     let mut jwks = JwksServer::start(key_set(&[(EC384, "ec384")])).await;
     jwks.stop().await;
-    let proxy = start(&up, &jwks).await;
+    let (proxy, _teapot) = start(&up, &jwks).await;
     // No request was sent.
     let m = proxy.metrics().await;
     let zero = |name: &str, labels: &[(&str, &str)]| {
