@@ -181,8 +181,8 @@ fn warn_restart_needed(old: &Config, new: &Config) {
     {
         fixed.push("server.threads/grace_period");
     }
-    if old.access_log != new.access_log {
-        fixed.push("access_log");
+    if old.access_log.output != new.access_log.output {
+        fixed.push("access_log.path");
     }
     if !fixed.is_empty() {
         tracing::warn!(

@@ -82,7 +82,11 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
         return Err(ServeError::NoListeners);
     }
     check_addresses_free(config)?;
-    let access_log = AccessLog::start(&config.access_log).map_err(ServeError::AccessLog)?;
+    let access_log = AccessLog::start(&config.access_log.output).map_err(ServeError::AccessLog)?;
+    // Before any service starts: SIGUSR1's default action would end the process.
+    access_log
+        .reopen_on_sigusr1()
+        .map_err(ServeError::AccessLog)?;
     let grace = config.server.grace_period.0;
 
     let conf = ServerConf {

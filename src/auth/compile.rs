@@ -323,6 +323,13 @@ impl Auth {
                 }
             }
         }
+        // The claims the access log records: held by every identity like any other.
+        let log_claims = config
+            .access_log
+            .claims
+            .iter()
+            .map(|claim| (claim.as_str().into(), projection.slot_for(claim)))
+            .collect();
         let projection = Arc::new(projection);
         let key = (config.token_cache.clone(), Arc::clone(&projection));
         let cache = crate::carry::kept(previous.map(|p| &p.cache), &key).unwrap_or_else(|| {
@@ -353,6 +360,7 @@ impl Auth {
             projection,
             identity_headers,
             introspectors,
+            log_claims,
         }
     }
 

@@ -199,6 +199,8 @@ pub struct Auth {
     pub identity_headers: Vec<HeaderName>,
     /// Introspection of opaque tokens, one per issuer with `introspection:`.
     pub introspectors: Vec<Arc<Introspector>>,
+    /// The claims the access log records (`access_log.claims`): name and projection slot.
+    pub log_claims: Vec<(Box<str>, usize)>,
 }
 
 impl Default for Auth {
@@ -209,6 +211,7 @@ impl Default for Auth {
             projection: Arc::default(),
             identity_headers: Vec::new(),
             introspectors: Vec::new(),
+            log_claims: Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`crate::generation`]'s job. Parsing reports every error it can find at once, each with the
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
+pub mod access_log;
 pub mod forwarding;
 pub mod limits;
 mod lines;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+pub use access_log::*;
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
@@ -45,7 +47,7 @@ pub struct Config {
     /// Process-wide settings.
     #[serde(default)]
     pub server: ServerConfig,
-    /// Where the access log goes: `stdout` (default), `stderr`, `off`, or a file path.
+    /// Where the access log goes (`stdout` by default) and which claims it records (none).
     #[serde(default)]
     pub access_log: AccessLogConfig,
     /// Upstream pools.
@@ -227,7 +229,7 @@ impl Config {
                 fix(&mut tls.key);
             }
         }
-        if let AccessLogConfig::File(p) = &mut self.access_log {
+        if let AccessLogOutput::File(p) = &mut self.access_log.output {
             fix(p);
         }
         for issuer in &mut self.issuers {

@@ -177,37 +177,6 @@ pub fn default_max_request_header_bytes() -> usize {
     32 * 1024
 }
 
-/// Where access log lines go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AccessLogConfig {
-    /// One JSON line per request on standard output.
-    #[default]
-    Stdout,
-    /// On standard error.
-    Stderr,
-    /// Appended to a file.
-    File(PathBuf),
-    /// No access log.
-    Off,
-}
-
-impl<'de> Deserialize<'de> for AccessLogConfig {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Ok(match s.as_str() {
-            "stdout" => Self::Stdout,
-            "stderr" => Self::Stderr,
-            "off" => Self::Off,
-            "" => {
-                return Err(de::Error::custom(
-                    "expected `stdout`, `stderr`, `off` or a path",
-                ))
-            }
-            path => Self::File(PathBuf::from(path)),
-        })
-    }
-}
-
 /// A route.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

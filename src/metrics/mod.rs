@@ -12,6 +12,7 @@ use prometheus::{
     register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
+pub mod access_log;
 mod auth;
 mod connections;
 mod lifecycle;

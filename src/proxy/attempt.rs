@@ -47,8 +47,13 @@ fn outcome(ctx: &RequestCtx, i: usize, ok: bool) {
 
 /// The attempt on target `i` ended: its duration.
 pub(super) fn attempt_ended(ctx: &mut RequestCtx, i: usize) {
-    if let (Some(started), Some(target)) = (ctx.attempt_started.take(), attempt_target(ctx, i)) {
-        target.series().ended(started.elapsed());
+    let Some(started) = ctx.attempt_started.take() else {
+        return;
+    };
+    let took = started.elapsed();
+    ctx.upstream_time = Some(took);
+    if let Some(target) = attempt_target(ctx, i) {
+        target.series().ended(took);
     }
 }
 
@@ -134,6 +139,7 @@ pub(super) fn peer(session: &Session, ctx: &mut RequestCtx) -> pingora::Result<B
     ctx.target = Some(i);
     ctx.attempts += 1;
     ctx.attempt_started = Some(Instant::now());
+    ctx.upstream_status = None;
     if ctx.budget.is_none() {
         ctx.budget = Some(retry::BudgetHold::new(&pool));
     }
@@ -201,6 +207,7 @@ pub(super) fn answered(
     ctx: &mut RequestCtx,
     status: u16,
 ) -> pingora::Result<()> {
+    ctx.upstream_status = Some(status);
     if let Some(i) = ctx.target {
         outcome(ctx, i, status < 500);
         if let (Some(started), Some(target)) = (ctx.attempt_started, attempt_target(ctx, i)) {

@@ -10,6 +10,7 @@
 //! pick a target (again after a failure the route retries), log. Refusals go through
 //! [`rescue`], the only code that writes an error response.
 
+mod access;
 mod attempt;
 mod browser;
 pub mod rescue;
@@ -26,7 +27,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::Error;
 
-use crate::access_log::{AccessLog, AccessRecord};
+use crate::access_log::AccessLog;
 use crate::auth::{AuthError, Identity};
 use crate::config::MethodOverrideHeaders;
 use crate::generation::{Generation, Route};
@@ -121,6 +122,9 @@ pub struct RequestCtx {
     retrying_status: bool,
     /// When the current attempt started (its target chosen).
     attempt_started: Option<Instant>,
+    /// What the last attempt's target answered, and how long that attempt took (the log).
+    upstream_status: Option<u16>,
+    upstream_time: Option<std::time::Duration>,
     /// The browser session, on a route that took one.
     session: Option<Arc<crate::session::Live>>,
     /// `Set-Cookie` values for the response (a refreshed session).
@@ -339,6 +343,8 @@ impl ProxyHttp for Portcullis {
             budget: None,
             retrying_status: false,
             attempt_started: None,
+            upstream_status: None,
+            upstream_time: None,
             session: None,
             session_cookies: Vec::new(),
             session_reply: None,
@@ -624,26 +630,7 @@ impl ProxyHttp for Portcullis {
                 .observe(method, observed, elapsed.as_secs_f64()),
         }
         if self.access_log.enabled() {
-            let req = session.req_header();
-            let upstream = ctx.members.as_ref().and_then(|m| {
-                ctx.target
-                    .or(ctx.tried.last().copied())
-                    .and_then(|i| m.targets.get(i))
-            });
-            self.access_log.write(&AccessRecord {
-                request_id: headers::request_id_str(&ctx.request_id),
-                client: ctx.client_ip,
-                route: route.map(|r| r.name.as_str()).unwrap_or(""),
-                method: req.method.as_str(),
-                // The path only: a query string may carry tokens.
-                path: req.uri.path(),
-                status,
-                upstream: upstream.map(|t| t.label.as_str()),
-                duration: elapsed,
-                bytes_sent: session.body_bytes_sent(),
-                bytes_received: session.body_bytes_read(),
-                reason: ctx.refusal.map(|r| r.code()),
-            });
+            access::write(&self.access_log, session, ctx, status, elapsed);
         }
     }
 
