@@ -337,6 +337,9 @@ struct Case {
     /// A browser-session route instead of a token one: every request carries the session
     /// cookie of this store. Portcullis only (the others have no sessions).
     session: Option<Store>,
+    /// The access-log pair (issue 17), Portcullis only: `Some(false)` with `access_log: off`,
+    /// `Some(true)` with the log written to a file. `None`: every other case, log off.
+    log: Option<bool>,
 }
 
 /// Where the session of a session case lives.
@@ -351,7 +354,7 @@ enum Store {
 impl Case {
     /// Whether `system` runs this case: a session case is Portcullis's alone.
     fn runs_on(&self, system: System) -> bool {
-        self.session.is_none() || system == System::Portcullis
+        (self.session.is_none() && self.log.is_none()) || system == System::Portcullis
     }
 }
 
@@ -377,6 +380,7 @@ fn cases() -> Vec<Case> {
         connections,
         wire: Wire::Plain,
         session: None,
+        log: None,
     };
     // Cases compared with each other run next to each other: a target comparing two cases
     // (10,000 routes against one, limits on against off) pairs runs seconds apart.
@@ -407,6 +411,31 @@ fn cases() -> Vec<Case> {
             ..case(
                 "h2",
                 "passthrough to an HTTP/2 upstream (h2c, prior knowledge)",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
+        // The access-log pair: the default config but for where the log goes, back to back.
+        Case {
+            log: Some(false),
+            ..case(
+                "log-off",
+                "passthrough, `access_log: off`",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
+        Case {
+            log: Some(true),
+            ..case(
+                "log-file",
+                "passthrough, access log to a file",
                 None,
                 false,
                 false,
@@ -526,6 +555,11 @@ fn what_it_does_downstream(case: &Case, system: System) -> String {
             }
             if case.routes > 1 {
                 let _ = write!(s, ", {} routes", thousands(case.routes as f64));
+            }
+            match case.log {
+                Some(true) => s.push_str(", access log to a file"),
+                Some(false) => s.push_str(", `access_log: off`"),
+                None => {}
             }
             s
         }
@@ -834,6 +868,11 @@ impl Work {
     }
 }
 
+/// Where the `log-file` case writes its access log (removed after each run).
+fn access_log_file(w: &Work, case: &Case) -> PathBuf {
+    w.dir.join(format!("{}-access.log", case.id))
+}
+
 fn portcullis_config(case: &Case, w: &Work, listen: SocketAddr, admin: SocketAddr) -> String {
     let mut c = format!(
         r#"# portcullis load bench: {id}
@@ -844,7 +883,7 @@ admin:
 server:
   threads: 1
   grace_period: 1s
-access_log: "off"
+access_log: {log}
 issuers:
   - name: bench
     issuer: "{ISS}"
@@ -857,6 +896,10 @@ issuers:
 {wire}routes:
 "#,
         id = case.id,
+        log = match case.log {
+            Some(true) => format!("\"{}\"", access_log_file(w, case).display()),
+            _ => "\"off\"".into(),
+        },
         sessions = case
             .session
             .map_or(String::new(), |store| session_config(store, w)),
@@ -1734,6 +1777,11 @@ fn run_one(
     if system == System::Portcullis {
         check_answers(admin, case, &r, connections)?;
     }
+    if case.log == Some(true) {
+        let checked = check_access_log(&access_log_file(w, case), r.requests);
+        let _ = std::fs::remove_file(access_log_file(w, case));
+        checked?;
+    }
     drop(proc);
     if r.status_errors > 0 {
         return Err(format!(
@@ -1771,6 +1819,36 @@ fn run_one(
         // teardown fall just outside wrk's clock, hence the cap.
         busy: (proxy_seconds / (r.duration_us as f64 / 1e6)).min(1.0),
     })
+}
+
+/// The `log-file` case must have logged: at least one line per request wrk completed (the
+/// warm-up's lines come on top), each whole. A log that dropped lines is not the cost measured.
+fn check_access_log(path: &Path, requests: u64) -> Result<(), String> {
+    // The last lines reach the file on the flusher's next round (100 ms).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (text, lines) = loop {
+        let mut text = std::fs::read_to_string(path)
+            .map_err(|e| format!("the access log {}: {e}", path.display()))?;
+        // Whole lines only: the flusher may be writing the next ones.
+        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+        let lines = text.lines().count() as u64;
+        if lines >= requests || Instant::now() > deadline {
+            break (text, lines);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if lines < requests {
+        return Err(format!(
+            "the access log holds {lines} lines for {requests} requests"
+        ));
+    }
+    if let Some(bad) = text
+        .lines()
+        .find(|l| !(l.starts_with("{\"time\":") && l.ends_with('}')))
+    {
+        return Err(format!("a torn access log line: {bad}"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2373,6 +2451,16 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
         "HTTP/2 (h2c) upstream: CPU/request ≤ 1.1× bare Pingora",
         ("h2", Portcullis),
         ("h2", Bare),
+        cpu,
+        "µs",
+        true,
+        1.1,
+    );
+    // Issue 17: the access log written to a file against none, side by side.
+    ratio(
+        "access log to a file: CPU/request ≤ 1.1× `access_log: off` (issue 17)",
+        ("log-file", Portcullis),
+        ("log-off", Portcullis),
         cpu,
         "µs",
         true,

@@ -52,6 +52,7 @@ pub struct ProxyBuilder {
     extra_listeners: Vec<String>,
     tls: bool,
     env: Vec<(String, String)>,
+    log_claims: Vec<String>,
 }
 
 impl ProxyBuilder {
@@ -77,6 +78,12 @@ impl ProxyBuilder {
     /// Serve TLS on the listener, with a self-signed certificate made for the test.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Write `access_log:` in its object form, listing these claims.
+    pub fn log_claims(mut self, claims: &[&str]) -> Self {
+        self.log_claims = claims.iter().map(|c| c.to_string()).collect();
         self
     }
 
@@ -113,6 +120,8 @@ pub struct Proxy {
     server: Vec<String>,
     listener: Vec<String>,
     extra_listeners: Vec<String>,
+    /// `access_log.claims`; empty: the plain string form.
+    log_claims: Vec<String>,
     stderr: Arc<Mutex<Vec<u8>>>,
     exit: Option<ExitStatus>,
 }
@@ -132,6 +141,7 @@ impl Proxy {
             extra_listeners: Vec::new(),
             tls: false,
             env: Vec::new(),
+            log_claims: Vec::new(),
         }
     }
 
@@ -176,6 +186,7 @@ impl Proxy {
             server: b.server.clone(),
             listener: b.listener.clone(),
             extra_listeners: b.extra_listeners.clone(),
+            log_claims: b.log_claims.clone(),
             stderr: Arc::new(Mutex::new(Vec::new())),
             exit: None,
         };
@@ -246,11 +257,16 @@ impl Proxy {
         for line in &self.server {
             server.push_str(&format!("  {line}\n"));
         }
+        let path = format!("\"{}\"", self.access_log_path().display());
+        let access_log = if self.log_claims.is_empty() {
+            path
+        } else {
+            format!("{{ path: {path}, claims: [{}] }}", self.log_claims.join(", "))
+        };
         format!(
-            "listeners:\n  - address: \"127.0.0.1:{}\"{tls}\nadmin:\n  address: \"127.0.0.1:{}\"\naccess_log: \"{}\"\n{server}{body}",
+            "listeners:\n  - address: \"127.0.0.1:{}\"{tls}\nadmin:\n  address: \"127.0.0.1:{}\"\naccess_log: {access_log}\n{server}{body}",
             self.port,
             self.admin_port,
-            self.access_log_path().display(),
         )
     }
 
@@ -382,10 +398,36 @@ impl Proxy {
         std::fs::read_to_string(self.access_log_path()).unwrap_or_default()
     }
 
+    /// From the next [`Proxy::write_config`] on, list these claims in `access_log` (none:
+    /// the plain string form).
+    pub fn set_log_claims(&mut self, claims: &[&str]) {
+        self.log_claims = claims.iter().map(|c| c.to_string()).collect();
+    }
+
+    /// Wait (up to 5 s) until the access log holds at least `n` lines, and give them: lines
+    /// reach the file on the writer's next round (every 100 ms).
+    pub async fn wait_access_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        eventually(
+            &format!("{n} access log lines"),
+            Duration::from_secs(5),
+            || async {
+                let lines = self.access_lines();
+                if lines.len() >= n {
+                    Ok(lines)
+                } else {
+                    Err(format!("{} lines", lines.len()))
+                }
+            },
+        )
+        .await
+    }
+
     /// The access log lines, parsed.
     pub fn access_lines(&self) -> Vec<serde_json::Value> {
-        self.access_log()
-            .lines()
+        let mut log = self.access_log();
+        // Whole lines only: the writer may be in the middle of its next write.
+        log.truncate(log.rfind('\n').map_or(0, |i| i + 1));
+        log.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
     }
