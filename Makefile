@@ -67,6 +67,8 @@ deps:
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
 	if [ "$(DEPS_PROMTOOL)" != no ] && ! command -v promtool >/dev/null 2>&1; then \
 	  missing="$$missing prometheus"; why="$$why; prometheus: its promtool checks and unit-tests deploy/prometheus/alerts.yaml and the dashboard's queries (tests/it/dashboards.rs)"; fi; \
+	if ! command -v logrotate >/dev/null 2>&1 && [ ! -x /usr/sbin/logrotate ]; then \
+	  missing="$$missing logrotate"; why="$$why; logrotate: a test runs deploy/logrotate/portcullis on a running proxy's access log"; fi; \
 	if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 	  missing="$$missing python3 python3-venv"; why="$$why; python3-venv: the gRPC tests run Python grpcio from a venv"; fi; \
 	if [ "$(DEPS_CHROMIUM)" != no ] && [ ! -x /usr/bin/chromium ]; then \

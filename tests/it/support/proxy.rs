@@ -261,7 +261,10 @@ impl Proxy {
         let access_log = if self.log_claims.is_empty() {
             path
         } else {
-            format!("{{ path: {path}, claims: [{}] }}", self.log_claims.join(", "))
+            format!(
+                "{{ path: {path}, claims: [{}] }}",
+                self.log_claims.join(", ")
+            )
         };
         format!(
             "listeners:\n  - address: \"127.0.0.1:{}\"{tls}\nadmin:\n  address: \"127.0.0.1:{}\"\naccess_log: {access_log}\n{server}{body}",
