@@ -276,7 +276,8 @@ impl AccessLog {
     /// Add one line to this thread's buffer.
     pub fn write(&self, r: &AccessRecord<'_>) {
         let Some(shared) = &self.shared else { return };
-        LOCAL.with(|local| {
+        // `try_with`: a thread that is exiting has no buffer any more; its line is lost.
+        let _ = LOCAL.try_with(|local| {
             let Ok(mut local) = local.try_borrow_mut() else {
                 return;
             };

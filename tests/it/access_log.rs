@@ -219,6 +219,25 @@ async fn claims_are_logged_only_when_listed() {
     let lines = listed.wait_access_lines(3).await;
     let l = line(&lines, "l3");
     assert_eq!(l["claims"], json!({"email": "alice@example.com"}), "{l}");
+    assert!(
+        !listed.stderr().contains("only after a restart"),
+        "claims reload live: {}",
+        listed.stderr()
+    );
+    // The path does not: the reload applies, warns, and lines stay in the file open.
+    let path = listed.access_log_path().display().to_string();
+    let moved = listed
+        .config_text(&claims_config(&up))
+        .replace(&path, &format!("{path}.elsewhere"));
+    listed.write_raw_config(&moved);
+    listed
+        .wait_metric("portcullis_config_generation", &[], 3.0)
+        .await;
+    let stderr = listed.wait_for_log("only after a restart").await;
+    assert!(stderr.contains("access_log.path"), "{stderr}");
+    assert_eq!(get_with(&listed, Some(&token), "l4").await, 200);
+    let lines = listed.wait_access_lines(4).await;
+    line(&lines, "l4");
 
     for log in [plain.access_log(), listed.access_log()] {
         assert!(!log.contains(&signature), "the token is in the log: {log}");
