@@ -46,23 +46,25 @@ impl Clock {
 
 /// Append `r` as one JSON line (with its `\n`) to `out`.
 pub fn write(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord<'_>) {
+    out.reserve(512);
     out.push(b'{');
     clock.write(out);
-    text(out, b",\"request_id\":", Some(r.request_id.as_bytes()));
-    text(out, b",\"trace_id\":", r.trace_id.map(str::as_bytes));
+    text(out, b",\"request_id\":", Some(r.request_id));
+    text(out, b",\"trace_id\":", r.trace_id);
     out.extend_from_slice(b",\"client\":");
     match r.client {
         Some(ip) => ip_text(out, ip),
         None => out.extend_from_slice(b"null"),
     }
-    text(out, b",\"host\":", Some(cap(r.host.as_bytes())));
-    text(out, b",\"protocol\":", Some(r.protocol.as_bytes()));
-    text(out, b",\"tls_version\":", r.tls_version.map(str::as_bytes));
-    text(out, b",\"method\":", Some(r.method.as_bytes()));
-    text(out, b",\"path\":", Some(r.path.as_bytes()));
-    text(out, b",\"route\":", Some(r.route.as_bytes()));
+    out.extend_from_slice(b",\"host\":");
+    string(out, cap(r.host.as_bytes()));
+    text(out, b",\"protocol\":", Some(r.protocol));
+    text(out, b",\"tls_version\":", r.tls_version);
+    text(out, b",\"method\":", Some(r.method));
+    text(out, b",\"path\":", Some(r.path));
+    text(out, b",\"route\":", Some(r.route));
     number(out, b",\"status\":", Some(u64::from(r.status)));
-    text(out, b",\"upstream\":", r.upstream.map(str::as_bytes));
+    text(out, b",\"upstream\":", r.upstream);
     number(
         out,
         b",\"upstream_status\":",
@@ -72,7 +74,11 @@ pub fn write(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord<'_>) {
     number(out, b",\"duration_us\":", Some(micros(r.duration)));
     number(out, b",\"bytes_sent\":", Some(r.bytes_sent as u64));
     number(out, b",\"bytes_received\":", Some(r.bytes_received as u64));
-    text(out, b",\"user_agent\":", r.user_agent.map(cap));
+    out.extend_from_slice(b",\"user_agent\":");
+    match r.user_agent {
+        Some(ua) => string(out, cap(ua)),
+        None => out.extend_from_slice(b"null"),
+    }
     if let Some(claims) = r.claims {
         out.extend_from_slice(b",\"claims\":{");
         let mut first = true;
@@ -81,17 +87,17 @@ pub fn write(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord<'_>) {
                 out.push(b',');
             }
             first = false;
-            string(out, name.as_bytes());
+            escaped(out, name.as_bytes());
             out.push(b':');
             match value {
-                Some(v) => string(out, v.as_bytes()),
+                Some(v) => escaped(out, v.as_bytes()),
                 None => out.extend_from_slice(b"null"),
             }
         });
         out.push(b'}');
     }
     if let Some(reason) = r.reason {
-        text(out, b",\"reason\":", Some(reason.as_bytes()));
+        text(out, b",\"reason\":", Some(reason));
     }
     out.extend_from_slice(b"}\n");
 }
@@ -113,10 +119,11 @@ fn number(out: &mut Vec<u8>, key: &[u8], n: Option<u64>) {
     }
 }
 
-fn text(out: &mut Vec<u8>, key: &[u8], s: Option<&[u8]>) {
+/// A key and a string that is UTF-8 already (or `null`).
+fn text(out: &mut Vec<u8>, key: &[u8], s: Option<&str>) {
     out.extend_from_slice(key);
     match s {
-        Some(s) => string(out, s),
+        Some(s) => escaped(out, s.as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -141,9 +148,8 @@ fn ip_text(out: &mut Vec<u8>, ip: IpAddr) {
     out.push(b'"');
 }
 
-/// `bytes` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`, and bytes
-/// that are not UTF-8 replaced by U+FFFD, so that every line is valid JSON whatever a client
-/// sent.
+/// `bytes` (a header value) as a JSON string, with bytes that are not UTF-8 replaced by
+/// U+FFFD, so that every line is valid JSON whatever a client sent.
 fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     match std::str::from_utf8(bytes) {
         Ok(s) => escaped(out, s.as_bytes()),
@@ -151,12 +157,33 @@ fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Bytes a JSON string cannot hold as they are: control characters, `"`, `\` (and DEL).
+static ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+};
+
+/// UTF-8 `bytes` as a JSON string: `"` and `\` escaped, control characters as `\u00XX`.
 fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
+    // Almost every string needs no escape: one look-up per byte, one copy.
+    if !bytes.iter().any(|&b| ESCAPE[usize::from(b)]) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f {
+        if !ESCAPE[usize::from(b)] {
             continue;
         }
         out.extend_from_slice(&bytes[start..i]);
