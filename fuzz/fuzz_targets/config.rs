@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis::config::{AccessLogConfig, Config};
+use portcullis::config::{AccessLogOutput, Config};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(parsed) => {
             let c = &parsed.config;
             let names_files = c.listeners.iter().any(|l| l.tls.is_some())
-                || matches!(c.access_log, AccessLogConfig::File(_))
+                || matches!(c.access_log.output, AccessLogOutput::File(_))
                 || c.issuers.iter().any(|i| i.jwks_file.is_some());
             if !names_files {
                 if let Err(e) = portcullis::generation::Generation::build(&parsed, None, 1) {

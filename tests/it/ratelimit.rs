@@ -975,11 +975,14 @@ async fn fixed_cap_refuses_the_excess_at_once_instead_of_queueing() {
     proxy
         .wait_metric(IN_FLIGHT, &[("upstream", "app")], 0.0)
         .await;
-    let overloaded = proxy
-        .access_lines()
-        .iter()
-        .filter(|l| l["status"] == 503 && l["reason"] == "overloaded")
-        .count();
+    let is_shed = |l: &serde_json::Value| l["status"] == 503 && l["reason"] == "overloaded";
+    // Lines reach the file within the writer's next round.
+    let lines = proxy
+        .wait_access_until("seven 503 lines", |lines| {
+            lines.iter().filter(|l| is_shed(l)).count() >= 7
+        })
+        .await;
+    let overloaded = lines.iter().filter(|l| is_shed(l)).count();
     assert_eq!(overloaded, 7, "{}", proxy.access_log());
     up.set_delay(Duration::ZERO);
     assert_eq!(get(&client(), &proxy.url("/x"), &[]).await.status, 200);

@@ -164,7 +164,12 @@ async fn trust_names_and_dates_of_upstream_certificates() {
             );
         }
     }
-    let lines = proxy.access_lines();
+    // Lines reach the file within the writer's next round.
+    let lines = proxy
+        .wait_access_until("four 502 lines", |lines| {
+            lines.iter().filter(|l| l["status"] == 502).count() >= 4
+        })
+        .await;
     let reasons: Vec<_> = lines
         .iter()
         .filter(|l| l["status"] == 502)

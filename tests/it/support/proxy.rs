@@ -425,6 +425,23 @@ impl Proxy {
         .await
     }
 
+    /// Wait (up to 5 s) until the access log's lines satisfy `done`, and give them.
+    pub async fn wait_access_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        eventually(what, Duration::from_secs(5), || async {
+            let lines = self.access_lines();
+            if done(&lines) {
+                Ok(lines)
+            } else {
+                Err(format!("{lines:?}"))
+            }
+        })
+        .await
+    }
+
     /// The access log lines, parsed.
     pub fn access_lines(&self) -> Vec<serde_json::Value> {
         let mut log = self.access_log();
