@@ -78,6 +78,8 @@ pub struct Generation {
     pub dns: Arc<upstream::Resolving>,
     /// The TLS listeners' certificates, read again at each reload.
     pub listener_certs: Vec<Arc<crate::tls::ListenerCert>>,
+    /// `tracing:`; `None` makes no span and leaves `traceparent` alone.
+    pub tracing: Option<crate::trace::Tracing>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -118,6 +120,11 @@ impl Generation {
         let client_ips = ClientIps::compile(&config.client_ip, &mut issues);
         ratelimit::compile::check_cluster(config, &mut issues);
         let dns = upstream::compile::resolving(&config.server.dns, &mut issues);
+        let tracing = crate::trace::compile(
+            config.tracing.as_ref(),
+            previous.and_then(|p| p.tracing.as_ref()),
+            &mut issues,
+        );
 
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut pool_index: HashMap<&str, usize> = HashMap::new();
@@ -272,6 +279,7 @@ impl Generation {
             owned_headers,
             dns: Arc::new(dns),
             listener_certs,
+            tracing,
         })
     }
 
@@ -309,6 +317,9 @@ impl Generation {
         upstream::commit(old.map_or(&[][..], |o| &o.pools), &self.pools);
         self.auth.commit(old.map(|o| &*o.auth));
         self.sessions.commit(old.map(|o| &*o.sessions));
+        if self.tracing.is_some() {
+            crate::metrics::tracing::register();
+        }
         let Some(old) = old else { return };
         for route in &old.routes {
             match self.routes.iter().find(|r| r.name == route.name) {
@@ -353,6 +364,8 @@ pub struct Parts {
     pub listener_certs: Arc<ArcSwap<Vec<Arc<crate::tls::ListenerCert>>>>,
     /// `cluster.redis` and the revocation bounds, for the revocation list and its sync.
     pub revocation: Arc<ArcSwap<RevocationPart>>,
+    /// The span pipeline of `tracing:`, for the trace exporter.
+    pub tracing: Arc<arc_swap::ArcSwapOption<crate::trace::Pipeline>>,
 }
 
 impl Parts {
@@ -368,6 +381,7 @@ impl Parts {
             revocation: Arc::new(ArcSwap::from_pointee(RevocationPart::of(
                 &generation.config,
             ))),
+            tracing: Arc::new(arc_swap::ArcSwapOption::new(generation.trace_pipeline())),
         }
     }
 
@@ -383,10 +397,15 @@ impl Parts {
             .store(Arc::new(generation.listener_certs.clone()));
         self.revocation
             .store(Arc::new(RevocationPart::of(&generation.config)));
+        self.tracing.store(generation.trace_pipeline());
     }
 }
 
 impl Generation {
+    fn trace_pipeline(&self) -> Option<Arc<crate::trace::Pipeline>> {
+        self.tracing.as_ref().map(|t| Arc::clone(&t.pipeline))
+    }
+
     fn cluster_part(&self) -> ClusterPart {
         ClusterPart {
             cluster: self.config.cluster.clone(),

@@ -28,4 +28,5 @@ pub mod settings;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -200,6 +200,13 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     );
     revocation_sync.threads = Some(1);
     server.add_service(revocation_sync);
+    // Idle (a look a second) unless the config has `tracing:`.
+    let mut trace_export = background_service(
+        "trace export",
+        crate::trace::TraceExporter::new(Arc::clone(&reloader.parts().tracing)),
+    );
+    trace_export.threads = Some(1);
+    server.add_service(trace_export);
     install_sighup_handler();
     let mut watcher =
         background_service("config watcher", ConfigWatcher::new(Arc::clone(&reloader)));

@@ -298,13 +298,18 @@ impl Auth {
         let token = token::extract(req, &policy.sources)?;
         if let Some(introspector) = &policy.introspector {
             if !token::looks_like_jwt(token) {
+                crate::trace::notes::note_check("introspection");
                 return introspect(policy, introspector, req, token, revocations).await;
             }
         }
         let key = match self.check_cached(policy, token, revocations) {
-            Cached::Hit(result) => return result,
+            Cached::Hit(result) => {
+                crate::trace::notes::note_check("cache_hit");
+                return result;
+            }
             Cached::Miss(key) => key,
         };
+        crate::trace::notes::note_check("verification");
         let Some(token) = std::str::from_utf8(token)
             .ok()
             .filter(|t| token::is_well_formed(t))

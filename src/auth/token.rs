@@ -409,7 +409,9 @@ async fn verify_with<'a>(
     let kid = header.kid.as_deref();
     let mut keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;
     if kid.is_some_and(|kid| !keys.has_kid(kid)) {
-        issuer.refresh_for_unknown_kid().await;
+        let waited = crate::trace::notes::key_wait_start();
+        let fetched = issuer.refresh_for_unknown_kid().await;
+        crate::trace::notes::note_key_fetch(waited, &issuer.name, fetched);
         // Load again even when this request did not wait: the fetch it needed may have
         // finished between reading `keys` and asking.
         keys = issuer.keys().ok_or(AuthError::KeysUnavailable)?;

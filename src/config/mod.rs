@@ -11,6 +11,7 @@ pub mod limits;
 mod lines;
 pub mod session;
 pub mod targets;
+pub mod tracing;
 pub mod types;
 pub mod upstream;
 pub mod values;
@@ -27,6 +28,7 @@ pub use limits::*;
 pub use lines::LineIndex;
 pub use session::*;
 pub use targets::{DnsConfig, TargetConfig};
+pub use tracing::TracingConfig;
 pub use types::*;
 pub use upstream::*;
 pub use values::*;
@@ -71,6 +73,9 @@ pub struct Config {
     /// Browser sessions: OpenID Connect login, refresh and logout at the edge.
     #[serde(default)]
     pub sessions: Vec<SessionConfig>,
+    /// Spans to an OpenTelemetry receiver; absent, none are made.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
 }
 
 /// One thing wrong with a config file.
@@ -358,12 +363,13 @@ fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
             "token_cache" => deserialize_at::<TokenCacheConfig>(section, key, issues),
             "cluster" => deserialize_at::<Option<ClusterConfig>>(section, key, issues),
             "client_ip" => deserialize_at::<ClientIpConfig>(section, key, issues),
+            "tracing" => deserialize_at::<Option<TracingConfig>>(section, key, issues),
             other => issues.push(
                 other,
                 format!(
                     "unknown section `{other}`, expected one of `listeners`, `admin`, `server`, \
                      `access_log`, `upstreams`, `routes`, `issuers`, `sessions`, `token_cache`, `cluster`, \
-                     `client_ip`"
+                     `client_ip`, `tracing`"
                 ),
             ),
         }

@@ -20,6 +20,7 @@ mod limits;
 mod process;
 mod requests;
 mod sessions;
+pub mod tracing;
 mod upstream;
 
 pub use auth::*;

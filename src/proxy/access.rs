@@ -50,10 +50,13 @@ pub(super) fn write(
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
         .map(|ssl| access_log::tls_version_name(&ssl.version));
+    let mut trace_id = [0; 32];
     log.write(&AccessRecord {
         request_id: headers::request_id_str(&ctx.request_id),
-        // Filled once the tracing helper gives the request a span.
-        trace_id: None,
+        trace_id: ctx
+            .trace
+            .as_ref()
+            .map(|t| crate::trace::context::trace_id_hex(t.trace_id(), &mut trace_id)),
         client: ctx.client_ip,
         host: headers::request_host(req),
         protocol: access_log::protocol_name(req.version),

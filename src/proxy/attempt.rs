@@ -45,8 +45,11 @@ fn outcome(ctx: &RequestCtx, i: usize, ok: bool) {
     }
 }
 
-/// The attempt on target `i` ended: its duration.
+/// The attempt on target `i` ended: its duration, and its span.
 pub(super) fn attempt_ended(ctx: &mut RequestCtx, i: usize) {
+    if let Some(trace) = &mut ctx.trace {
+        trace.end_attempt();
+    }
     let Some(started) = ctx.attempt_started.take() else {
         return;
     };
@@ -136,6 +139,14 @@ pub(super) fn peer(session: &Session, ctx: &mut RequestCtx) -> pingora::Result<B
         ctx.refusal = Some(Refusal::UpstreamTimeout);
         return Err(Error::explain(ErrorType::ReadTimedout, "request timeout"));
     };
+    super::spans::attempt(
+        &mut ctx.trace,
+        session,
+        &pool.name,
+        target,
+        pool.tls.is_some(),
+        ctx.attempts + 1,
+    );
     ctx.target = Some(i);
     ctx.attempts += 1;
     ctx.attempt_started = Some(Instant::now());
@@ -157,6 +168,9 @@ pub(super) fn connect_failed(
     mut e: Box<Error>,
 ) -> Box<Error> {
     tls_failure(ctx, &e, true);
+    if let Some(trace) = &mut ctx.trace {
+        trace.attempt_failed(e.etype().as_str());
+    }
     if let Some(i) = ctx.target.take() {
         outcome(ctx, i, false);
         attempt_ended(ctx, i);
@@ -172,6 +186,9 @@ pub(super) fn broke(session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) 
     // A refusal of our client certificate may come after the handshake (TLS 1.3): the
     // first read fails; it is a TLS failure all the same.
     let refused_cert = tls_failure(ctx, &e, true).is_some();
+    if let (Some(trace), false) = (&mut ctx.trace, ctx.retrying_status) {
+        trace.attempt_failed(e.etype().as_str());
+    }
     // A retry for the upstream's status was decided (and the outcome recorded) when its
     // answer arrived.
     if let Some(i) = ctx.target {
@@ -208,6 +225,9 @@ pub(super) fn answered(
     status: u16,
 ) -> pingora::Result<()> {
     ctx.upstream_status = Some(status);
+    if let Some(trace) = &mut ctx.trace {
+        trace.attempt_answered(status);
+    }
     if let Some(i) = ctx.target {
         outcome(ctx, i, status < 500);
         if let (Some(started), Some(target)) = (ctx.attempt_started, attempt_target(ctx, i)) {

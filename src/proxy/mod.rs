@@ -15,6 +15,7 @@ mod attempt;
 mod browser;
 pub mod rescue;
 mod retry;
+mod spans;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,6 +132,8 @@ pub struct RequestCtx {
     session_cookies: Vec<http::HeaderValue>,
     /// A response of the session flow to send in place of a refusal (the login redirect).
     session_reply: Option<crate::session::Reply>,
+    /// Its place in a trace, with `tracing:` configured.
+    trace: Option<crate::trace::RequestTrace>,
 }
 
 impl RequestCtx {
@@ -221,36 +224,45 @@ impl Portcullis {
         let limits = &route.limits;
         let ip_key = ctx.client_ip.map(|ip| generation.client_ips.key(ip));
         if let (Some(limiter), Some(key)) = (&limits.per_ip, ip_key) {
-            take(&mut ctx.tightest, limiter, key)?;
+            take(ctx, limiter, key)?;
         }
         if let (Some(guard), Some(key)) = (&limits.auth_failures_per_ip, ip_key) {
-            peek(&mut ctx.tightest, guard, key)?;
+            peek(ctx, guard, key)?;
         }
         if let Some(policy) = &route.policy {
             // A route with nothing left would refuse after the token check: skip the check.
             // Only a look: a request that then fails authentication takes nothing from it.
             if let Some(limiter) = &limits.per_route {
-                peek(&mut ctx.tightest, limiter, 0)?;
+                peek(ctx, limiter, 0)?;
             }
             let req = session.req_header();
-            let result = match &route.session {
-                // A bearer token, where the route also takes those, goes the token way.
-                Some(client)
-                    if policy.issuers.is_empty()
-                        || crate::auth::token::extract(req, &policy.sources).is_err() =>
-                {
-                    // A session of a revoked user or provider session, created before the
-                    // revocation, is ended.
-                    let revoked = |data: &_| browser::revoked(&self.revocations, data);
-                    browser::authenticate(client, policy, session, ctx, &revoked).await
-                }
-                _ => {
-                    generation
-                        .auth
-                        .authenticate(policy, req, &self.revocations)
-                        .await
+            let start = spans::clock(ctx);
+            let check = async {
+                match &route.session {
+                    // A bearer token, where the route also takes those, goes the token way.
+                    Some(client)
+                        if policy.issuers.is_empty()
+                            || crate::auth::token::extract(req, &policy.sources).is_err() =>
+                    {
+                        // A session of a revoked user or provider session, created before the
+                        // revocation, is ended.
+                        let revoked = |data: &_| browser::revoked(&self.revocations, data);
+                        crate::trace::notes::note_check("session");
+                        browser::authenticate(client, policy, session, ctx, &revoked).await
+                    }
+                    _ => {
+                        generation
+                            .auth
+                            .authenticate(policy, req, &self.revocations)
+                            .await
+                    }
                 }
             };
+            let (result, notes) = match start {
+                Some(_) => crate::trace::notes::noting(check).await,
+                None => (check.await, Default::default()),
+            };
+            spans::token_check(ctx, start, notes, &result);
             route
                 .metrics
                 .auth_decision(result.as_ref().err().map(|e| e.reason()));
@@ -277,23 +289,29 @@ impl Portcullis {
         if let (Some((limiter, slot)), Some(identity)) = (&limits.per_user, &ctx.identity) {
             // A token without the claim shares one bucket with every such token.
             let key = identity.claim(*slot).map_or(0, |v| limiter.user_key(v));
-            take(&mut ctx.tightest, limiter, key)?;
+            take(ctx, limiter, key)?;
         }
         if let Some(limiter) = &limits.per_route {
-            take(&mut ctx.tightest, limiter, 0)?;
+            take(ctx, limiter, 0)?;
         }
         if let Some(cap) = &route.pool.concurrency {
-            ctx.permit = Some(cap.try_acquire().ok_or(Refusal::Overloaded)?);
+            let start = spans::clock(ctx);
+            ctx.permit = cap.try_acquire();
+            spans::concurrency(ctx, start, ctx.permit.is_some());
+            ctx.permit.as_ref().ok_or(Refusal::Overloaded)?;
         }
         Ok(())
     }
 }
 
 /// Refuse now if `limiter`'s bucket for `key` has nothing left, without taking from it.
-fn peek(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
-    match limiter.refuses(key) {
+fn peek(ctx: &mut RequestCtx, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
+    let start = spans::clock(ctx);
+    let refused = limiter.refuses(key);
+    spans::limit(ctx, start, limiter, true, refused.is_none());
+    match refused {
         Some(verdict) => {
-            Tightest::update(tightest, limiter.kind, verdict);
+            Tightest::update(&mut ctx.tightest, limiter.kind, verdict);
             Err(Refusal::RateLimited(verdict.retry_after_secs()))
         }
         None => Ok(()),
@@ -301,9 +319,11 @@ fn peek(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result
 }
 
 /// Take a request from `limiter`'s bucket for `key`, keeping the tightest verdict.
-fn take(tightest: &mut Option<Tightest>, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
+fn take(ctx: &mut RequestCtx, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
+    let start = spans::clock(ctx);
     let verdict = limiter.check(key);
-    Tightest::update(tightest, limiter.kind, verdict);
+    spans::limit(ctx, start, limiter, false, verdict.allowed);
+    Tightest::update(&mut ctx.tightest, limiter.kind, verdict);
     if verdict.allowed {
         Ok(())
     } else {
@@ -348,6 +368,7 @@ impl ProxyHttp for Portcullis {
             session: None,
             session_cookies: Vec::new(),
             session_reply: None,
+            trace: None,
         }
     }
 
@@ -357,6 +378,12 @@ impl ProxyHttp for Portcullis {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
+        if let Some(tracing) = &ctx.generation.tracing {
+            ctx.trace = Some(crate::trace::RequestTrace::start(
+                tracing,
+                &session.req_header().headers,
+            ));
+        }
         ctx.client_ip = ctx.generation.client_ips.resolve(
             client_ip(session),
             session
@@ -523,6 +550,9 @@ impl ProxyHttp for Portcullis {
             // The session's cookies are Portcullis's, never the upstream's.
             ctx.generation.sessions.strip_cookies(map);
             map.insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+            if let Some(trace) = &ctx.trace {
+                trace.propagate(map);
+            }
             map.insert(
                 headers::X_PORTCULLIS_ATTEMPTS,
                 headers::attempt_value(ctx.attempts),
@@ -608,6 +638,7 @@ impl ProxyHttp for Portcullis {
         if let Some(i) = ctx.target {
             attempt::attempt_ended(ctx, i);
         }
+        spans::finish(session, ctx, status, e);
         // A refused gRPC call went out as 200: the metrics count it by its refusal's status,
         // so that refusals never pass for successes. (The access log keeps the status sent,
         // beside the refusal's reason.)

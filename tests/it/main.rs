@@ -31,5 +31,6 @@ mod sessions;
 mod status_page;
 mod targets;
 mod tls;
+mod tracing;
 mod upstream_tls;
 mod upstreams;

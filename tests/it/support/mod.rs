@@ -18,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod netns;
 pub mod oidc;
+pub mod otlp;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
