@@ -16,6 +16,7 @@
 //! | an issuer's keys | every setting of the issuer, and its secret |
 //! | the token cache | `token_cache:` and the claims the routes use |
 //! | an issuer's introspection cache | the issuer kept, its client secret, the claims routes use |
+//! | the tracing export queue | `tracing.otlp_endpoint`, `tracing.service_name` |
 
 use std::sync::Arc;
 

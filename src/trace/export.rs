@@ -101,9 +101,9 @@ struct Running {
 }
 
 impl Running {
-    /// Start on `pipeline`; `None` when its queue is read already or no exporter can be made.
+    /// Start on `pipeline`; `None` when no exporter can be made (its queue then stays for a
+    /// later try) or its queue is read already.
     fn start(pipeline: Arc<Pipeline>) -> Option<Running> {
-        let rx = pipeline.rx.lock().ok()?.take()?;
         let client = reqwest::Client::builder()
             .timeout(EXPORT_TIMEOUT)
             .build()
@@ -127,6 +127,7 @@ impl Running {
                 .with_service_name(pipeline.service_name.clone())
                 .build(),
         );
+        let rx = pipeline.rx.lock().ok()?.take()?;
         Some(Running {
             pipeline,
             rx,

@@ -92,6 +92,18 @@ async fn spans_of(receiver: &Receiver, trace_id: &str, done: impl Fn(&[Got]) -> 
     .await
 }
 
+/// Wait until `/readyz` shows keys for issuer `corp`.
+async fn wait_for_keys(proxy: &Proxy) {
+    eventually("keys of issuer corp", Duration::from_secs(10), || async {
+        let (_, body) = proxy.readyz(true).await;
+        match body["issuers"]["corp"]["keys"].as_u64() {
+            Some(n) if n > 0 => Ok(()),
+            _ => Err(body.to_string()),
+        }
+    })
+    .await;
+}
+
 fn named<'a>(spans: &'a [Got], name: &str) -> Vec<&'a Got> {
     spans.iter().filter(|s| s.span.name == name).collect()
 }
@@ -112,6 +124,7 @@ async fn an_incoming_trace_is_continued_with_linked_spans() {
     let up = Upstream::start("app").await;
     let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
     let proxy = Proxy::start(&config(&receiver.endpoint(), "1", &up, &jwks)).await;
+    wait_for_keys(&proxy).await;
     let http = client();
     let incoming = format!("00-{TRACE}-{CALLER}-01");
     // A kid the proxy does not have yet: the request waits for a key fetch.
