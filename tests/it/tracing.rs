@@ -410,3 +410,33 @@ async fn a_down_or_hanging_receiver_never_holds_requests() {
     assert!(dropped >= 1.0, "spans dropped at the full queue: {dropped}");
     assert_eq!(proxy.metric(EXPORTED, &[]).await, 0.0);
 }
+
+/// A reload applies a new `sample_ratio` to the next request, and a new endpoint moves the
+/// spans to the new receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_ratio_at_once_and_moves_to_a_new_receiver() {
+    let first = Receiver::start().await;
+    let up = Upstream::start("app").await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
+    let proxy = Proxy::start(&config(&first.endpoint(), "0", &up, &jwks)).await;
+    let http = client();
+    let url = proxy.url("/open/x");
+    assert_eq!(upstream_parent(&get(&http, &url, &[]).await).2, "00");
+
+    proxy.write_config(&config(&first.endpoint(), "1", &up, &jwks));
+    proxy
+        .wait_metric("portcullis_config_generation", &[], 2.0)
+        .await;
+    let (trace, _, flags) = upstream_parent(&get(&http, &url, &[]).await);
+    assert_eq!(flags, "01", "the new ratio applies to the next request");
+    spans_of(&first, &trace, |s| s.iter().any(|g| g.span.kind == SERVER)).await;
+
+    let second = Receiver::start().await;
+    proxy.write_config(&config(&second.endpoint(), "1", &up, &jwks));
+    proxy
+        .wait_metric("portcullis_config_generation", &[], 3.0)
+        .await;
+    let (trace, _, _) = upstream_parent(&get(&http, &url, &[]).await);
+    spans_of(&second, &trace, |s| s.iter().any(|g| g.span.kind == SERVER)).await;
+    assert!(first.trace(&trace).is_empty(), "the old receiver got none");
+}
