@@ -13,6 +13,7 @@
 mod access;
 mod attempt;
 mod browser;
+mod limits;
 pub mod rescue;
 mod retry;
 mod spans;
@@ -34,10 +35,11 @@ use crate::config::MethodOverrideHeaders;
 use crate::generation::{Generation, Route};
 use crate::headers;
 use crate::ratelimit::concurrency::Permit;
-use crate::ratelimit::{Limiter, Tightest};
+use crate::ratelimit::Tightest;
 use crate::reload::Reloader;
 use crate::revocation::Revocations;
 use crate::routing;
+use limits::{peek, take};
 pub use rescue::Refusal;
 
 /// The proxy.
@@ -301,33 +303,6 @@ impl Portcullis {
             ctx.permit.as_ref().ok_or(Refusal::Overloaded)?;
         }
         Ok(())
-    }
-}
-
-/// Refuse now if `limiter`'s bucket for `key` has nothing left, without taking from it.
-fn peek(ctx: &mut RequestCtx, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
-    let start = spans::clock(ctx);
-    let refused = limiter.refuses(key);
-    spans::limit(ctx, start, limiter, true, refused.is_none());
-    match refused {
-        Some(verdict) => {
-            Tightest::update(&mut ctx.tightest, limiter.kind, verdict);
-            Err(Refusal::RateLimited(verdict.retry_after_secs()))
-        }
-        None => Ok(()),
-    }
-}
-
-/// Take a request from `limiter`'s bucket for `key`, keeping the tightest verdict.
-fn take(ctx: &mut RequestCtx, limiter: &Limiter, key: u128) -> Result<(), Refusal> {
-    let start = spans::clock(ctx);
-    let verdict = limiter.check(key);
-    spans::limit(ctx, start, limiter, false, verdict.allowed);
-    Tightest::update(&mut ctx.tightest, limiter.kind, verdict);
-    if verdict.allowed {
-        Ok(())
-    } else {
-        Err(Refusal::RateLimited(verdict.retry_after_secs()))
     }
 }
 
