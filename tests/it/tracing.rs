@@ -262,8 +262,18 @@ async fn an_incoming_trace_is_continued_with_linked_spans() {
         }
     })
     .await;
-    assert!(proxy.metric(EXPORTED, &[]).await >= 5.0);
-    assert!(proxy.metric(EXPORTS, &[("result", "success")]).await >= 1.0);
+    // Counted once the receiver's answer is read, a moment after it kept the spans.
+    eventually("exports counted", Duration::from_secs(10), || async {
+        let exported = proxy.metric(EXPORTED, &[]).await;
+        let ok = proxy.metric(EXPORTS, &[("result", "success")]).await;
+        if exported >= 5.0 && ok >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{exported} spans in {ok} exports"))
+        }
+    })
+    .await;
+    assert_eq!(proxy.metric(DROPPED, &[]).await, 0.0);
 }
 
 /// Without a `traceparent`, or with a malformed one, Portcullis starts a trace: the
