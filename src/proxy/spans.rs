@@ -121,7 +121,7 @@ pub(super) fn attempt(
         let mut attributes = vec![
             KeyValue::new(
                 "http.request.method",
-                session.req_header().method.as_str().to_string(),
+                known_method(&session.req_header().method),
             ),
             KeyValue::new("server.address", target.addr.ip().to_string()),
             KeyValue::new("server.port", i64::from(target.addr.port())),
@@ -149,10 +149,12 @@ pub(super) fn finish(session: &Session, ctx: &mut RequestCtx, status: u16, e: Op
     }
     let req = session.req_header();
     let route = ctx.route().map(|r| r.name.clone());
-    let method = req.method.as_str();
-    let name: Cow<'static, str> = match &route {
-        Some(r) => format!("{method} {r}").into(),
-        None => method.to_string().into(),
+    let method = known_method(&req.method);
+    let name: Cow<'static, str> = match (&route, method) {
+        (Some(r), "_OTHER") => format!("HTTP {r}").into(),
+        (Some(r), _) => format!("{method} {r}").into(),
+        (None, "_OTHER") => "HTTP".into(),
+        (None, _) => method.into(),
     };
     let host = headers::request_host(req);
     let host = host
@@ -160,7 +162,7 @@ pub(super) fn finish(session: &Session, ctx: &mut RequestCtx, status: u16, e: Op
         .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
         .map_or(host, |(h, _)| h);
     let mut attributes = vec![
-        KeyValue::new("http.request.method", method.to_string()),
+        KeyValue::new("http.request.method", method),
         KeyValue::new("url.path", req.uri.path().to_string()),
         KeyValue::new(
             "url.scheme",
@@ -185,6 +187,12 @@ pub(super) fn finish(session: &Session, ctx: &mut RequestCtx, status: u16, e: Op
             headers::request_id_str(&ctx.request_id).to_string(),
         ),
     ];
+    if method == "_OTHER" {
+        attributes.push(KeyValue::new(
+            "http.request.method_original",
+            req.method.as_str().to_string(),
+        ));
+    }
     if let Some(port) = session
         .server_addr()
         .and_then(|a| a.as_inet())
@@ -225,5 +233,21 @@ pub(super) fn finish(session: &Session, ctx: &mut RequestCtx, status: u16, e: Op
     };
     if let Some(trace) = ctx.trace.as_mut() {
         trace.finish(name, attributes, error);
+    }
+}
+
+/// The method as the HTTP conventions name it: one of the standard methods, or `_OTHER`.
+fn known_method(method: &http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "_OTHER",
     }
 }

@@ -291,9 +291,9 @@ impl RequestTrace {
             .attributes
             .iter()
             .find(|kv| kv.key.as_str() == "http.request.method")
-            .map_or(Cow::Borrowed("HTTP"), |kv| {
-                kv.value.as_str().into_owned().into()
-            });
+            .map(|kv| kv.value.as_str().into_owned())
+            .filter(|m| m != "_OTHER")
+            .map_or(Cow::Borrowed("HTTP"), Cow::Owned);
         pipeline.push(self.span(
             a.span_id,
             self.span_id,

@@ -320,6 +320,42 @@ async fn a_trace_starts_when_none_or_a_malformed_one_came() {
     }
 }
 
+/// A method outside the standard ones is `_OTHER`, its spelling kept beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_method_is_other() {
+    let receiver = Receiver::start().await;
+    let up = Upstream::start("app").await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
+    let proxy = Proxy::start(&config(&receiver.endpoint(), "1", &up, &jwks)).await;
+    let resp = client()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            proxy.url("/open/x"),
+        )
+        .header("traceparent", format!("00-{TRACE}-{CALLER}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let spans = spans_of(&receiver, TRACE, |s| s.len() >= 3).await;
+    let server = one(&spans, SERVER);
+    assert_eq!(server.span.name, "HTTP open");
+    assert_eq!(
+        server.attr("http.request.method").as_deref(),
+        Some("_OTHER")
+    );
+    assert_eq!(
+        server.attr("http.request.method_original").as_deref(),
+        Some("PURGE")
+    );
+    let attempt = one(&spans, CLIENT);
+    assert_eq!(attempt.span.name, "HTTP");
+    assert_eq!(
+        attempt.attr("http.request.method").as_deref(),
+        Some("_OTHER")
+    );
+}
+
 /// Parent-based sampling: an incoming trace whose flag is 00 exports nothing but its
 /// `traceparent` still goes upstream (flag 00, Portcullis's span as parent); with
 /// `sample_ratio: 0` a root exports nothing, while a sampled incoming trace still does.
