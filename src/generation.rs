@@ -283,12 +283,33 @@ impl Generation {
         })
     }
 
-    /// Compile config text; for tests and `check`.
+    /// Compile config text; for tests.
     ///
     /// # Errors
-    /// As [`Config::parse`] and [`Generation::build`].
+    /// As [`Generation::compile`].
     pub fn from_yaml(text: &str) -> Result<Generation, ConfigError> {
-        Generation::build(&Config::parse(text)?, None, 1)
+        Generation::compile(text, None, None, 1)
+    }
+
+    /// Parse and compile config text read from `file` (relative paths in it are resolved
+    /// against the file's folder), reporting everything wrong in one go: the shape errors of
+    /// every section and list item, and the meaning errors of every part whose shape is
+    /// valid (compiled without the malformed parts).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every issue, each with its path and line.
+    pub fn compile(
+        text: &str,
+        file: Option<&std::path::Path>,
+        previous: Option<&Generation>,
+        number: u64,
+    ) -> Result<Generation, ConfigError> {
+        let mut shaped = Config::parse_shaped(text)?;
+        if let Some(base) = file.and_then(std::path::Path::parent) {
+            shaped.parsed.config.resolve_paths(base);
+        }
+        let built = Generation::build(&shaped.parsed, previous, number);
+        shaped.finish(built)
     }
 
     /// A pool by name.

@@ -49,11 +49,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file: exit 0 when valid, else 1 with every error (field path and line).
+    /// Validate a config file and print every error at once, each with its field path and line:
+    /// the shape errors of every section and list item, and the meaning errors of every part
+    /// whose shape is valid. Warnings (such as no listeners) are printed but pass.
+    #[command(
+        after_help = "Exit status: 0 the config is valid (warnings may be printed), \
+1 the config is invalid or cannot be read, 2 a usage error (such as no file given).",
+        group(clap::ArgGroup::new("input").required(true).args(["config", "file"]))
+    )]
     Check {
-        /// The YAML config file.
-        #[arg(long, short)]
-        config: PathBuf,
+        /// The YAML config file (or give it as FILE).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The YAML config file, instead of `--config`.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
     },
     /// Developer tools for tokens: mint a test token, inspect one, publish a key as a JWKS.
     Token {
@@ -172,6 +182,35 @@ fn token_command(action: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why `run` refuses a config without listeners, which `check` only warns about.
+const NO_LISTENERS: &str =
+    "no listeners: the config has no `listeners:`, so `run` would serve nothing";
+
+/// `portcullis check`: every error at once on standard error; exit 0 valid, 1 invalid.
+fn check(path: &std::path::Path) -> ExitCode {
+    let compiled = portcullis::config::read(path)
+        .and_then(|text| portcullis::generation::Generation::compile(&text, Some(path), None, 1));
+    match compiled {
+        Ok(generation) => {
+            if generation.config.listeners.is_empty() {
+                eprintln!("{}: warning: {NO_LISTENERS}", path.display());
+            }
+            println!(
+                "{}: ok ({} listeners, {} upstreams, {} routes)",
+                path.display(),
+                generation.config.listeners.len(),
+                generation.pools.len(),
+                generation.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -196,23 +235,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     portcullis::memory::set_release(release_freed_memory);
     match cli.command {
-        Command::Check { config } => match Reloader::from_file(&config) {
-            Ok(reloader) => {
-                let rt = reloader.current();
-                println!(
-                    "{}: ok ({} listeners, {} upstreams, {} routes)",
-                    config.display(),
-                    rt.config.listeners.len(),
-                    rt.pools.len(),
-                    rt.routes.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check { config, file } => {
+            let Some(config) = config.or(file) else {
+                // clap requires one of them.
+                return ExitCode::from(2);
+            };
+            check(&config)
+        }
         Command::Run { config } => {
             init_logging();
             let reloader = match Reloader::from_file(&config) {
@@ -222,6 +251,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            if reloader.current().config.listeners.is_empty() {
+                eprintln!("{}: {NO_LISTENERS}", config.display());
+                return ExitCode::FAILURE;
+            }
             match portcullis::server::serve(reloader, |_| {}) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -64,7 +64,7 @@ impl Reloader {
     /// When the file cannot be read or is not a valid config.
     pub fn from_file(path: &Path) -> Result<Reloader, ConfigError> {
         let text = config::read(path)?;
-        let generation = Generation::build(&Config::parse_file(&text, path)?, None, 1)?;
+        let generation = Generation::compile(&text, Some(path), None, 1)?;
         METRICS.generation.set(1);
         for result in ["success", "failure"] {
             METRICS.reloads.with_label_values(&[result]);
@@ -126,9 +126,8 @@ impl Reloader {
     fn apply(&self, text: &str) -> Result<u64, ConfigError> {
         let mut state = self.lock();
         state.seen = hash_of(text);
-        let parsed = Config::parse_file(text, &self.path)?;
         let old = self.current.load_full();
-        let next = Generation::build(&parsed, Some(&old), state.generation + 1)?;
+        let next = Generation::compile(text, Some(&self.path), Some(&old), state.generation + 1)?;
         warn_restart_needed(&old.config, &next.config);
         let generation = next.number;
         let next = Arc::new(next);

@@ -10,6 +10,7 @@ pub mod forwarding;
 pub mod limits;
 mod lines;
 pub mod session;
+mod shape;
 pub mod targets;
 pub mod tracing;
 pub mod types;
@@ -19,7 +20,6 @@ pub mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use access_log::*;
@@ -27,6 +27,7 @@ pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
 pub use session::*;
+pub use shape::Shaped;
 pub use targets::{DnsConfig, TargetConfig};
 pub use tracing::TracingConfig;
 pub use types::*;
@@ -260,36 +261,13 @@ impl Config {
     /// # Errors
     /// As [`Config::from_yaml`].
     pub fn parse(text: &str) -> Result<Parsed, ConfigError> {
-        let index = LineIndex::new(text);
-        let value: serde_yaml::Value = match serde_yaml::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(ConfigError::Invalid(vec![ConfigIssue {
-                    path: String::new(),
-                    line: e.location().map(|l| l.line()),
-                    message: strip_location(&e.to_string()),
-                }]))
-            }
-        };
-        let value = match value {
-            serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
-            v => v,
-        };
-        match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-            Ok(config) => Ok(Parsed { config, index }),
-            Err(_) => {
-                // Report every error, not just the first: deserialize each section and list
-                // item on its own.
-                let mut issues = Issues::new(&index);
-                collect_all(&value, &mut issues);
-                if issues.is_empty() {
-                    issues.push("", "invalid config");
-                }
-                Err(issues
-                    .finish(())
-                    .err()
-                    .unwrap_or(ConfigError::Invalid(Vec::new())))
-            }
+        let shaped = Self::parse_shaped(text)?;
+        if shaped.is_clean() {
+            Ok(shaped.parsed)
+        } else {
+            let mut issues = shaped.issues;
+            issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+            Err(ConfigError::Invalid(issues))
         }
     }
 }
@@ -309,70 +287,6 @@ fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
         Some(cut) => message[..cut].to_string(),
         None => message.to_string(),
-    }
-}
-
-fn deserialize_at<T: DeserializeOwned>(
-    value: &serde_yaml::Value,
-    path: &str,
-    issues: &mut Issues<'_>,
-) {
-    if let Err(e) = serde_path_to_error::deserialize::<_, T>(value.clone()) {
-        let inner = e.path().to_string();
-        let full = match (path.is_empty(), inner == "." || inner.is_empty()) {
-            (_, true) => path.to_string(),
-            (true, false) => inner,
-            (false, false) if inner.starts_with('[') => format!("{path}{inner}"),
-            (false, false) => format!("{path}.{inner}"),
-        };
-        issues.push(full, strip_location(&e.into_inner().to_string()));
-    }
-}
-
-fn each_item<T: DeserializeOwned>(value: &serde_yaml::Value, path: &str, issues: &mut Issues<'_>) {
-    match value.as_sequence() {
-        Some(items) => {
-            for (i, item) in items.iter().enumerate() {
-                deserialize_at::<T>(item, &format!("{path}[{i}]"), issues);
-            }
-        }
-        None => deserialize_at::<Vec<T>>(value, path, issues),
-    }
-}
-
-/// The sections of [`Config`], each deserialized alone so that one error does not hide another.
-fn collect_all(value: &serde_yaml::Value, issues: &mut Issues<'_>) {
-    let Some(map) = value.as_mapping() else {
-        issues.push("", "the config must be a mapping of sections");
-        return;
-    };
-    for (key, section) in map {
-        let Some(key) = key.as_str() else {
-            issues.push("", "section names must be strings");
-            continue;
-        };
-        match key {
-            "listeners" => each_item::<ListenerConfig>(section, key, issues),
-            "admin" => deserialize_at::<Option<AdminConfig>>(section, key, issues),
-            "server" => deserialize_at::<ServerConfig>(section, key, issues),
-            "access_log" => deserialize_at::<AccessLogConfig>(section, key, issues),
-            "upstreams" => each_item::<UpstreamConfig>(section, key, issues),
-            "routes" => each_item::<RouteConfig>(section, key, issues),
-            "issuers" => each_item::<IssuerConfig>(section, key, issues),
-            "sessions" => each_item::<SessionConfig>(section, key, issues),
-            "token_cache" => deserialize_at::<TokenCacheConfig>(section, key, issues),
-            "cluster" => deserialize_at::<Option<ClusterConfig>>(section, key, issues),
-            "client_ip" => deserialize_at::<ClientIpConfig>(section, key, issues),
-            "tracing" => deserialize_at::<Option<TracingConfig>>(section, key, issues),
-            other => issues.push(
-                other,
-                format!(
-                    "unknown section `{other}`, expected one of `listeners`, `admin`, `server`, \
-                     `access_log`, `upstreams`, `routes`, `issuers`, `sessions`, `token_cache`, `cluster`, \
-                     `client_ip`, `tracing`"
-                ),
-            ),
-        }
     }
 }
 

@@ -120,6 +120,118 @@ fn check_names_each_field_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("absent.yaml"));
 }
 
+/// Ten mistakes across sections, of shape and of meaning, and one that only follows from
+/// another (a route naming the upstream whose item is malformed): one run shows the ten.
+const NINE_MISTAKES: &str = r#"listeners:
+  - address: "127.0.0.1:8080"
+    tls: yes
+  - address: "nowhere"
+admin:
+  adress: "127.0.0.1:9901"
+server:
+  grace_period: 5
+upstreams:
+  - name: orders
+    targets: ["127.0.0.1"]
+  - name: broken
+    targets: ["127.0.0.1:9001"]
+    balance: fastest
+routes:
+  - name: r
+    match: { hots: api.example.com }
+    upstream: orders
+  - name: s
+    upstream: missing
+  - name: t
+    upstream: broken
+readiness:
+  require_pools: [orderz]
+tokens_cache: {}
+"#;
+
+#[test]
+fn check_shows_every_mistake_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "nine.yaml", NINE_MISTAKES);
+    let out = check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let want = [
+        "line 3: listeners[0].tls: invalid type",
+        // A meaning error after a malformed item keeps the file's index.
+        "line 4: listeners[1].address: `nowhere` is not an `ip:port` address",
+        "line 6: admin.adress: unknown field `adress`",
+        "line 8: server.grace_period: a duration needs a unit",
+        "line 11: upstreams[0].targets[0]: `127.0.0.1` needs a port",
+        "line 14: upstreams[1].balance: unknown variant `fastest`",
+        "line 17: routes[0].match.hots: unknown field `hots`",
+        "line 20: routes[1].upstream: no upstream named `missing`",
+        "line 24: readiness.require_pools[0]: no upstream named `orderz`",
+        "line 25: tokens_cache: unknown field `tokens_cache`",
+    ];
+    for want in want {
+        assert!(stderr.contains(want), "missing `{want}` in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains(&format!("({} errors)", want.len())),
+        "no other error expected (`routes[2]` names the malformed upstream):\n{stderr}"
+    );
+}
+
+/// Exit codes as `check --help` and the README say: 0 valid (warnings pass), 1 invalid or
+/// unreadable, 2 usage. `check FILE` is the same as `check --config FILE`.
+#[test]
+fn check_exit_codes_are_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(&dir, "good.yaml", GOOD);
+    let bad = write(&dir, "bad.yaml", SEMANTIC_ERRORS);
+    let help = String::from_utf8_lossy(&portcullis(&["check", "--help"]).stdout).to_string();
+    for doc in [
+        "0 the config is valid",
+        "1 the config is invalid or cannot be read",
+        "2 a usage error",
+    ] {
+        assert!(help.contains(doc), "{help}");
+    }
+    let code = |args: &[&str]| portcullis(args).status.code();
+    assert_eq!(code(&["check", good.to_str().unwrap()]), Some(0));
+    assert_eq!(
+        code(&["check", "--config", good.to_str().unwrap()]),
+        Some(0)
+    );
+    assert_eq!(code(&["check", bad.to_str().unwrap()]), Some(1));
+    assert_eq!(code(&["check", "--config", bad.to_str().unwrap()]), Some(1));
+    assert_eq!(code(&["check", "/nonexistent/portcullis.yaml"]), Some(1));
+    assert_eq!(code(&["check"]), Some(2));
+    assert_eq!(code(&["check", "--bogus", good.to_str().unwrap()]), Some(2));
+    assert_eq!(
+        code(&[
+            "check",
+            good.to_str().unwrap(),
+            "--config",
+            good.to_str().unwrap()
+        ]),
+        Some(2)
+    );
+}
+
+/// No listeners: `check` passes with a warning, `run` refuses to start.
+#[test]
+fn no_listeners_warns_in_check_and_fails_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["", "upstreams: []\n"] {
+        let path = write(&dir, "empty.yaml", text);
+        let out = check(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("warning: no listeners"), "{stderr}");
+        let out = portcullis(&["run", "--config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no listeners"), "{stderr}");
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file() {
     let dir = tempfile::tempdir().unwrap();
