@@ -1,11 +1,14 @@
 # Portcullis: the two commands that set it up on a fresh machine are `make demo` and `make test`.
 #
 #   make deps    install the system packages the build and tests need (apt-get, only when missing)
-#   make py      the Python venv of the gRPC tests (grpcio, pinned with hashes), only when missing
+#   make py      the Python venv of the gRPC and deploy tests (grpcio; check-jsonschema and
+#                kubernetes-validate; pinned with hashes), only when missing or changed
 #   make node    the tests' OpenID provider (Node's oidc-provider, npm ci from its lock file),
 #                only when missing or when the lock changed; checks for Node.js 20.18 or later
 #   make demo    deps (without chromium), release build, run `portcullis demo`
-#   make test    deps, py, node, every test (lib, integration, benches compiled and smoke-run), `check` of config/,
+#   make test    deps, py, node, every test (lib, integration, benches compiled and smoke-run; the deploy
+#                tests render deploy/kubernetes and run kubernetes-validate and check-jsonschema),
+#                `check` of config/ and the Kubernetes config,
 #                then each fuzz target for FUZZ_SMOKE_SECONDS (5) from its committed seeds
 #   make bench   the load benchmark against bare Pingora and HAProxy (release build), with the
 #                memory benchmark; writes benches/results/latest.md and latest.svg
@@ -21,13 +24,16 @@ CARGO ?= cargo
 # Cargo.lock is committed: build exactly what it pins, and fail if Cargo.toml disagrees with it.
 LOCKED ?= --locked
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
-CONFIGS := $(wildcard config/*.yaml config/*.yml)
+# Every Portcullis config shipped: `make test` runs `portcullis check` on each.
+CONFIGS := $(wildcard config/*.yaml config/*.yml) deploy/kubernetes/portcullis.yaml
 
 # The gRPC tests (tests/it/grpc.rs) run a real gRPC server and client: Python grpcio from
 # tests/grpc/requirements.txt (pinned, with hashes, wheels only), in a venv of their own. The
 # tests find its python through PORTCULLIS_TEST_PYTHON (set here), or at target/py.
+# The deploy tests (tests/it/deploy.rs) run check-jsonschema and kubernetes-validate from the
+# same venv (tests/deploy/requirements.txt).
 PY_VENV := $(TARGET_DIR)/py
-PY_REQUIREMENTS := tests/grpc/requirements.txt
+PY_REQUIREMENTS := tests/grpc/requirements.txt tests/deploy/requirements.txt
 export PORTCULLIS_TEST_PYTHON := $(abspath $(PY_VENV))/bin/python
 
 # The session tests (tests/it/oidc_harness.rs and those of src/session) start a real OpenID
@@ -73,6 +79,8 @@ deps:
 	  missing="$$missing python3 python3-venv"; why="$$why; python3-venv: the gRPC tests run Python grpcio from a venv"; fi; \
 	if [ "$(DEPS_CHROMIUM)" != no ] && [ ! -x /usr/bin/chromium ]; then \
 	  missing="$$missing chromium"; why="$$why; chromium: the browser-session tests drive a real headless browser through login"; fi; \
+	if [ "$(DEPS_KUBECTL)" != no ] && ! command -v kubectl >/dev/null 2>&1; then \
+	  missing="$$missing kubernetes-client"; why="$$why; kubernetes-client: the deploy tests render the kustomize base with kubectl kustomize (only when there is no kubectl: Debian's is 1.20, whose kustomize the base keeps to)"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing with apt-get ($${why#; })"; \
 	  if ! command -v apt-get >/dev/null 2>&1; then \
@@ -84,9 +92,11 @@ deps:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Chromium is for the tests alone: these targets check the other packages only.
+# Chromium and kubectl are for the tests alone: these targets check the other packages only.
 DEPS_CHROMIUM ?= yes
+DEPS_KUBECTL ?= yes
 demo bench clippy fuzz-build: DEPS_CHROMIUM := no
+demo bench clippy fuzz-build: DEPS_KUBECTL := no
 # So is promtool.
 DEPS_PROMTOOL ?= yes
 demo bench clippy fuzz-build: DEPS_PROMTOOL := no
@@ -96,11 +106,11 @@ demo bench clippy fuzz-build: DEPS_PROMTOOL := no
 py: $(PY_VENV)/.installed
 
 $(PY_VENV)/.installed: $(PY_REQUIREMENTS) | deps
-	@echo "make py: installing grpcio into $(PY_VENV) (the gRPC tests' server and client; from $(PY_REQUIREMENTS))"
+	@echo "make py: installing grpcio, check-jsonschema and kubernetes-validate into $(PY_VENV) (the gRPC tests' server and client, the deploy tests' checkers; from $(PY_REQUIREMENTS))"
 	rm -rf $(PY_VENV)
 	python3 -m venv $(PY_VENV)
 	$(PY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
-	  --require-hashes --only-binary :all: -r $(PY_REQUIREMENTS)
+	  --require-hashes --only-binary :all: $(addprefix -r ,$(PY_REQUIREMENTS))
 	touch $@
 
 # Quiet when node is recent enough and the modules are installed from the current lock;

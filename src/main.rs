@@ -65,6 +65,9 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
+    /// Print the config's JSON Schema (draft 2020-12), as committed in
+    /// config/portcullis.schema.json: `portcullis schema > config/portcullis.schema.json`.
+    Schema,
     /// Developer tools for tokens: mint a test token, inspect one, publish a key as a JWKS.
     Token {
         #[command(subcommand)]
@@ -262,6 +265,10 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Schema => {
+            print!("{}", portcullis::config::schema::json());
+            ExitCode::SUCCESS
         }
         Command::Token { action } => match token_command(action) {
             Ok(()) => ExitCode::SUCCESS,

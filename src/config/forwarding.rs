@@ -8,7 +8,7 @@ use super::values::Dur;
 
 /// `retry:` of a pool or a route. Every field is optional: on a route, what it leaves out
 /// comes from its pool; on a pool, from the documented defaults.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Tries in all, the first included (default 2; 1 turns retries off).
@@ -30,7 +30,7 @@ pub struct RetryConfig {
 }
 
 /// One entry of `retry.on`, as written: a name or a status code (YAML reads `503` as a number).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum RetryCondition {
     /// A status code.
@@ -40,7 +40,7 @@ pub enum RetryCondition {
 }
 
 /// `outlier:` of a pool: passive health, from what requests see. Absent: the defaults.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// 5xx answers or connection failures in a row that eject a target (default 5; 0: off).

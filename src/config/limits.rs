@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::values::{Dur, Rate};
 
 /// Where a limit's buckets live.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitScope {
     /// In this node only.
@@ -19,7 +19,7 @@ pub enum LimitScope {
 }
 
 /// One token-bucket limit.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     /// Sustained rate.
@@ -59,7 +59,7 @@ fn default_max_keys() -> u64 {
 }
 
 /// A route's rate limits.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Per client IP, before authentication: protects the verifier too.
@@ -77,7 +77,7 @@ pub struct RateLimitConfig {
 }
 
 /// Limits shared across a fleet through Redis.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `redis://host:port/db`.

@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod forwarding;
 pub mod limits;
 mod lines;
+pub mod schema;
 pub mod session;
 mod shape;
 pub mod targets;
@@ -35,7 +36,7 @@ pub use upstream::*;
 pub use values::*;
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the proxy accepts client traffic.

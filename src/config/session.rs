@@ -8,7 +8,7 @@ use super::values::Dur;
 
 /// One browser-session client: how Portcullis logs a browser in with an issuer and keeps it
 /// logged in.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// What routes call it (`auth: { session: NAME }`) and the `session` metric label.
@@ -66,7 +66,7 @@ pub struct SessionConfig {
 }
 
 /// The session cookie's attributes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CookieConfig {
     /// Its name; numbered `NAME.1`, `NAME.2` … past 4 KB.
@@ -91,7 +91,7 @@ impl Default for CookieConfig {
 }
 
 /// The cookie's `SameSite` attribute.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SameSite {
     /// Sent on top-level navigations from other sites, not on their subrequests.
@@ -115,7 +115,7 @@ impl SameSite {
 }
 
 /// Where sessions are kept.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStore {
     /// Sealed into the cookie itself.

@@ -61,7 +61,7 @@ impl<'de> Deserialize<'de> for TargetConfig {
 }
 
 /// `server.dns`: where host-name targets are looked up.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// `ip:port` of each name server to ask, in order; empty (the default): the system's

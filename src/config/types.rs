@@ -12,7 +12,7 @@ use super::limits::RateLimitConfig;
 use super::values::Dur;
 
 /// A listener for client traffic.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `ip:port` to bind.
@@ -27,7 +27,7 @@ pub struct ListenerConfig {
 }
 
 /// A certificate chain and its key, both PEM files.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
@@ -37,7 +37,7 @@ pub struct TlsConfig {
 }
 
 /// The admin listener.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `ip:port` to bind; keep it on loopback or a private network.
@@ -47,7 +47,7 @@ pub struct AdminConfig {
 /// What `/readyz` waits for besides a loaded config and bound listeners. Pools and issuers are
 /// the same on every node, so by default their state does not make a node unready (that would
 /// only empty the Service); name them here to opt in.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReadinessConfig {
     /// Upstreams that must have a healthy target.
@@ -59,7 +59,7 @@ pub struct ReadinessConfig {
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Worker threads; default: the number of cores.
@@ -105,7 +105,7 @@ pub struct ServerConfig {
 /// What happens to client request headers whose names contain `_`
 /// (`server.headers_with_underscores`). CGI, WSGI, Rack and PHP read `X_User_Id` and
 /// `X-User-Id` as the same variable, `HTTP_X_USER_ID`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadersWithUnderscores {
     /// Remove every one before forwarding (nginx's `underscores_in_headers off`).
@@ -118,7 +118,7 @@ pub enum HeadersWithUnderscores {
 
 /// What Portcullis does with the headers that ask a backend to take a request as another
 /// method (Symfony, Laravel and others honour them on `POST`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MethodOverrideHeaders {
     /// Removed before the request goes upstream, so a method policy cannot be walked
@@ -178,7 +178,7 @@ pub fn default_max_request_header_bytes() -> usize {
 }
 
 /// A route.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Name used in metrics and logs.
@@ -209,7 +209,7 @@ pub struct RouteConfig {
 }
 
 /// What requests a route takes.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact host or `*.example.com`; absent: any host.
@@ -258,7 +258,7 @@ impl<'de> Deserialize<'de> for AuthConfig {
 }
 
 /// What a route requires of a token.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicyConfig {
     /// Issuers (by name) whose tokens are accepted; the token's `iss` picks one.
@@ -321,7 +321,7 @@ impl<'de> Deserialize<'de> for ClaimRule {
 }
 
 /// An identity provider whose tokens Portcullis verifies.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Name that routes refer to.
@@ -368,7 +368,7 @@ pub struct IssuerConfig {
 }
 
 /// How an issuer's opaque access tokens are checked: RFC 7662 token introspection.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// The introspection endpoint; without it, the `introspection_endpoint` of the issuer's
@@ -414,7 +414,7 @@ fn default_fetch_timeout() -> Dur {
 }
 
 /// How the client address is found.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientIpConfig {
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed; empty: use the socket address.
@@ -439,7 +439,7 @@ fn default_ipv6_prefix() -> u8 {
 }
 
 /// An upstream pool's in-flight cap.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyConfig {
     /// A fixed cap.
@@ -464,7 +464,7 @@ fn default_concurrency_max() -> usize {
 }
 
 /// The verified-token cache.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCacheConfig {
     /// Most tokens held; past it, the tokens nearest their expiry are dropped first.

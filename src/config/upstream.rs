@@ -11,7 +11,7 @@ use super::types::ConcurrencyConfig;
 use super::values::Dur;
 
 /// How a pool picks a target.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each target in turn.
@@ -24,7 +24,7 @@ pub enum Balance {
 }
 
 /// What a pool speaks to its targets.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1.
@@ -37,7 +37,7 @@ pub enum Protocol {
 }
 
 /// An upstream pool.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Name that routes refer to.
@@ -88,7 +88,7 @@ pub struct UpstreamConfig {
 }
 
 /// TLS to a pool's targets.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// The name sent as SNI and checked against the certificate; default: the target's host
@@ -124,7 +124,7 @@ fn default_dns_refresh() -> Dur {
 }
 
 /// Active health checking of a pool's targets.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Probe with an HTTP request.
@@ -161,7 +161,7 @@ fn default_unhealthy_after() -> usize {
 }
 
 /// An HTTP probe.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheckConfig {
     /// Path requested with GET.
@@ -179,6 +179,6 @@ fn default_expect_status() -> u16 {
 }
 
 /// A TCP connect probe; it has no settings.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TcpCheckConfig {}

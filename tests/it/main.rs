@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod connections;
 mod dashboards;
+mod deploy;
 mod faults;
 mod grpc;
 mod hygiene;

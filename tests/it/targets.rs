@@ -385,36 +385,6 @@ async fn the_system_resolver_reads_etc_hosts() {
     served_by(&proxy, "local").await;
 }
 
-/// The config deploy/kubernetes.yaml embeds in its ConfigMap passes `check`, offline: its
-/// target is a cluster Service name no resolver here knows.
-#[test]
-fn the_kubernetes_config_passes_check() {
-    let manifest = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes.yaml"),
-    )
-    .unwrap();
-    let mut configs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&manifest) {
-        let doc = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
-        if doc["kind"] == "ConfigMap" {
-            if let Some(text) = doc["data"]["portcullis.yaml"].as_str() {
-                configs.push(text.to_string());
-            }
-        }
-    }
-    assert_eq!(configs.len(), 1, "one embedded config");
-    assert!(configs[0].contains(".svc.cluster.local:"), "{}", configs[0]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.yaml");
-    std::fs::write(&path, &configs[0]).unwrap();
-    let out = check(&path);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `check` never resolves: a target whose name resolves nowhere passes.
 #[test]
 fn check_works_offline() {

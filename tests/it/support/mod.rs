@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod chromium;
 pub mod dns;
+pub mod dockerignore;
 pub mod grpc;
 pub mod introspection;
 pub mod jwks;
