@@ -1,8 +1,10 @@
 //! The config loader: any bytes give a config or errors, never a panic.
 //!
-//! The text goes through `Config::from_yaml` (the YAML parse, the serde structs, the
-//! per-section error collection) and, when it parses, through `Generation::build`, which
-//! compiles it (durations, addresses, issuers, policies, route tables, limits). A config
+//! The text goes through `Config::parse_shaped` (the YAML parse, the serde structs, the
+//! per-section and per-item error collection, the config of the well-formed parts) and that
+//! config through `Generation::build`, which compiles it (durations, addresses, issuers,
+//! policies, route tables, limits), then `Shaped::finish`, which merges both errors as
+//! `portcullis check` and a reload do. A config
 //! naming files (TLS, JWKS, access log) is not compiled: the fuzzer must not read or
 //! create files anywhere on the machine.
 #![no_main]
@@ -14,15 +16,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match Config::parse(text) {
-        Ok(parsed) => {
-            let c = &parsed.config;
+    match Config::parse_shaped(text) {
+        Ok(shaped) => {
+            let c = &shaped.parsed.config;
             let names_files = c.listeners.iter().any(|l| l.tls.is_some())
                 || matches!(c.access_log.output, AccessLogOutput::File(_))
                 || c.issuers.iter().any(|i| i.jwks_file.is_some());
             if !names_files {
-                if let Err(e) = portcullis::generation::Generation::build(&parsed, None, 1) {
+                let clean = shaped.is_clean();
+                let built = portcullis::generation::Generation::build(&shaped.parsed, None, 1);
+                if let Err(e) = shaped.finish(built) {
                     assert!(!e.issues().is_empty() || !e.to_string().is_empty());
+                } else {
+                    assert!(clean, "a config with shape errors compiled");
                 }
             }
         }
