@@ -137,8 +137,16 @@ fn the_docker_build_context_holds_what_cargo_needs() {
         );
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // For this machine's platform: a build here fetched the crates of its own platform only,
+    // not the Windows- or macOS-only ones the lock also lists (as the image build would).
+    let rustc = run(Command::new("rustc").arg("-vV"));
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .unwrap();
     let out = run(Command::new(cargo)
         .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
         .current_dir(context.path())
         // The package's own target folder, not the one of the tests' cargo.
         .env_remove("CARGO_TARGET_DIR"));
