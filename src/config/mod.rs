@@ -202,7 +202,9 @@ pub struct Parsed {
 
 impl Config {
     /// Parse a config from YAML text: what tests call. A file is read by
-    /// [`crate::reload::Reloader::from_file`], which parses it with [`Config::parse_file`].
+    /// [`crate::reload::Reloader::from_file`] and `portcullis check`, which parse it with
+    /// [`Config::parse_shaped`] (through `Generation::compile`) to report shape and meaning
+    /// errors together.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] listing every field that is malformed, each with path and line.
