@@ -607,6 +607,43 @@ routes:
         assert!(err.to_string().contains("upstreams[0].protocol"), "{err}");
     }
 
+    /// Shape and meaning errors come out together; what only follows from a part left out
+    /// (a whole section, or one list item) does not.
+    #[test]
+    fn meaning_errors_come_with_shape_errors() {
+        let messages = |text: &str| -> Vec<String> {
+            Generation::from_yaml(text)
+                .unwrap_err()
+                .issues()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let whole_section = messages(
+            "upstreams: { name: a }\nroutes:\n  - name: r\n    upstream: a\nreadiness:\n  require_issuers: [nobody]\n",
+        );
+        assert_eq!(whole_section.len(), 2, "{whole_section:?}");
+        assert!(whole_section[0].starts_with("line 1: upstreams: invalid type"));
+        assert_eq!(
+            whole_section[1],
+            "line 6: readiness.require_issuers[0]: no issuer named `nobody`"
+        );
+        let one_item = messages(
+            "upstreams:\n  - name: a\n    targets: [\"127.0.0.1:1\"]\n    weight: 2\n  - name: b\n    targets: [\"127.0.0.1:2\"]\nroutes:\n  - name: r\n    upstream: a\n  - name: s\n    upstream: c\n  - name: t\n    upstream: b\n",
+        );
+        assert_eq!(one_item.len(), 2, "{one_item:?}");
+        assert!(
+            one_item[0].starts_with("line 4: upstreams[0].weight: unknown field `weight`"),
+            "{one_item:?}"
+        );
+        // `routes[0]` names the malformed upstream `a`: not reported; `t` after it keeps its
+        // index although `a` was left out of the compiled config.
+        assert_eq!(
+            one_item[1],
+            "line 11: routes[1].upstream: no upstream named `c`"
+        );
+    }
+
     #[test]
     fn unknown_upstream_and_duplicates() {
         let text = format!(

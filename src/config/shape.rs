@@ -14,12 +14,13 @@ use serde_yaml::{Mapping, Value};
 
 use super::{strip_location, Config, ConfigError, ConfigIssue, LineIndex, Parsed};
 
-/// Sections whose meaning depends on other sections (names they refer to): when one of those
-/// is left out whole, the dependent section's meaning errors would be noise.
+/// Parts whose meaning depends on other sections (names they refer to), by path prefix: when
+/// one of those is left out whole, the dependent part's meaning errors would be noise.
 const DEPENDS_ON: &[(&str, &[&str])] = &[
     ("routes", &["upstreams", "issuers", "sessions", "cluster"]),
     ("sessions", &["issuers"]),
-    ("readiness", &["upstreams", "issuers"]),
+    ("readiness.require_pools", &["upstreams"]),
+    ("readiness.require_issuers", &["issuers"]),
 ];
 
 /// A config with its shape errors, made of every section and list item whose shape is valid.
@@ -207,12 +208,14 @@ impl Shaped {
     }
 
     fn follows_from_a_dropped_part(&self, path: &str) -> bool {
-        let section = path.split(['.', '[']).next().unwrap_or_default();
-        let depends = DEPENDS_ON
-            .iter()
-            .find(|(s, _)| *s == section)
-            .map_or(&[][..], |(_, d)| *d);
-        if depends.iter().any(|d| self.dropped_sections.contains(*d)) {
+        let within = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        };
+        let depends_on_a_dropped_section = DEPENDS_ON.iter().any(|(prefix, sections)| {
+            within(prefix) && sections.iter().any(|s| self.dropped_sections.contains(*s))
+        });
+        if depends_on_a_dropped_section {
             return true;
         }
         let names = |v: &Value| match v {
