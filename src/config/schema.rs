@@ -95,10 +95,32 @@ impl JsonSchema for AccessLogConfig {
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "Where access log lines go: `stdout` (default), `stderr`, `off`, or a file path.",
-            "type": "string",
-            "minLength": 1,
-            "examples": ["stdout", "off", "/var/log/portcullis/access.log"]
+            "description": "Where access log lines go: `stdout` (default), `stderr`, `off` or a file path; or `{ path, claims }`, which also names the claims each line records (none by default).",
+            "oneOf": [
+                {
+                    "type": "string",
+                    "minLength": 1,
+                    "examples": ["stdout", "off", "/var/log/portcullis/access.log"]
+                },
+                {
+                    "type": "object",
+                    "properties": {
+                        "path": {
+                            "description": "`stdout` (default), `stderr`, `off` or a file path (reopened on SIGUSR1).",
+                            "type": "string",
+                            "minLength": 1
+                        },
+                        "claims": {
+                            "description": "Claims of the verified identity each line records, by name.",
+                            "type": "array",
+                            "items": { "type": "string", "minLength": 1 },
+                            "uniqueItems": true,
+                            "default": []
+                        }
+                    },
+                    "additionalProperties": false
+                }
+            ]
         })
     }
 }
