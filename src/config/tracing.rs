@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 /// `tracing: { otlp_endpoint, sample_ratio, service_name }`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// The OTLP/HTTP receiver (protobuf), `http://` or `https://`. A URL with no path (or
@@ -13,6 +13,7 @@ pub struct TracingConfig {
     /// The share of traces started here (no sampled `traceparent` came) that are recorded,
     /// from 0 to 1. An incoming `traceparent`'s sampled flag decides for its trace.
     #[serde(default = "default_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub sample_ratio: f64,
     /// `service.name` of every span.
     #[serde(default = "default_service_name")]
