@@ -71,15 +71,15 @@ deps:
 	  missing="$$missing dnsmasq-base"; why="$$why; dnsmasq-base: the DNS tests start a real DNS server whose answers they change"; fi; \
 	if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
 	  missing="$$missing haproxy"; why="$$why; haproxy: the load benchmark compares Portcullis with it"; fi; \
-	if [ "$(DEPS_PROMTOOL)" != no ] && ! command -v promtool >/dev/null 2>&1; then \
+	if [ "$(DEPS_TEST_TOOLS)" != no ] && ! command -v promtool >/dev/null 2>&1; then \
 	  missing="$$missing prometheus"; why="$$why; prometheus: its promtool checks and unit-tests deploy/prometheus/alerts.yaml and the dashboard's queries (tests/it/dashboards.rs)"; fi; \
-	if ! command -v logrotate >/dev/null 2>&1 && [ ! -x /usr/sbin/logrotate ]; then \
+	if [ "$(DEPS_TEST_TOOLS)" != no ] && ! command -v logrotate >/dev/null 2>&1 && [ ! -x /usr/sbin/logrotate ]; then \
 	  missing="$$missing logrotate"; why="$$why; logrotate: a test runs deploy/logrotate/portcullis on a running proxy's access log"; fi; \
 	if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 	  missing="$$missing python3 python3-venv"; why="$$why; python3-venv: the gRPC tests run Python grpcio from a venv"; fi; \
-	if [ "$(DEPS_CHROMIUM)" != no ] && [ ! -x /usr/bin/chromium ]; then \
+	if [ "$(DEPS_TEST_TOOLS)" != no ] && [ ! -x /usr/bin/chromium ]; then \
 	  missing="$$missing chromium"; why="$$why; chromium: the browser-session tests drive a real headless browser through login"; fi; \
-	if [ "$(DEPS_KUBECTL)" != no ] && ! command -v kubectl >/dev/null 2>&1; then \
+	if [ "$(DEPS_TEST_TOOLS)" != no ] && ! command -v kubectl >/dev/null 2>&1; then \
 	  missing="$$missing kubernetes-client"; why="$$why; kubernetes-client: the deploy tests render the kustomize base with kubectl kustomize (only when there is no kubectl: Debian's is 1.20, whose kustomize the base keeps to)"; fi; \
 	if [ -n "$$missing" ]; then \
 	  echo "make deps: installing$$missing with apt-get ($${why#; })"; \
@@ -92,14 +92,10 @@ deps:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# Chromium and kubectl are for the tests alone: these targets check the other packages only.
-DEPS_CHROMIUM ?= yes
-DEPS_KUBECTL ?= yes
-demo bench clippy fuzz-build: DEPS_CHROMIUM := no
-demo bench clippy fuzz-build: DEPS_KUBECTL := no
-# So is promtool.
-DEPS_PROMTOOL ?= yes
-demo bench clippy fuzz-build: DEPS_PROMTOOL := no
+# Chromium, promtool (prometheus), logrotate and kubectl are for the tests alone: these targets
+# check the other packages only.
+DEPS_TEST_TOOLS ?= yes
+demo bench clippy fuzz-build: DEPS_TEST_TOOLS := no
 
 # Quiet when the venv is there and its requirements did not change since; otherwise one line
 # saying why, then a fresh venv and a hash-checked install of the pinned wheels.
