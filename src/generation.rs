@@ -44,6 +44,8 @@ pub struct Route {
     pub limits: RouteLimits,
     /// Its timeouts and retries (its own over its pool's).
     pub forwarding: upstream::forwarding::Forwarding,
+    /// Its header edits, rewrite and redirect.
+    pub edits: crate::edits::RouteEdits,
 }
 
 /// Everything a request needs, for one generation of the config.
@@ -80,6 +82,8 @@ pub struct Generation {
     pub listener_certs: Vec<Arc<crate::tls::ListenerCert>>,
     /// `tracing:`; `None` makes no span and leaves `traceparent` alone.
     pub tracing: Option<crate::trace::Tracing>,
+    /// `server_header` and the listeners that redirect to https.
+    pub edits: crate::edits::Edits,
 }
 
 impl std::fmt::Debug for Generation {
@@ -148,6 +152,12 @@ impl Generation {
         }
         let pools_by_name: HashMap<&str, &Arc<Pool>> =
             pools.iter().map(|p| (p.name.as_str(), p)).collect();
+        let edits = crate::edits::compile::top(
+            config,
+            &auth.identity_headers,
+            &auth.projection,
+            &mut issues,
+        );
 
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut matches = Vec::with_capacity(config.routes.len());
@@ -201,15 +211,39 @@ impl Generation {
                 },
                 _ => None,
             };
-            let Some(pool) = pools_by_name.get(rc.upstream.as_str()) else {
-                if !pool_index.contains_key(rc.upstream.as_str()) {
-                    issues.push(
-                        format!("{path}.upstream"),
-                        format!("no upstream named `{}`", rc.upstream),
-                    );
+            let redirect_pool;
+            let pool = if crate::edits::compile::forwarded(rc, &path, &mut issues) {
+                let Some(pool) = pools_by_name.get(rc.upstream.as_str()) else {
+                    if !pool_index.contains_key(rc.upstream.as_str()) {
+                        issues.push(
+                            format!("{path}.upstream"),
+                            format!("no upstream named `{}`", rc.upstream),
+                        );
+                    }
+                    continue;
+                };
+                *pool
+            } else {
+                match crate::edits::compile::no_pool() {
+                    Ok(p) => {
+                        redirect_pool = Arc::new(p);
+                        &redirect_pool
+                    }
+                    Err(e) => {
+                        issues.push(path, e);
+                        continue;
+                    }
                 }
-                continue;
             };
+            let route_edits = crate::edits::compile::route(
+                rc,
+                &path,
+                &m.path_prefix,
+                &edits,
+                &auth.identity_headers,
+                &auth.projection,
+                &mut issues,
+            );
             let old_route = previous.and_then(|p| p.routes.iter().find(|r| r.name == rc.name));
             let Some(limits) = ratelimit::compile::route_limits(
                 rc,
@@ -233,6 +267,7 @@ impl Generation {
                 session,
                 limits,
                 forwarding,
+                edits: route_edits,
             });
         }
         let table = match RouteTable::build(&matches) {
@@ -280,6 +315,7 @@ impl Generation {
             dns: Arc::new(dns),
             listener_certs,
             tracing,
+            edits: edits.edits,
         })
     }
 

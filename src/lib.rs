@@ -13,6 +13,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod edits;
 pub mod generation;
 pub mod headers;
 pub mod memory;

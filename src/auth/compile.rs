@@ -323,6 +323,10 @@ impl Auth {
                 }
             }
         }
+        // The claims header edits name (`{claim.NAME}`).
+        for claim in crate::config::edits::header_claims(config) {
+            projection.slot_for(claim);
+        }
         // The claims the access log records: held by every identity like any other.
         let log_claims = config
             .access_log

@@ -6,6 +6,7 @@
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
 pub mod access_log;
+pub mod edits;
 pub mod forwarding;
 pub mod limits;
 mod lines;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use access_log::*;
+pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
@@ -78,6 +80,16 @@ pub struct Config {
     /// Spans to an OpenTelemetry receiver; absent, none are made.
     #[serde(default)]
     pub tracing: Option<TracingConfig>,
+    /// Request headers every route changes, before the route's own edits.
+    #[serde(default)]
+    pub request_headers: Option<HeaderEditsConfig>,
+    /// Response headers every route changes, before the route's own edits.
+    #[serde(default)]
+    pub response_headers: Option<HeaderEditsConfig>,
+    /// `Server` on responses: absent, removed (with `X-Powered-By`); `upstream`, the
+    /// upstream's kept; any other text, sent as `Server`.
+    #[serde(default)]
+    pub server_header: Option<String>,
 }
 
 /// One thing wrong with a config file.

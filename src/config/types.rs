@@ -24,6 +24,9 @@ pub struct ListenerConfig {
     /// preface) beside HTTP/1.1. Plaintext listeners only: TLS offers h2 by ALPN.
     #[serde(default)]
     pub h2c: bool,
+    /// Answer every request with 308 to the same host and path on https.
+    #[serde(default)]
+    pub redirect_to_https: bool,
 }
 
 /// A certificate chain and its key, both PEM files.
@@ -186,7 +189,8 @@ pub struct RouteConfig {
     /// What requests this route takes.
     #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
-    /// The pool that serves it.
+    /// The pool that serves it; left out only on a `redirect` route.
+    #[serde(default)]
     pub upstream: String,
     /// Authentication; `none` lets every request through.
     #[serde(default)]
@@ -206,6 +210,18 @@ pub struct RouteConfig {
     /// Longest wait for each read from the target; default: its pool's.
     #[serde(default)]
     pub read_timeout: Option<Dur>,
+    /// Request headers changed on the way upstream, after the top-level ones.
+    #[serde(default)]
+    pub request_headers: Option<super::HeaderEditsConfig>,
+    /// Response headers changed on the way back, after the top-level ones.
+    #[serde(default)]
+    pub response_headers: Option<super::HeaderEditsConfig>,
+    /// The path and `Host` sent upstream.
+    #[serde(default)]
+    pub rewrite: Option<super::RewriteConfig>,
+    /// Answer with a redirect instead of forwarding.
+    #[serde(default)]
+    pub redirect: Option<super::RedirectConfig>,
 }
 
 /// What requests a route takes.

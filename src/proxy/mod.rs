@@ -13,6 +13,7 @@
 mod access;
 mod attempt;
 mod browser;
+mod edits;
 mod limits;
 pub mod rescue;
 mod retry;
@@ -136,6 +137,8 @@ pub struct RequestCtx {
     session_reply: Option<crate::session::Reply>,
     /// Its place in a trace, with `tracing:` configured.
     trace: Option<crate::trace::RequestTrace>,
+    /// The redirect to answer, or the path a rewrite sends upstream.
+    edits: crate::edits::Planned,
 }
 
 impl RequestCtx {
@@ -181,6 +184,9 @@ impl Portcullis {
         // RFC 9112 section 3.2: an HTTP/1.1 request without Host gets 400.
         if raw_host.is_empty() && req.version == http::Version::HTTP_11 {
             return Err(Refusal::BadRequest);
+        }
+        if edits::to_https(session, ctx, raw_host, &target)? {
+            return Ok(());
         }
         let host = routing::host_key(raw_host);
         let table = &ctx.generation.table;
@@ -344,6 +350,7 @@ impl ProxyHttp for Portcullis {
             session_cookies: Vec::new(),
             session_reply: None,
             trace: None,
+            edits: crate::edits::Planned::default(),
         }
     }
 
@@ -374,7 +381,11 @@ impl ProxyHttp for Portcullis {
             return Ok(true);
         }
         let result = match self.admit(session, ctx) {
-            Ok(()) => self.guard(session, ctx).await,
+            Ok(()) => match edits::plan(session, ctx) {
+                Ok(()) if edits::answer(session, ctx).await => return Ok(true),
+                Ok(()) => self.guard(session, ctx).await,
+                Err(refusal) => Err(refusal),
+            },
             Err(refusal) => Err(refusal),
         };
         match result {
@@ -398,6 +409,7 @@ impl ProxyHttp for Portcullis {
                         _ => None,
                     },
                     set_cookies: &ctx.session_cookies,
+                    server: ctx.generation.edits.server.own(),
                 };
                 ctx.grpc_refused = rescue::send(session, refusal, &reply, true).await;
                 Ok(true)
@@ -533,8 +545,9 @@ impl ProxyHttp for Portcullis {
                 headers::attempt_value(ctx.attempts),
             );
             headers::set_forwarded(parts, ip, tls);
+            edits::request_headers(&mut parts.headers, ctx);
         });
-        Ok(())
+        edits::request_path(upstream, ctx)
     }
 
     async fn response_filter(
@@ -560,6 +573,7 @@ impl ProxyHttp for Portcullis {
                     }
                 }
             }
+            edits::response_headers(map, ctx);
         });
         Ok(())
     }
@@ -590,6 +604,7 @@ impl ProxyHttp for Portcullis {
             let reply = rescue::Reply {
                 request_id: headers::request_id_str(&ctx.request_id),
                 set_cookies: &ctx.session_cookies,
+                server: ctx.generation.edits.server.own(),
                 ..Default::default()
             };
             ctx.grpc_refused = rescue::send(session, refusal, &reply, false).await;

@@ -70,11 +70,13 @@ pub enum Refusal {
     RateLimited(u64),
     /// The upstream pool is at its in-flight cap (503).
     Overloaded,
+    /// The route's `rewrite` would make a path the routing rules refuse (a dot segment).
+    BadRewrite,
 }
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 22] = [
+    pub const ALL: [Refusal; 23] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
@@ -97,6 +99,7 @@ impl Refusal {
         Refusal::IntrospectionUnavailable,
         Refusal::RateLimited(1),
         Refusal::Overloaded,
+        Refusal::BadRewrite,
     ];
 
     /// Status, code and message, defined together: the status sent, the stable
@@ -175,6 +178,11 @@ impl Refusal {
             ),
             Refusal::RateLimited(_) => (429, "rate_limited", "too many requests"),
             Refusal::Overloaded => (503, "overloaded", "the upstream is at capacity"),
+            Refusal::BadRewrite => (
+                400,
+                "bad_rewrite",
+                "the request path cannot be rewritten for this route",
+            ),
         }
     }
 
@@ -266,6 +274,9 @@ impl Refusal {
     fn common_headers(self, header: &mut ResponseHeader, reply: &Reply<'_>) {
         let (request_id, scope) = (reply.request_id, reply.scope);
         let _ = header.insert_header("cache-control", "no-store");
+        if let Some(server) = reply.server {
+            let _ = header.insert_header(http::header::SERVER, server.clone());
+        }
         for cookie in reply.set_cookies {
             let _ = header.append_header(http::header::SET_COOKIE, cookie.clone());
         }
@@ -394,6 +405,8 @@ pub struct Reply<'a> {
     /// `Set-Cookie` values of a browser session refreshed on the way (they must reach the
     /// browser whatever the answer, or it would come back with a redeemed refresh token).
     pub set_cookies: &'a [http::HeaderValue],
+    /// `Server`, when `server_header` gives one.
+    pub server: Option<&'a http::HeaderValue>,
 }
 
 /// Send `refusal` as the whole response: JSON, or for a gRPC call ([`is_grpc`]) the gRPC
@@ -697,7 +710,10 @@ mod tests {
     fn every_refusal_has_its_grpc_status() {
         let expected = |r: Refusal| -> u8 {
             match r {
-                Refusal::BadRequest | Refusal::BadPath | Refusal::InvalidCredentials => 13,
+                Refusal::BadRequest
+                | Refusal::BadPath
+                | Refusal::InvalidCredentials
+                | Refusal::BadRewrite => 13,
                 Refusal::HeadersTooLarge | Refusal::Internal => 2,
                 Refusal::NoRoute => 12,
                 Refusal::NoHealthyTarget
@@ -721,6 +737,7 @@ mod tests {
             scope: "orders:write",
             rate_limit: None,
             set_cookies: &[],
+            server: None,
         };
         for r in Refusal::ALL {
             assert_eq!(r.grpc_status().code(), expected(r), "{r:?}");
@@ -808,6 +825,7 @@ mod tests {
                 Refusal::IntrospectionUnavailable => (503, "introspection_unavailable"),
                 Refusal::RateLimited(_) => (429, "rate_limited"),
                 Refusal::Overloaded => (503, "overloaded"),
+                Refusal::BadRewrite => (400, "bad_rewrite"),
             }
         };
         let mut codes = std::collections::HashSet::new();
