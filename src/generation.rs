@@ -184,6 +184,8 @@ impl Generation {
                 }
                 Some(AuthConfig::None) => None,
                 None if config.issuers.is_empty() && config.sessions.is_empty() => None,
+                // Answered before authentication: see `crate::edits::compile::route`.
+                None if rc.redirect.is_some() => None,
                 None => {
                     issues.push(
                         format!("{path}.auth"),

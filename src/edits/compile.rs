@@ -155,7 +155,10 @@ pub fn top(
             _ => {
                 issues.push(
                     "server_header",
-                    format!("`{text}` is not a header value; leave it out to remove `Server`"),
+                    format!(
+                        "`{}` is not a header value; leave it out to remove `Server`",
+                        text.escape_debug()
+                    ),
                 );
                 ServerHeader::Remove
             }
@@ -320,6 +323,12 @@ pub fn route(
         let at = format!("{path}.redirect");
         if !matches!(r.status, 301 | 302 | 307 | 308) {
             issues.push(format!("{at}.status"), "must be 301, 302, 307 or 308");
+        }
+        if matches!(rc.auth, Some(crate::config::AuthConfig::Policy(_))) {
+            issues.push(
+                format!("{path}.auth"),
+                "a redirect is answered before authentication: leave `auth` out",
+            );
         }
         if rc.rewrite.is_some() {
             issues.push(

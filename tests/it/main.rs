@@ -27,6 +27,7 @@ mod ratelimit;
 mod reload;
 mod retries;
 mod revoke;
+mod route_edits;
 mod routing;
 mod sessions;
 mod status_page;

@@ -4,7 +4,8 @@
 //!
 //! Knobs a request can turn through headers (the proxy passes them on):
 //! - `x-delay-ms: N`: wait N milliseconds before answering;
-//! - `x-want-hop-headers: 1`: add hop-by-hop headers to the response, which the proxy must strip.
+//! - `x-want-hop-headers: 1`: add hop-by-hop headers to the response, which the proxy must strip;
+//! - `x-want-fingerprint: 1`: answer with `Server` and `X-Powered-By`, as many backends do.
 //!
 //! [`Upstream::set_fault`] makes it answer a status, reset or hang instead; [`Upstream::received`]
 //! then holds every request that arrived, answered or not.
@@ -295,6 +296,9 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) {
                         ("keep-alive", "timeout=30"),
                         ("proxy-authenticate", "Basic realm=\"up\""),
                     ]);
+                }
+                if header("x-want-fingerprint").is_some() {
+                    extra.extend([("server", "gunicorn/21.2"), ("x-powered-by", "Express")]);
                 }
                 (status, extra, payload)
             };
