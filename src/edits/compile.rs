@@ -387,3 +387,56 @@ pub fn route(
         redirect,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::generation::Generation;
+
+    const ROUTE: &str =
+        "upstreams:\n  - name: u\n    targets: [\"127.0.0.1:9\"]\nroutes:\n  - name: r\n    upstream: u\n";
+
+    fn tls_listener(dir: &std::path::Path, port: u16) -> String {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&cert, pair.cert.pem()).unwrap();
+        std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+        format!(
+            "  - address: \"127.0.0.1:{port}\"\n    tls: {{ cert: \"{}\", key: \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        )
+    }
+
+    /// The https redirect names the one TLS listener's port when it is not 443, and no
+    /// port otherwise (none, two, or 443); a TLS listener cannot redirect to https.
+    #[test]
+    fn https_redirect_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = "  - { address: \"127.0.0.1:8080\", redirect_to_https: true }\n";
+        let port = |tls: &[u16]| {
+            let listeners: String = tls.iter().map(|p| tls_listener(dir.path(), *p)).collect();
+            let text = format!("listeners:\n{plain}{listeners}{ROUTE}");
+            let g = Generation::from_yaml(&text).unwrap();
+            assert!(g
+                .edits
+                .redirects_to_https(Some("127.0.0.1:8080".parse().unwrap())));
+            assert!(!g
+                .edits
+                .redirects_to_https(Some("127.0.0.1:8081".parse().unwrap())));
+            g.edits.https_port()
+        };
+        assert_eq!(port(&[]), None);
+        assert_eq!(port(&[8443]), Some(8443));
+        assert_eq!(port(&[443]), None);
+        assert_eq!(port(&[8443, 9443]), None);
+        let text = format!(
+            "listeners:\n{}    redirect_to_https: true\n{ROUTE}",
+            tls_listener(dir.path(), 8443)
+        );
+        let err = Generation::from_yaml(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("listeners[0].redirect_to_https: a TLS listener already serves https"),
+            "{err}"
+        );
+    }
+}

@@ -136,6 +136,10 @@ pub fn rewritten_path(
     let Some(replacement) = &rewrite.replacement else {
         return Ok(None);
     };
+    // `OPTIONS *` names no path to rewrite.
+    if path == "*" {
+        return Ok(None);
+    }
     let rest = path.strip_prefix(&*rewrite.prefix).ok_or(BadRewrite)?;
     let mut out = String::with_capacity(replacement.len() + rest.len() + query.len() + 2);
     out.push_str(replacement);

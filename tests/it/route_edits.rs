@@ -228,7 +228,10 @@ server_header: \"bad\\u0001\"
         "routes[0].response_headers.add.Content-Length",
         "server_header",
     ] {
-        assert!(said.contains(&format!("{field}:")), "no `{field}` in:\n{said}");
+        assert!(
+            said.contains(&format!("{field}:")),
+            "no `{field}` in:\n{said}"
+        );
     }
     assert!(said.contains("an identity header"), "{said}");
     assert!(said.contains("unknown variable `{nope}`"), "{said}");
@@ -240,7 +243,8 @@ server_header: \"bad\\u0001\"
 async fn server_header_hides_the_backend_by_default() {
     let up = Upstream::start("up").await;
     let targets = [up.addr().to_string()];
-    let routes = "  - name: all\n    match: { path_prefix: /app }\n    upstream: pool\n    auth: none\n";
+    let routes =
+        "  - name: all\n    match: { path_prefix: /app }\n    upstream: pool\n    auth: none\n";
     let proxy = start("", &targets, routes).await;
     let http = client();
     let get = |path: &str| {
@@ -366,7 +370,11 @@ async fn routes_answer_with_redirects() {
     let proxy = start("", &targets, REDIRECT_ROUTES).await;
     let http = no_follow();
     let cases = [
-        ("/old/a/b?x=1&y=2", 301, "https://new.example/old/a/b?x=1&y=2"),
+        (
+            "/old/a/b?x=1&y=2",
+            301,
+            "https://new.example/old/a/b?x=1&y=2",
+        ),
         ("/old//a", 301, "https://new.example/old/a"),
         ("/old", 301, "https://new.example/old"),
         ("/moved/z?dropped=1", 302, "/new/moved/z"),
@@ -396,7 +404,11 @@ async fn routes_answer_with_redirects() {
 
     reload(
         &proxy,
-        &body("", &targets, &REDIRECT_ROUTES.replace("/new{path}", "/newer")),
+        &body(
+            "",
+            &targets,
+            &REDIRECT_ROUTES.replace("/new{path}", "/newer"),
+        ),
     )
     .await;
     let resp = http.get(proxy.url("/moved/z")).send().await.unwrap();
@@ -448,7 +460,8 @@ async fn redirect_to_https_sends_the_same_host_and_path() {
     let up = Upstream::start("up").await;
     let targets = [up.addr().to_string()];
     let other = free_port();
-    let routes = "  - name: app\n    match: { path_prefix: / }\n    upstream: pool\n    auth: none\n";
+    let routes =
+        "  - name: app\n    match: { path_prefix: / }\n    upstream: pool\n    auth: none\n";
     let proxy = Proxy::builder(&body("", &targets, routes))
         .env(SECRET_ENV, SECRET)
         .listener("redirect_to_https: true")
