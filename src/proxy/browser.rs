@@ -126,15 +126,19 @@ pub(super) async fn authenticate(
     }
 }
 
-/// Write `reply` as the whole response.
-pub(super) async fn send(session: &mut Session, reply: Reply, request_id: &http::HeaderValue) {
+/// Write `reply` as the whole response, with the request's id (and `Server`, when
+/// `server_header` gives one).
+pub(super) async fn send(session: &mut Session, reply: Reply, ctx: &RequestCtx) {
     let mut header = super::rescue::bare_header(reply.status.as_u16());
     for (name, value) in reply.headers {
         let _ = header.append_header(name, value);
     }
     let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
     let _ = header.insert_header(http::header::CONTENT_LENGTH, reply.body.len());
-    let _ = header.insert_header(headers::X_REQUEST_ID, request_id.clone());
+    let _ = header.insert_header(headers::X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(server) = ctx.generation.edits.server.own() {
+        let _ = header.insert_header(http::header::SERVER, server.clone());
+    }
     let body = bytes::Bytes::from(reply.body);
     let result = match session.write_response_header(Box::new(header), false).await {
         Ok(()) => session.write_response_body(Some(body), true).await,

@@ -377,7 +377,7 @@ impl ProxyHttp for Portcullis {
         // A logout (the user's, or a verified back-channel one) is revoked on every node.
         let logout = |of: &_| browser::revoke(&self.revocations, of);
         if let Some(reply) = browser::endpoint(session, ctx, &logout).await {
-            browser::send(session, reply, &ctx.request_id).await;
+            browser::send(session, reply, ctx).await;
             return Ok(true);
         }
         let result = match self.admit(session, ctx) {
@@ -393,7 +393,7 @@ impl ProxyHttp for Portcullis {
             Err(refusal) => {
                 ctx.refusal = Some(refusal);
                 if let Some(reply) = ctx.session_reply.take() {
-                    browser::send(session, reply, &ctx.request_id).await;
+                    browser::send(session, reply, ctx).await;
                     return Ok(true);
                 }
                 let route = ctx.route();

@@ -15,6 +15,7 @@ use crate::support::{client, free_port, pool, Echo, Proxy, Upstream, BIN};
 
 const SECRET: &str = "route-edits-hmac-secret-0123456789abcdef";
 const SECRET_ENV: &str = "PORTCULLIS_IT_EDITS_SECRET";
+const KEYS_ENV: &str = "PORTCULLIS_IT_EDITS_KEYS";
 
 /// An HS256 token of issuer `edits` with these claims (and a future `exp`).
 fn token(claims: serde_json::Value) -> String {
@@ -35,6 +36,7 @@ fn token(claims: serde_json::Value) -> String {
 async fn start(top: &str, targets: &[String], routes: &str) -> Proxy {
     Proxy::builder(&body(top, targets, routes))
         .env(SECRET_ENV, SECRET)
+        .env(KEYS_ENV, &"ab".repeat(32))
         .start()
         .await
 }
@@ -264,6 +266,18 @@ async fn server_header_hides_the_backend_by_default() {
     let refused = get("/nowhere").await.unwrap();
     assert_eq!(refused.status(), 404);
     assert_eq!(refused.headers()["server"], "edge/1");
+
+    // A session endpoint's answer (a GET to the back-channel logout: 405) carries it too.
+    let sessions = format!(
+        "server_header: edge/1\nsessions:\n  - name: web\n    issuer: idp\n    client_id: c\n    cookie_keys_env: {KEYS_ENV}\n"
+    );
+    let idp = "  - name: idp\n    issuer: \"http://127.0.0.1:9/\"\n    discovery: true\n";
+    let text =
+        body(&sessions, &targets, routes).replace("upstreams:\n", &format!("{idp}upstreams:\n"));
+    reload(&proxy, &text).await;
+    let resp = get("/.portcullis/backchannel-logout").await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["server"], "edge/1");
 
     reload(&proxy, &body("server_header: upstream\n", &targets, routes)).await;
     let resp = get("/app").await.unwrap();
