@@ -5,6 +5,7 @@
 //! `redirect_to_https`, each reloaded live.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use portcullis::auth::tools::mint_hmac;
@@ -403,9 +404,20 @@ async fn routes_answer_with_redirects() {
         assert!(resp.headers().contains_key("x-request-id"), "{path}");
     }
     assert_eq!(up.arrivals(), 0);
-    let metrics = proxy.metrics().await;
-    assert_eq!(metrics.requests_in_class("permanent", '3'), 3.0);
-    assert_eq!(metrics.requests_in_class("temporary", '3'), 2.0);
+    // Counted when logged, just after the answer went out.
+    crate::support::eventually("the redirects counted", Duration::from_secs(5), || async {
+        let metrics = proxy.metrics().await;
+        let counts = (
+            metrics.requests_in_class("permanent", '3'),
+            metrics.requests_in_class("temporary", '3'),
+        );
+        if counts == (3.0, 2.0) {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
+    .await;
     let lines = proxy
         .wait_access_until("the redirects logged", |l| l.len() >= cases.len())
         .await;
