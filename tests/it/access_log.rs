@@ -23,6 +23,33 @@ fn line<'a>(lines: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no line for {id}: {lines:#?}"))
 }
 
+/// The line of request `id`, once the access log holds at least `n` lines.
+async fn logged(proxy: &Proxy, n: usize, id: &str) -> Value {
+    line(&proxy.wait_access_lines(n).await, id).clone()
+}
+
+/// GET `url` on `http` as request `id` (its `x-request-id`).
+async fn get_as(http: &reqwest::Client, url: &str, id: &str) -> reqwest::Response {
+    let resp = http.get(url).header("x-request-id", id).send().await;
+    resp.unwrap()
+}
+
+/// [`get_as`], which must be answered 200.
+async fn get_ok(http: &reqwest::Client, url: &str, id: &str) {
+    assert_eq!(get_as(http, url, id).await.status(), 200, "{id}");
+}
+
+/// The upstream `up` behind one route `all`, and the proxy over it.
+async fn one_upstream() -> (Upstream, Proxy) {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n",
+        pool("up", &[up.addr().to_string()], &[])
+    ))
+    .await;
+    (up, proxy)
+}
+
 fn routes(up: &Upstream, slow: &Upstream) -> String {
     let dead = format!("127.0.0.1:{}", crate::support::free_port());
     format!(
@@ -50,35 +77,15 @@ async fn every_field_has_its_value_over_http1_and_http2() {
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap();
-    let resp = h1
-        .get(proxy.url("/fast/a?secret=query"))
-        .header("x-request-id", "h1")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&h1, &proxy.url("/fast/a?secret=query"), "h1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
-    let resp = h2
-        .get(proxy.url("/slow/b"))
-        .header("x-request-id", "h2")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&h2, &proxy.url("/slow/b"), "h2").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-    let resp = h1
-        .get(proxy.url("/dead/c"))
-        .header("x-request-id", "dead")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&h1, &proxy.url("/dead/c"), "dead").await;
     assert_eq!(resp.status(), 502);
-    let resp = h1
-        .get(proxy.url("/nowhere"))
-        .header("x-request-id", "none")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&h1, &proxy.url("/nowhere"), "none").await;
     assert_eq!(resp.status(), 404);
 
     let lines = proxy.wait_access_lines(4).await;
@@ -129,8 +136,7 @@ async fn every_field_has_its_value_over_http1_and_http2() {
     )
     .await;
     assert_eq!(resp.status, 200);
-    let lines = plain.wait_access_lines(1).await;
-    let old = line(&lines, "h10");
+    let old = logged(&plain, 1, "h10").await;
     assert_eq!(old["protocol"], "HTTP/1.0", "{old}");
     assert_eq!(old["tls_version"], Value::Null, "{old}");
     assert_eq!(old["host"], "plain.example", "{old}");
@@ -184,8 +190,7 @@ async fn claims_are_logged_only_when_listed() {
         .start()
         .await;
     assert_eq!(get_with(&plain, Some(&token), "p1").await, 200);
-    let lines = plain.wait_access_lines(1).await;
-    let l = line(&lines, "p1");
+    let l = logged(&plain, 1, "p1").await;
     assert_eq!(l["status"], 200);
     assert!(l.get("claims").is_none(), "{l}");
     assert!(!plain.access_log().contains("alice"), "{l}");
@@ -198,15 +203,14 @@ async fn claims_are_logged_only_when_listed() {
         .await;
     assert_eq!(get_with(&listed, Some(&token), "l1").await, 200);
     assert_eq!(get_with(&listed, None, "l2").await, 401);
-    let lines = listed.wait_access_lines(2).await;
-    let l = line(&lines, "l1");
+    let l = logged(&listed, 2, "l1").await;
     assert_eq!(
         l["claims"],
         json!({"sub": "alice", "tenant": "acme", "missing": null}),
         "{l}"
     );
     // A request without a verified identity has none to log.
-    let refused = line(&lines, "l2");
+    let refused = logged(&listed, 2, "l2").await;
     assert!(refused.get("claims").is_none(), "{refused}");
 
     // The list reloads live: the next requests log the new one.
@@ -216,8 +220,7 @@ async fn claims_are_logged_only_when_listed() {
         .wait_metric("portcullis_config_generation", &[], 2.0)
         .await;
     assert_eq!(get_with(&listed, Some(&token), "l3").await, 200);
-    let lines = listed.wait_access_lines(3).await;
-    let l = line(&lines, "l3");
+    let l = logged(&listed, 3, "l3").await;
     assert_eq!(l["claims"], json!({"email": "alice@example.com"}), "{l}");
     assert!(
         !listed.stderr().contains("only after a restart"),
@@ -236,8 +239,7 @@ async fn claims_are_logged_only_when_listed() {
     let stderr = listed.wait_for_log("only after a restart").await;
     assert!(stderr.contains("access_log.path"), "{stderr}");
     assert_eq!(get_with(&listed, Some(&token), "l4").await, 200);
-    let lines = listed.wait_access_lines(4).await;
-    line(&lines, "l4");
+    logged(&listed, 4, "l4").await;
 
     for log in [plain.access_log(), listed.access_log()] {
         assert!(!log.contains(&signature), "the token is in the log: {log}");
@@ -247,12 +249,7 @@ async fn claims_are_logged_only_when_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_reopens_the_file_after_a_rename_and_loses_nothing() {
-    let up = Upstream::start("up").await;
-    let proxy = Proxy::start(&format!(
-        "upstreams:\n{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n",
-        pool("up", &[up.addr().to_string()], &[])
-    ))
-    .await;
+    let (_up, proxy) = one_upstream().await;
     let metrics = proxy.metrics().await;
     for result in ["success", "failure"] {
         assert_eq!(
@@ -261,17 +258,9 @@ async fn sigusr1_reopens_the_file_after_a_rename_and_loses_nothing() {
             "{result}"
         );
     }
-    let http = client();
-    let send = |id: String| {
-        let http = http.clone();
-        let url = proxy.url("/x");
-        async move {
-            let resp = http.get(url).header("x-request-id", id).send().await;
-            assert_eq!(resp.unwrap().status(), 200);
-        }
-    };
+    let (http, url) = (client(), proxy.url("/x"));
     for i in 0..30 {
-        send(format!("before-{i}")).await;
+        get_ok(&http, &url, &format!("before-{i}")).await;
     }
     // As logrotate does: rename, then signal.
     let rotated = proxy.access_log_path().with_extension("log.1");
@@ -281,7 +270,7 @@ async fn sigusr1_reopens_the_file_after_a_rename_and_loses_nothing() {
         .wait_metric(REOPENS, &[("result", "success")], 1.0)
         .await;
     for i in 0..30 {
-        send(format!("after-{i}")).await;
+        get_ok(&http, &url, &format!("after-{i}")).await;
     }
     let (old, new) = eventually("60 lines over both files", Duration::from_secs(5), || {
         let rotated = rotated.clone();
@@ -322,7 +311,7 @@ async fn sigusr1_reopens_the_file_after_a_rename_and_loses_nothing() {
     proxy
         .wait_metric(REOPENS, &[("result", "failure")], 1.0)
         .await;
-    send("still".to_string()).await;
+    get_ok(&http, &url, "still").await;
     eventually(
         "the line in the file still open",
         Duration::from_secs(5),
@@ -343,12 +332,7 @@ async fn sigusr1_reopens_the_file_after_a_rename_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_of_many_concurrent_requests_arrive_whole() {
-    let up = Upstream::start("up").await;
-    let proxy = Proxy::start(&format!(
-        "upstreams:\n{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n",
-        pool("up", &[up.addr().to_string()], &[])
-    ))
-    .await;
+    let (_up, proxy) = one_upstream().await;
     // Long lines (a 200-byte user agent) from 16 clients at once, over both worker threads.
     let agent = "a".repeat(200);
     let mut tasks = Vec::new();
@@ -357,13 +341,7 @@ async fn lines_of_many_concurrent_requests_arrive_whole() {
         let url = proxy.url("/x");
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
-                let resp = http
-                    .get(&url)
-                    .header("x-request-id", format!("c{t}-{i}"))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status(), 200);
+                get_ok(&http, &url, &format!("c{t}-{i}")).await;
             }
         }));
     }
@@ -404,12 +382,7 @@ async fn the_logrotate_snippet_rotates_the_log_without_losing_a_line() {
         "/deploy/logrotate/portcullis"
     ))
     .unwrap();
-    let up = Upstream::start("up").await;
-    let proxy = Proxy::start(&format!(
-        "upstreams:\n{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n",
-        pool("up", &[up.addr().to_string()], &[])
-    ))
-    .await;
+    let (_up, proxy) = one_upstream().await;
     // The snippet as written, on this test's log, its postrotate signalling this proxy the
     // way the snippet's command signals the service (which needs systemd).
     let mut conf = String::new();
@@ -434,17 +407,9 @@ async fn the_logrotate_snippet_rotates_the_log_without_losing_a_line() {
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("portcullis"), conf).unwrap();
 
-    let http = client();
-    let send = |id: String| {
-        let http = http.clone();
-        let url = proxy.url("/x");
-        async move {
-            let resp = http.get(url).header("x-request-id", id).send().await;
-            assert_eq!(resp.unwrap().status(), 200);
-        }
-    };
+    let (http, url) = (client(), proxy.url("/x"));
     for i in 0..20 {
-        send(format!("before-{i}")).await;
+        get_ok(&http, &url, &format!("before-{i}")).await;
     }
     proxy.wait_access_lines(20).await;
     let out = std::process::Command::new(logrotate)
@@ -465,7 +430,7 @@ async fn the_logrotate_snippet_rotates_the_log_without_losing_a_line() {
         .wait_metric(REOPENS, &[("result", "success")], 1.0)
         .await;
     for i in 0..20 {
-        send(format!("after-{i}")).await;
+        get_ok(&http, &url, &format!("after-{i}")).await;
     }
     let lines = proxy.wait_access_lines(20).await;
     let old = std::fs::read_to_string(&rotated).unwrap();

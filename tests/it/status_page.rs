@@ -8,7 +8,7 @@ use base64::Engine as _;
 
 use crate::support::chromium::Page;
 use crate::support::upstream::Fault;
-use crate::support::{addrs, client, eventually, one_route, pool, Proxy, Upstream};
+use crate::support::{addrs, client, eventually, pool, pool_behind_proxy, Proxy, Upstream};
 
 /// A route whose name would be markup if it were not escaped.
 const HOSTILE: &str = r#"x</td><img id=pwned src=x>"'&amp;"#;
@@ -38,6 +38,27 @@ fn config(api: &[Upstream], web: &Upstream) -> String {
     )
 }
 
+/// `api_targets` upstreams in pool `api`, the upstream `web`, and the proxy over them with
+/// [`config`].
+async fn start(api_targets: usize) -> (Vec<Upstream>, Upstream, Proxy) {
+    let api = Upstream::start_many("api", api_targets).await;
+    let web = Upstream::start("web").await;
+    let proxy = Proxy::start(&config(&api, &web)).await;
+    (api, web, proxy)
+}
+
+/// `GET /status.json` of the admin listener, parsed.
+async fn status_json(http: &reqwest::Client, proxy: &Proxy) -> serde_json::Value {
+    let resp = http.get(proxy.admin_url("/status.json")).send().await;
+    resp.unwrap().json().await.unwrap()
+}
+
+/// `GET /` of the admin listener: the page's HTML.
+async fn page_html(http: &reqwest::Client, proxy: &Proxy) -> String {
+    let resp = http.get(proxy.admin_url("/")).send().await;
+    resp.unwrap().text().await.unwrap()
+}
+
 /// The `'sha256-...'` source of the text between `open` and `close` in `html`.
 fn hash_of_inline(html: &str, open: &str, close: &str) -> String {
     let start = html.find(open).unwrap() + open.len();
@@ -51,9 +72,7 @@ fn hash_of_inline(html: &str, open: &str, close: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_and_its_json_answer_with_their_types_and_a_strict_policy() {
-    let api = Upstream::start_many("api", 2).await;
-    let web = Upstream::start("web").await;
-    let proxy = Proxy::start(&config(&api, &web)).await;
+    let (api, web, proxy) = start(2).await;
     let http = client();
 
     let resp = http.get(proxy.admin_url("/")).send().await.unwrap();
@@ -146,14 +165,7 @@ async fn the_page_and_its_json_answer_with_their_types_and_a_strict_policy() {
     proxy.write_config(&config(&api, &web).replace("/docs", "/documents"));
     let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let status: serde_json::Value = http
-        .get(proxy.admin_url("/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status_json(&http, &proxy).await;
     let reloads = status["reloads"].as_array().unwrap();
     let applied = reloads
         .iter()
@@ -179,14 +191,7 @@ async fn the_page_and_its_json_answer_with_their_types_and_a_strict_policy() {
             .unwrap();
         assert_eq!(resp.status(), 405, "{path}");
     }
-    let html = http
-        .get(proxy.admin_url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = page_html(&http, &proxy).await;
     assert!(
         html.contains("duplicate route `dup&lt;b&gt;`"),
         "the error, escaped"
@@ -196,17 +201,8 @@ async fn the_page_and_its_json_answer_with_their_types_and_a_strict_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_from_the_config_are_escaped() {
-    let api = Upstream::start_many("api", 1).await;
-    let web = Upstream::start("web").await;
-    let proxy = Proxy::start(&config(&api, &web)).await;
-    let html = client()
-        .get(proxy.admin_url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_api, _web, proxy) = start(1).await;
+    let html = page_html(&client(), &proxy).await;
     assert!(!html.contains("<img"), "the route name became markup");
     assert!(
         html.contains("x&lt;/td&gt;&lt;img id=pwned src=x&gt;&quot;&#39;&amp;amp;"),
@@ -235,9 +231,7 @@ async fn names_from_the_config_are_escaped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_a_target_going_down_within_one_refresh() {
-    let mut api = Upstream::start_many("api", 2).await;
-    let web = Upstream::start("web").await;
-    let proxy = Proxy::start(&config(&api, &web)).await;
+    let (mut api, _web, proxy) = start(2).await;
     let down = api[1].addr().to_string();
     let mut page = Page::open(&proxy.admin_url("/"));
 
@@ -292,12 +286,9 @@ async fn the_page_shows_a_target_going_down_within_one_refresh() {
         "the proxy sees the target down",
         Duration::from_secs(10),
         || {
-            let http = http.clone();
-            let url = proxy.admin_url("/status.json");
-            let down = down.clone();
+            let (http, proxy, down) = (&http, &proxy, &down);
             async move {
-                let status: serde_json::Value =
-                    http.get(url).send().await.unwrap().json().await.unwrap();
+                let status = status_json(http, proxy).await;
                 let targets = status["pools"][0]["targets"].as_array().unwrap().clone();
                 targets
                     .iter()
@@ -333,29 +324,20 @@ async fn the_page_shows_a_target_going_down_within_one_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_target_is_shown_ejected_with_its_count() {
-    let ups = Upstream::start_many("u", 2).await;
-    ups[0].set_fault(Fault::Status(500));
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &addrs(&ups),
+    let (ups, proxy) = pool_behind_proxy(
+        2,
         &[
             "retry: { attempts: 1 }",
             "outlier: { consecutive_errors: 2, base_ejection: 1h }",
         ],
-    )))
+    )
     .await;
+    ups[0].set_fault(Fault::Status(500));
     let http = client();
     for _ in 0..6 {
         http.get(proxy.url("/")).send().await.unwrap();
     }
-    let status: serde_json::Value = http
-        .get(proxy.admin_url("/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status_json(&http, &proxy).await;
     let targets = &status["pools"][0]["targets"];
     let (bad, good) = (&targets[0], &targets[1]);
     assert_eq!(bad["state"], "ejected", "{targets}");
@@ -365,14 +347,7 @@ async fn an_ejected_target_is_shown_ejected_with_its_count() {
     assert_eq!(good["state"], "up", "{targets}");
     assert_eq!(good["ejections"], 0, "{targets}");
     assert_eq!(status["pools"][0]["healthy"], 1);
-    let html = http
-        .get(proxy.admin_url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = page_html(&http, &proxy).await;
     let row = format!(
         "<tr class=ejected data-target=\"{}\" data-state=ejected>",
         ups[0].addr()

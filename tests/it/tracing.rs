@@ -48,6 +48,22 @@ fn config(endpoint: &str, ratio: &str, up: &Upstream, jwks: &JwksServer) -> Stri
     )
 }
 
+/// The upstream `app` and a key server holding `key-a`, which every proxy here stands before.
+async fn backends() -> (Upstream, JwksServer) {
+    let up = Upstream::start("app").await;
+    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
+    (up, jwks)
+}
+
+/// A receiver, the [`backends`], and a proxy over them with [`config`]: spans to the receiver
+/// at `ratio`.
+async fn traced(ratio: &str) -> (Receiver, Upstream, JwksServer, Proxy) {
+    let receiver = Receiver::start().await;
+    let (up, jwks) = backends().await;
+    let proxy = Proxy::start(&config(&receiver.endpoint(), ratio, &up, &jwks)).await;
+    (receiver, up, jwks, proxy)
+}
+
 /// GET `url` with these headers; the upstream's echo (the answer must be its 200).
 async fn get(http: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Echo {
     let mut req = http.get(url);
@@ -120,10 +136,7 @@ fn one(spans: &[Got], kind: i32) -> &Got {
 /// attributes follow the HTTP conventions and nothing secret is exported anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incoming_trace_is_continued_with_linked_spans() {
-    let receiver = Receiver::start().await;
-    let up = Upstream::start("app").await;
-    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
-    let proxy = Proxy::start(&config(&receiver.endpoint(), "1", &up, &jwks)).await;
+    let (receiver, up, jwks, proxy) = traced("1").await;
     wait_for_keys(&proxy).await;
     let http = client();
     let incoming = format!("00-{TRACE}-{CALLER}-01");
@@ -251,17 +264,11 @@ async fn an_incoming_trace_is_continued_with_linked_spans() {
     }
 
     // The access log line carries the trace id.
-    eventually("the access line", Duration::from_secs(5), || {
-        let lines = proxy.access_lines();
-        async move {
-            lines
-                .iter()
-                .find(|l| l["trace_id"] == TRACE)
-                .map(|_| ())
-                .ok_or(format!("{lines:?}"))
-        }
-    })
-    .await;
+    proxy
+        .wait_access_until("the access line", |lines| {
+            lines.iter().any(|l| l["trace_id"] == TRACE)
+        })
+        .await;
     // Counted once the receiver's answer is read, a moment after it kept the spans.
     eventually("exports counted", Duration::from_secs(10), || async {
         let exported = proxy.metric(EXPORTED, &[]).await;
@@ -280,10 +287,7 @@ async fn an_incoming_trace_is_continued_with_linked_spans() {
 /// request's span is a root, the upstream gets the new trace and the access log its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_starts_when_none_or_a_malformed_one_came() {
-    let receiver = Receiver::start().await;
-    let up = Upstream::start("app").await;
-    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
-    let proxy = Proxy::start(&config(&receiver.endpoint(), "1", &up, &jwks)).await;
+    let (receiver, _up, _jwks, proxy) = traced("1").await;
     let http = client();
     let malformed = format!("00-{}-{CALLER}-01", TRACE.to_uppercase());
     for headers in [vec![], vec![("traceparent", malformed.as_str())]] {
@@ -306,27 +310,21 @@ async fn a_trace_starts_when_none_or_a_malformed_one_came() {
         );
         assert!(named(&spans, "portcullis.token_check").is_empty());
         let id = echo.header("x-request-id").unwrap();
-        eventually("the access line", Duration::from_secs(5), || {
-            let lines = proxy.access_lines();
-            let (id, trace) = (id.clone(), trace.clone());
-            async move {
-                match lines.iter().find(|l| l["request_id"] == id.as_str()) {
-                    Some(l) if l["trace_id"] == trace.as_str() => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            }
-        })
-        .await;
+        proxy
+            .wait_access_until("the access line", |lines| {
+                lines
+                    .iter()
+                    .find(|l| l["request_id"] == id.as_str())
+                    .is_some_and(|l| l["trace_id"] == trace.as_str())
+            })
+            .await;
     }
 }
 
 /// A method outside the standard ones is `_OTHER`, its spelling kept beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_method_is_other() {
-    let receiver = Receiver::start().await;
-    let up = Upstream::start("app").await;
-    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
-    let proxy = Proxy::start(&config(&receiver.endpoint(), "1", &up, &jwks)).await;
+    let (receiver, _up, _jwks, proxy) = traced("1").await;
     let resp = client()
         .request(
             reqwest::Method::from_bytes(b"PURGE").unwrap(),
@@ -361,10 +359,7 @@ async fn an_unknown_method_is_other() {
 /// `sample_ratio: 0` a root exports nothing, while a sampled incoming trace still does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_follows_the_parent_and_the_ratio() {
-    let receiver = Receiver::start().await;
-    let up = Upstream::start("app").await;
-    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
-    let proxy = Proxy::start(&config(&receiver.endpoint(), "0", &up, &jwks)).await;
+    let (receiver, _up, _jwks, proxy) = traced("0").await;
     let http = client();
     let url = proxy.url("/open/x");
     let unsampled = "11111111111111111111111111111111";
@@ -399,8 +394,7 @@ async fn sampling_follows_the_parent_and_the_ratio() {
 /// costs spans (dropped at the full queue and counted), never requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_or_hanging_receiver_never_holds_requests() {
-    let up = Upstream::start("app").await;
-    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
+    let (up, jwks) = backends().await;
     let down = format!("http://127.0.0.1:{}/v1/traces", crate::support::free_port());
     let proxy = Proxy::start(&config(&down, "1", &up, &jwks)).await;
     let http = client();
@@ -461,10 +455,7 @@ async fn a_down_or_hanging_receiver_never_holds_requests() {
 /// spans to the new receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_the_ratio_at_once_and_moves_to_a_new_receiver() {
-    let first = Receiver::start().await;
-    let up = Upstream::start("app").await;
-    let jwks = JwksServer::start(key_set(&[(RSA, "key-a")])).await;
-    let proxy = Proxy::start(&config(&first.endpoint(), "0", &up, &jwks)).await;
+    let (first, up, jwks, proxy) = traced("0").await;
     let http = client();
     let url = proxy.url("/open/x");
     assert_eq!(upstream_parent(&get(&http, &url, &[]).await).2, "00");

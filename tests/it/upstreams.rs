@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    addrs, client, client_builder, eventually, free_port, get_echo, one_route, pool, Blackhole,
-    Proxy, Upstream,
+    client, client_builder, eventually, free_port, get_echo, one_route, pool, pool_behind_proxy,
+    Blackhole, Proxy, Upstream,
 };
 
 const HEALTHY: &str = "portcullis_upstream_target_healthy";
@@ -35,13 +35,7 @@ async fn spread(proxy: &Proxy, http: &reqwest::Client, n: usize) -> HashMap<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly() {
-    let ups = Upstream::start_many("u", 3).await;
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &addrs(&ups),
-        &["balance: round_robin"],
-    )))
-    .await;
+    let (ups, proxy) = pool_behind_proxy(3, &["balance: round_robin"]).await;
     let seen = spread(&proxy, &client(), 30).await;
     assert_eq!(seen.len(), 3, "{seen:?}");
     for u in &ups {
@@ -52,13 +46,7 @@ async fn round_robin_spreads_evenly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_reaches_every_target() {
-    let ups = Upstream::start_many("u", 3).await;
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &addrs(&ups),
-        &["balance: random"],
-    )))
-    .await;
+    let (_ups, proxy) = pool_behind_proxy(3, &["balance: random"]).await;
     // The chance that 90 random picks miss one of 3 targets is below 1e-15.
     let seen = spread(&proxy, &client(), 90).await;
     assert_eq!(seen.len(), 3, "{seen:?}");
@@ -66,12 +54,10 @@ async fn random_reaches_every_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_on_a_header_sticks_per_value() {
-    let ups = Upstream::start_many("u", 3).await;
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &addrs(&ups),
+    let (_ups, proxy) = pool_behind_proxy(
+        3,
         &["balance: consistent_hash", "hash_on: \"header:x-user\""],
-    )))
+    )
     .await;
     let http = client();
     let mut owner: HashMap<String, String> = HashMap::new();
@@ -98,13 +84,8 @@ async fn consistent_hash_on_a_header_sticks_per_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_on_client_ip_sticks_per_client() {
-    let ups = Upstream::start_many("u", 3).await;
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &addrs(&ups),
-        &["balance: consistent_hash", "hash_on: client_ip"],
-    )))
-    .await;
+    let (_ups, proxy) =
+        pool_behind_proxy(3, &["balance: consistent_hash", "hash_on: client_ip"]).await;
     // Every 127.0.0.0/8 address is loopback on Linux: each client gets its own source IP.
     let mut owner: HashMap<u8, String> = HashMap::new();
     for last in 10..34u8 {
@@ -133,8 +114,7 @@ const FAST_HTTP_CHECK: &str = "health_check:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_check_ejects_a_failing_target_and_readmits_it() {
-    let ups = Upstream::start_many("u", 2).await;
-    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), &[FAST_HTTP_CHECK]))).await;
+    let (ups, proxy) = pool_behind_proxy(2, &[FAST_HTTP_CHECK]).await;
     let http = client();
     let bad = ups[1].addr().to_string();
     let labels = [("upstream", "pool"), ("target", bad.as_str())];
@@ -179,8 +159,7 @@ async fn http_check_ejects_a_failing_target_and_readmits_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_check_ejects_a_stopped_target_and_readmits_it_on_restart() {
-    let mut ups = Upstream::start_many("u", 2).await;
-    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), &[FAST_HTTP_CHECK]))).await;
+    let (mut ups, proxy) = pool_behind_proxy(2, &[FAST_HTTP_CHECK]).await;
     let http = client();
     let down = ups[1].addr().to_string();
     let labels = [("upstream", "pool"), ("target", down.as_str())];
@@ -204,9 +183,8 @@ async fn http_check_ejects_a_stopped_target_and_readmits_it_on_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_check_ejects_and_readmits() {
-    let mut ups = Upstream::start_many("u", 2).await;
     let check = "health_check:\n  tcp: {}\n  interval: 200ms\n  timeout: 300ms\n  healthy_after: 1\n  unhealthy_after: 1";
-    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), &[check]))).await;
+    let (mut ups, proxy) = pool_behind_proxy(2, &[check]).await;
     let http = client();
     let down = ups[0].addr().to_string();
     let labels = [("upstream", "pool"), ("target", down.as_str())];
@@ -449,16 +427,14 @@ async fn connect_timeout_bounds_a_silent_target_and_retries_elsewhere() {
 /// that target move (a modulo hash would move most of them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hash_moves_only_the_keys_of_an_ejected_target() {
-    let ups = Upstream::start_many("u", 3).await;
-    let proxy = Proxy::start(&one_route(&pool(
-        "pool",
-        &addrs(&ups),
+    let (ups, proxy) = pool_behind_proxy(
+        3,
         &[
             "balance: consistent_hash",
             "hash_on: \"header:x-user\"",
             FAST_HTTP_CHECK,
         ],
-    )))
+    )
     .await;
     let http = client();
     let owners = |users: Vec<String>| {
@@ -545,10 +521,8 @@ async fn retries_are_counted_only_when_another_target_is_tried() {
 /// new connections; present from the start, gone with the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_target_has_its_own_series() {
-    let ups = Upstream::start_many("u", 2).await;
+    let (ups, proxy) = pool_behind_proxy(2, &[]).await;
     ups[1].set_fault(crate::support::upstream::Fault::Status(404));
-    let body = one_route(&pool("pool", &addrs(&ups), &[]));
-    let proxy = Proxy::start(&body).await;
     let (t0, t1) = (ups[0].addr().to_string(), ups[1].addr().to_string());
     let series = |target: &str, extra: (&str, &str)| {
         vec![("upstream", "pool"), ("target", target), extra]

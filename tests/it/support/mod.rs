@@ -101,6 +101,14 @@ pub fn addrs(upstreams: &[Upstream]) -> Vec<String> {
     upstreams.iter().map(|u| u.addr().to_string()).collect()
 }
 
+/// `n` upstreams (`u0`, `u1`, ...) as the [`pool`] `pool` with `extra` settings, behind
+/// [`one_route`]: the upstreams, and the proxy started over them.
+pub async fn pool_behind_proxy(n: usize, extra: &[&str]) -> (Vec<Upstream>, Proxy) {
+    let ups = Upstream::start_many("u", n).await;
+    let proxy = Proxy::start(&one_route(&pool("pool", &addrs(&ups), extra))).await;
+    (ups, proxy)
+}
+
 /// Keep-alive clients sending requests in a loop until stopped, counting each outcome.
 pub struct Traffic {
     stop: Arc<AtomicBool>,
