@@ -1,5 +1,5 @@
 //! The admin endpoint, on its own listener: the status page (`/`, `/status.json`),
-//! `/metrics`, `/healthz`, `/readyz`, `POST /reload`, `POST /revoke`.
+//! `/metrics`, `/healthz`, `/readyz`, `POST /reload`, `POST /revoke`, `POST /cache/purge`.
 //!
 //! It reads the serving config and the metrics registry, can ask for a reload and can revoke
 //! (through the process's [`Revocations`]); it never serves client traffic and never shows a
@@ -251,6 +251,47 @@ impl Admin {
     }
 }
 
+/// What `POST /cache/purge` accepts: exactly one of `url` (that URL's stored responses, every
+/// `Vary` variant) or `prefix` (every stored URL starting with it), each `http://` or
+/// `https://`, host and path (and query); the scheme and a port do not count.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    url: Option<String>,
+    prefix: Option<String>,
+}
+
+const PURGE_SHAPE: &str = "the body must be a JSON object with exactly one of `url` or `prefix`, \
+                           an `http://` or `https://` URL";
+
+impl Admin {
+    /// `POST /cache/purge`: removes the named objects from every cache route of this node.
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = match read_body(session, MAX_REVOKE_BODY).await {
+            Ok(body) => body,
+            Err(answer) => return answer,
+        };
+        let refused = || json_response(StatusCode::BAD_REQUEST, json!({ "error": PURGE_SHAPE }));
+        let Ok(body) = serde_json::from_slice::<PurgeBody>(&body) else {
+            return refused();
+        };
+        let (url, prefix) = match (&body.url, &body.prefix) {
+            (Some(url), None) => (url.as_str(), false),
+            (None, Some(prefix)) => (prefix.as_str(), true),
+            _ => return refused(),
+        };
+        if crate::cache::purge_key(url).is_none() {
+            return refused();
+        }
+        let generation = self.reloader.current();
+        let purged = crate::cache::purge(
+            generation.cache_tiers(),
+            &crate::cache::Purge { url, prefix },
+        );
+        json_response(StatusCode::OK, json!({ "purged": purged }))
+    }
+}
+
 /// Whether a query string asks for `verbose` (`?verbose`, `?verbose=1`, `?verbose=true`).
 fn wants_verbose(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
@@ -267,6 +308,9 @@ impl ServeHttp for Admin {
         let verbose = wants_verbose(session.req_header().uri.query());
         if (path.as_str(), &method) == ("/revoke", &Method::POST) {
             return self.revoke(session).await;
+        }
+        if (path.as_str(), &method) == ("/cache/purge", &Method::POST) {
+            return self.purge(session).await;
         }
         // Other admin requests carry no body worth reading; drain it so keep-alive stays
         // correct.

@@ -46,6 +46,8 @@ pub struct Route {
     pub forwarding: upstream::forwarding::Forwarding,
     /// Its header edits, rewrite and redirect.
     pub edits: crate::edits::RouteEdits,
+    /// Its edge cache (`cache:`).
+    pub cache: Option<crate::cache::RouteCache>,
 }
 
 /// Everything a request needs, for one generation of the config.
@@ -259,6 +261,12 @@ impl Generation {
             };
             let forwarding =
                 upstream::forwarding::route(rc, &pool.settings.forwarding, &path, &mut issues);
+            let cache = crate::cache::compile(
+                rc,
+                &path,
+                previous.into_iter().flat_map(|p| p.cache_tiers()),
+                &mut issues,
+            );
             let methods = m.methods.names();
             matches.push(m);
             routes.push(Route {
@@ -270,6 +278,7 @@ impl Generation {
                 limits,
                 forwarding,
                 edits: route_edits,
+                cache,
             });
         }
         let table = match RouteTable::build(&matches) {
@@ -379,6 +388,10 @@ impl Generation {
         if self.tracing.is_some() {
             crate::metrics::tracing::register();
         }
+        crate::cache::commit(
+            old.into_iter().flat_map(|o| o.cache_tiers()),
+            self.cache_tiers(),
+        );
         let Some(old) = old else { return };
         for route in &old.routes {
             match self.routes.iter().find(|r| r.name == route.name) {
@@ -461,6 +474,13 @@ impl Parts {
 }
 
 impl Generation {
+    /// The tiers of its cache routes.
+    pub fn cache_tiers(&self) -> impl Iterator<Item = &Arc<crate::cache::Tier>> + Clone {
+        self.routes
+            .iter()
+            .filter_map(|r| r.cache.as_ref().map(|c| &c.tier))
+    }
+
     fn trace_pipeline(&self) -> Option<Arc<crate::trace::Pipeline>> {
         self.tracing.as_ref().map(|t| Arc::clone(&t.pipeline))
     }

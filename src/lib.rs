@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod carry;
 pub mod client_ip;
 pub mod config;

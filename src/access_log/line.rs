@@ -99,6 +99,9 @@ pub fn write(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord<'_>) {
     if let Some(reason) = r.reason {
         text(out, b",\"reason\":", Some(reason));
     }
+    if let Some(cache) = r.cache {
+        text(out, b",\"cache\":", Some(cache));
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -242,6 +245,7 @@ mod tests {
             user_agent: Some(b"curl/8 \x01\xff"),
             claims: None,
             reason: None,
+            cache: None,
         }
     }
 

@@ -75,6 +75,8 @@ pub struct AccessRecord<'a> {
     pub claims: Option<&'a dyn Claims>,
     /// Why Portcullis answered itself, when it did.
     pub reason: Option<&'static str>,
+    /// What the edge cache did (`hit`, `miss`, `stale`, `expired`, `bypass`), on a cache route.
+    pub cache: Option<&'static str>,
 }
 
 /// The claims a line records, without building a list per request.
@@ -436,6 +438,7 @@ mod tests {
             user_agent: None,
             claims: None,
             reason: None,
+            cache: None,
         }
     }
 

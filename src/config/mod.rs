@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod edits;
+pub mod cache;
 pub mod forwarding;
 pub mod limits;
 mod lines;
@@ -26,6 +27,7 @@ use serde::Deserialize;
 
 pub use access_log::*;
 pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
+pub use cache::CacheConfig;
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;

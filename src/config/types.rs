@@ -222,6 +222,9 @@ pub struct RouteConfig {
     /// Answer with a redirect instead of forwarding.
     #[serde(default)]
     pub redirect: Option<super::RedirectConfig>,
+    /// The edge cache (`auth: none` routes only).
+    #[serde(default)]
+    pub cache: Option<super::CacheConfig>,
 }
 
 /// What requests a route takes.

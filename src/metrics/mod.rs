@@ -14,6 +14,7 @@ use prometheus::{
 
 pub mod access_log;
 mod auth;
+pub mod cache;
 mod connections;
 mod lifecycle;
 mod limits;

@@ -78,5 +78,6 @@ pub(super) fn write(
             .map(|v| v.as_bytes()),
         claims: listed.as_ref().map(|l| l as &dyn Claims),
         reason: ctx.refusal.map(|r| r.code()),
+        cache: ctx.cache.map(super::cache::Outcome::label),
     });
 }

@@ -14,6 +14,7 @@ mod access;
 mod attempt;
 mod browser;
 mod edits;
+mod cache;
 mod limits;
 pub mod rescue;
 mod retry;
@@ -139,6 +140,8 @@ pub struct RequestCtx {
     trace: Option<crate::trace::RequestTrace>,
     /// The redirect to answer, or the path a rewrite sends upstream.
     edits: crate::edits::Planned,
+    /// What the edge cache did, on a cache route.
+    cache: Option<cache::Outcome>,
 }
 
 impl RequestCtx {
@@ -351,6 +354,7 @@ impl ProxyHttp for Portcullis {
             session_reply: None,
             trace: None,
             edits: crate::edits::Planned::default(),
+            cache: None,
         }
     }
 
@@ -415,6 +419,50 @@ impl ProxyHttp for Portcullis {
                 Ok(true)
             }
         }
+    }
+
+    fn request_cache_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        cache::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<pingora::cache::CacheKey> {
+        cache::key(session, ctx)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<pingora::cache::RespCacheable> {
+        Ok(cache::cacheable(resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora::cache::CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<pingora::cache::key::HashBinary> {
+        cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::serve_stale(error)
     }
 
     async fn upstream_peer(
@@ -552,7 +600,7 @@ impl ProxyHttp for Portcullis {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -575,6 +623,7 @@ impl ProxyHttp for Portcullis {
             }
             edits::response_headers(map, ctx);
         });
+        cache::mark(session, response, ctx);
         Ok(())
     }
 
@@ -650,6 +699,7 @@ impl ProxyHttp for Portcullis {
                 .unmatched
                 .observe(method, observed, elapsed.as_secs_f64()),
         }
+        cache::count(ctx);
         if self.access_log.enabled() {
             access::write(&self.access_log, session, ctx, status, elapsed);
         }

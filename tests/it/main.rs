@@ -9,6 +9,7 @@ mod support;
 mod access_log;
 mod admin;
 mod auth;
+mod cache;
 mod cli;
 mod connections;
 mod dashboards;
