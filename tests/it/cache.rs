@@ -422,7 +422,7 @@ async fn a_route_with_auth_cannot_have_a_cache() {
          [\"127.0.0.1:9\"]\nissuers:\n  - name: hs\n    issuer: hs-issuer\n    \
          hmac_secret_env: PORTCULLIS_IT_CACHE_SECRET\nroutes:\n  - name: api\n    \
          match: { path_prefix: / }\n    upstream: up\n    auth: { issuers: [hs] }\n    \
-         cache: { max_bytes: 1000 }\n",
+         cache: { max_bytes: 10000000 }\n",
     )
     .unwrap();
     let out = std::process::Command::new(crate::support::BIN)
@@ -435,7 +435,10 @@ async fn a_route_with_auth_cannot_have_a_cache() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("routes[0].cache"), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].cache") && stderr.contains("only an `auth: none` route"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
