@@ -340,6 +340,9 @@ struct Case {
     /// The access-log pair (issue 17), Portcullis only: `Some(false)` with `access_log: off`,
     /// `Some(true)` with the log written to a file. `None`: every other case, log off.
     log: Option<bool>,
+    /// The route has `cache:` (issue 18) and every request is a hit: the upstream's answer has
+    /// no freshness, so `default_ttl` keeps it. Portcullis only.
+    cache: bool,
 }
 
 /// Where the session of a session case lives.
@@ -354,7 +357,8 @@ enum Store {
 impl Case {
     /// Whether `system` runs this case: a session case is Portcullis's alone.
     fn runs_on(&self, system: System) -> bool {
-        (self.session.is_none() && self.log.is_none()) || system == System::Portcullis
+        (self.session.is_none() && self.log.is_none() && !self.cache)
+            || system == System::Portcullis
     }
 }
 
@@ -381,6 +385,7 @@ fn cases() -> Vec<Case> {
         wire: Wire::Plain,
         session: None,
         log: None,
+        cache: false,
     };
     // Cases compared with each other run next to each other: a target comparing two cases
     // (10,000 routes against one, limits on against off) pairs runs seconds apart.
@@ -394,6 +399,19 @@ fn cases() -> Vec<Case> {
             1,
             CONNS,
         ),
+        // Issue 18: a cache hit against passthrough, side by side.
+        Case {
+            cache: true,
+            ..case(
+                "cache-hit",
+                "edge cache hit (`auth: none`, `cache:`), 1 route",
+                None,
+                false,
+                false,
+                1,
+                CONNS,
+            )
+        },
         Case {
             wire: Wire::Tls,
             ..case(
@@ -555,6 +573,9 @@ fn what_it_does_downstream(case: &Case, system: System) -> String {
             }
             if case.routes > 1 {
                 let _ = write!(s, ", {} routes", thousands(case.routes as f64));
+            }
+            if case.cache {
+                s.push_str(", edge cache hits");
             }
             match case.log {
                 Some(true) => s.push_str(", access log to a file"),
@@ -938,6 +959,9 @@ issuers:
         c,
         "  - name: all\n    match: {{ path_prefix: / }}\n    upstream: up\n    auth: {auth}"
     );
+    if case.cache {
+        c.push_str("    cache: { max_bytes: 1048576, max_object_bytes: 65536, default_ttl: 1h }\n");
+    }
     if case.limits {
         c.push_str(
             "    rate_limit:\n      per_ip: { rate: 1000000/s, burst: 1000000 }\n      per_user: { rate: 1000000/s, burst: 1000000, claim: sub }\n",
@@ -1273,7 +1297,16 @@ fn check_answers(
         if redirects > 0.0 || errors > tolerated {
             why.push(format!("{redirects} answers were 3xx, {errors} 4xx or 5xx"));
         }
-        if ok < requests || upstream_ok < requests {
+        let cache_hits = m(
+            "portcullis_cache_lookups_total",
+            &[("route", "all"), ("result", "hit")],
+        );
+        if case.cache && cache_hits < requests {
+            why.push(format!(
+                "{requests} requests in wrk, {cache_hits} cache hits: not the cached path"
+            ));
+        }
+        if ok < requests || (!case.cache && upstream_ok < requests) {
             why.push(format!(
                 "{requests} requests in wrk, {ok} answered 2xx, {upstream_ok} upstream 200s"
             ));
@@ -2455,6 +2488,16 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
         "µs",
         true,
         1.1,
+    );
+    // Issue 18: a cache hit against passthrough, side by side.
+    ratio(
+        "cache hit: CPU/request ≤ 1.0× passthrough (issue 18)",
+        ("cache-hit", Portcullis),
+        ("passthrough", Portcullis),
+        cpu,
+        "µs",
+        true,
+        1.0,
     );
     // Issue 17: the access log written to a file against none, side by side.
     ratio(
