@@ -17,6 +17,7 @@
 //! | the token cache | `token_cache:` and the claims the routes use |
 //! | an issuer's introspection cache | the issuer kept, its client secret, the claims routes use |
 //! | the tracing export queue | `tracing.otlp_endpoint`, `tracing.service_name` |
+//! | a route's edge cache (objects, LRU, purge index) | route name, `cache.max_bytes` |
 
 use std::sync::Arc;
 

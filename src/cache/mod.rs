@@ -123,7 +123,10 @@ pub fn commit<'a>(
         for key in gone.take_all() {
             STORE.remove(&evict::stored_hash(&key));
         }
-        CACHE_METRICS.forget(&gone.route);
+        // A route whose cache was replaced keeps its series (counters go on).
+        if !new.clone().into_iter().any(|t| t.route == gone.route) {
+            CACHE_METRICS.forget(&gone.route);
+        }
     }
     for tier in new {
         let series = tier
@@ -278,4 +281,64 @@ pub fn purge<'a>(tiers: impl IntoIterator<Item = &'a Arc<Tier>>, purge: &Purge<'
         removed += n as usize;
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_urls_are_keyed_as_requests_are() {
+        assert_eq!(
+            purge_key("http://WWW.Example.com:8080/static/a.css?v=1").as_deref(),
+            Some("www.example.com/static/a.css?v=1")
+        );
+        assert_eq!(
+            purge_key("https://www.example.com.").as_deref(),
+            Some("www.example.com")
+        );
+        assert_eq!(purge_key("/static/a.css"), None);
+        assert_eq!(purge_key("http:///x"), None);
+        assert_eq!(host_part("[::1]:8080"), "[::1]");
+    }
+
+    fn route_cache(default_ttl: Option<u64>) -> RouteCache {
+        RouteCache {
+            tier: Arc::new(Tier::new(0, "t", 1000)),
+            max_object_bytes: 100,
+            default_ttl: default_ttl.map(Duration::from_secs),
+        }
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn default_ttl_only_without_freshness_and_for_heuristic_statuses() {
+        let with = route_cache(Some(60));
+        let without = route_cache(None);
+        let stored = |c: &RouteCache, r: &ResponseHeader| cacheable(c, r).is_cacheable();
+        assert!(stored(&with, &response(200, &[])));
+        assert!(!stored(&without, &response(200, &[])));
+        assert!(!stored(&with, &response(500, &[])));
+        assert!(!stored(
+            &with,
+            &response(200, &[("cache-control", "no-store")])
+        ));
+        assert!(!stored(
+            &with,
+            &response(200, &[("cache-control", "private")])
+        ));
+        assert!(!stored(&with, &response(200, &[("set-cookie", "a=b")])));
+        assert!(!stored(&with, &response(200, &[("vary", "accept, *")])));
+        assert!(stored(
+            &without,
+            &response(500, &[("cache-control", "max-age=5")])
+        ));
+    }
 }

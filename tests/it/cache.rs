@@ -519,3 +519,39 @@ async fn purges_by_url_and_by_prefix() {
         Some(3.0)
     );
 }
+
+/// A reload keeps a route's cache while its name and `max_bytes` stay (other settings apply
+/// to what it stores next), and empties it when `max_bytes` changes.
+#[tokio::test]
+async fn a_reload_keeps_the_cache_unless_max_bytes_changes() {
+    let (origin, proxy) = setup(CACHE).await;
+    let body = |cache: &str| {
+        format!(
+            "upstreams:\n  - name: origin\n    targets: [\"{}\"]\nroutes:\n  - name: public\n    \
+             match: {{ path_prefix: / }}\n    upstream: origin\n    auth: none\n    cache: {cache}\n",
+            origin.server.addr()
+        )
+    };
+    assert_eq!(x_cache(&proxy, "/r?cc=max-age=60").await, "MISS");
+    proxy.write_config(&body(
+        "{ max_bytes: 3000, max_object_bytes: 500, default_ttl: 10s }",
+    ));
+    proxy.sighup();
+    proxy
+        .wait_metric("portcullis_config_generation", &[], 2.0)
+        .await;
+    assert_eq!(x_cache(&proxy, "/r?cc=max-age=60").await, "HIT");
+    proxy.write_config(&body("{ max_bytes: 4000, max_object_bytes: 500 }"));
+    proxy.sighup();
+    proxy
+        .wait_metric("portcullis_config_generation", &[], 3.0)
+        .await;
+    assert_eq!(
+        proxy
+            .metric("portcullis_cache_bytes", &[("route", "public")])
+            .await,
+        0.0
+    );
+    assert_eq!(x_cache(&proxy, "/r?cc=max-age=60").await, "MISS");
+    assert_eq!(origin.count(), 2);
+}
