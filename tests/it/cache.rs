@@ -35,6 +35,8 @@ struct OriginState {
     count: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     delay_ms: AtomicUsize,
+    /// Answer every request 503.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 /// An HTTP/1.1 origin whose answer the query decides: `cc` (Cache-Control), `etag`, `lm`
@@ -121,6 +123,9 @@ async fn serve(mut stream: TcpStream, state: Arc<OriginState>) {
         }
         let t = seen.target.as_str();
         let mut status: u16 = query_param(t, "status").map_or(200, |s| s.parse().unwrap());
+        if state.failing.load(Ordering::SeqCst) {
+            status = 503;
+        }
         let mut head = String::new();
         if let Some(cc) = query_param(t, "cc") {
             head += &format!("cache-control: {cc}\r\n");
@@ -345,8 +350,20 @@ async fn serves_stale_if_error_when_the_upstream_is_down() {
     let (mut origin, proxy) = setup(CACHE).await;
     let sie = "/sie?cc=max-age=1,stale-if-error=60";
     let plain = "/plain?cc=max-age=1";
+    let sie_5xx = "/sie5?cc=max-age=1,stale-if-error=60";
     assert_eq!(get(&proxy, sie, &[]).await, ("MISS".into(), "#1".into()));
     assert_eq!(x_cache(&proxy, plain).await, "MISS");
+    assert_eq!(
+        get(&proxy, sie_5xx, &[]).await,
+        ("MISS".into(), "#3".into())
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The origin answers 503: the stored response is served instead.
+    origin.state.failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        get(&proxy, sie_5xx, &[]).await,
+        ("STALE".into(), "#3".into())
+    );
     origin.server.stop().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get(&proxy, sie, &[]).await, ("STALE".into(), "#1".into()));
