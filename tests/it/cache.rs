@@ -262,7 +262,15 @@ async fn hit_after_miss_and_cache_control_directives() {
     assert_eq!(x_cache(&proxy, "/c?cc=max-age=60&cookie=1").await, "MISS");
     assert_eq!(x_cache(&proxy, "/c?cc=max-age=60&cookie=1").await, "MISS");
 
-    // The lookups are counted by result, and the bytes held shown.
+    // The lookups are counted by result (once the last request's log step ran), and the
+    // bytes held shown.
+    proxy
+        .wait_metric(
+            "portcullis_cache_lookups_total",
+            &[("route", "public"), ("result", "miss")],
+            15.0,
+        )
+        .await;
     let m = proxy.metrics().await;
     let lookups = |result: &str| {
         m.get(
@@ -281,7 +289,11 @@ async fn hit_after_miss_and_cache_control_directives() {
             > 0.0
     );
     // The access line says what the cache did; a hit has no upstream status.
-    let lines = proxy.access_lines();
+    let lines = proxy
+        .wait_access_until("a hit's access line", |lines| {
+            lines.iter().any(|l| l["cache"] == "hit")
+        })
+        .await;
     let hit = lines.iter().find(|l| l["cache"] == "hit").unwrap();
     assert!(hit["upstream_status"].is_null(), "{hit}");
 }
@@ -419,14 +431,13 @@ async fn requests_with_credentials_are_never_cached() {
     assert_eq!(get(&proxy, path, &[]).await.0, "HIT");
     let (x, body) = get(&proxy, path, &[("cookie", "session=abc")]).await;
     assert_eq!((x.as_str(), body.as_str()), ("MISS", "#6"));
-    let m = proxy.metrics().await;
-    assert_eq!(
-        m.get(
+    proxy
+        .wait_metric(
             "portcullis_cache_lookups_total",
-            &[("route", "public"), ("result", "bypass")]
-        ),
-        Some(5.0)
-    );
+            &[("route", "public"), ("result", "bypass")],
+            5.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -473,14 +484,17 @@ async fn evicts_least_recently_used_under_max_bytes() {
     assert_eq!(x_cache(&proxy, &obj(3)).await, "HIT");
     assert_eq!(x_cache(&proxy, &obj(4)).await, "HIT");
     assert_eq!(x_cache(&proxy, &obj(2)).await, "MISS");
-    let m = proxy.metrics().await;
-    let evictions = m
-        .get("portcullis_cache_evictions_total", &[("route", "public")])
-        .unwrap();
-    assert_eq!(evictions, 2.0, "{}", m.text());
-    let bytes = m
-        .get("portcullis_cache_bytes", &[("route", "public")])
-        .unwrap();
+    // Its admission (and the eviction it makes) may end a moment after its response.
+    proxy
+        .wait_metric(
+            "portcullis_cache_evictions_total",
+            &[("route", "public")],
+            2.0,
+        )
+        .await;
+    let bytes = proxy
+        .metric("portcullis_cache_bytes", &[("route", "public")])
+        .await;
     assert_eq!(bytes, 2700.0);
     // Over max_object_bytes: passed through, never stored.
     let big = "/big?cc=max-age=60&size=1500";
