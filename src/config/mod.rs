@@ -6,8 +6,8 @@
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
 pub mod access_log;
-pub mod edits;
 pub mod cache;
+pub mod edits;
 pub mod forwarding;
 pub mod limits;
 mod lines;
@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use access_log::*;
-pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
 pub use cache::CacheConfig;
+pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;

@@ -13,8 +13,8 @@
 mod access;
 mod attempt;
 mod browser;
-mod edits;
 mod cache;
+mod edits;
 mod limits;
 pub mod rescue;
 mod retry;
