@@ -6,6 +6,7 @@
 //! field path and the line, so that `portcullis check` is useful on a broken file.
 
 pub mod access_log;
+pub mod cors;
 pub mod edits;
 pub mod forwarding;
 pub mod limits;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use access_log::*;
+pub use cors::CorsConfig;
 pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
 pub use forwarding::*;
 pub use limits::*;
@@ -90,6 +92,12 @@ pub struct Config {
     /// upstream's kept; any other text, sent as `Server`.
     #[serde(default)]
     pub server_header: Option<String>,
+    /// Client addresses and CIDRs allowed on every route; empty: all (see `deny_ips`).
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Client addresses and CIDRs refused on every route (403 `ip_denied`), before routing.
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
 }
 
 /// One thing wrong with a config file.
