@@ -17,6 +17,7 @@ mod faults;
 mod grpc;
 mod hygiene;
 mod introspection;
+mod ip_lists;
 mod key_sets;
 mod layers;
 mod lifecycle;
