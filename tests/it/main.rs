@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod cli;
 mod connections;
+mod cors;
 mod dashboards;
 mod deploy;
 mod faults;
