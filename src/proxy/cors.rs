@@ -75,3 +75,19 @@ pub(super) fn respond(session: &Session, response: &mut ResponseHeader, ctx: &Re
         headers::edit_response(response, |parts| cors.respond(origin, &mut parts.headers));
     }
 }
+
+/// What a refusal on a route with `cors:` needs to carry its CORS headers.
+pub(super) fn for_refusal<'a>(
+    session: &Session,
+    ctx: &'a RequestCtx,
+) -> Option<(&'a crate::cors::Cors, Option<http::HeaderValue>)> {
+    let cors = ctx.route()?.cors.as_ref()?;
+    Some((
+        cors,
+        session
+            .req_header()
+            .headers
+            .get(http::header::ORIGIN)
+            .cloned(),
+    ))
+}

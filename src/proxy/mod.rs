@@ -428,6 +428,7 @@ impl ProxyHttp for Portcullis {
                     },
                     set_cookies: &ctx.session_cookies,
                     server: ctx.generation.edits.server.own(),
+                    cors: cors::for_refusal(session, ctx),
                 };
                 ctx.grpc_refused = rescue::send(session, refusal, &reply, true).await;
                 Ok(true)
@@ -624,6 +625,7 @@ impl ProxyHttp for Portcullis {
                 request_id: headers::request_id_str(&ctx.request_id),
                 set_cookies: &ctx.session_cookies,
                 server: ctx.generation.edits.server.own(),
+                cors: cors::for_refusal(session, ctx),
                 ..Default::default()
             };
             ctx.grpc_refused = rescue::send(session, refusal, &reply, false).await;

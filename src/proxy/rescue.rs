@@ -312,6 +312,11 @@ impl Refusal {
             }
             let _ = header.insert_header(headers::RATELIMIT, state.as_str());
         }
+        if let Some((cors, origin)) = &reply.cors {
+            headers::edit_response(header, |parts| {
+                cors.respond(origin.as_ref(), &mut parts.headers)
+            });
+        }
     }
 }
 
@@ -415,6 +420,9 @@ pub struct Reply<'a> {
     pub set_cookies: &'a [http::HeaderValue],
     /// `Server`, when `server_header` gives one.
     pub server: Option<&'a http::HeaderValue>,
+    /// The route's `cors:` and the request's `Origin`: a page on an allowed origin may read
+    /// the refusal.
+    pub cors: Option<(&'a crate::cors::Cors, Option<http::HeaderValue>)>,
 }
 
 /// Send `refusal` as the whole response: JSON, or for a gRPC call ([`is_grpc`]) the gRPC
@@ -746,6 +754,7 @@ mod tests {
             rate_limit: None,
             set_cookies: &[],
             server: None,
+            cors: None,
         };
         for r in Refusal::ALL {
             assert_eq!(r.grpc_status().code(), expected(r), "{r:?}");
