@@ -63,6 +63,11 @@ pub(super) async fn answer_preflight(session: &mut Session, ctx: &RequestCtx) {
         .headers
         .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
     let answer = ResponseHeader::from(parts);
+    if !session.is_body_empty() {
+        // A preflight has no body; one that came with one is answered without reading it,
+        // so the connection cannot carry another request.
+        session.set_keepalive(None);
+    }
     if let Err(e) = session.write_response_header(Box::new(answer), true).await {
         tracing::debug!(error = %e, "could not send a preflight answer");
     }
