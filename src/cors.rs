@@ -195,9 +195,10 @@ impl OriginRule {
     }
 }
 
-/// A header value made of `items` joined with `, `.
-fn joined(items: &[String]) -> Option<HeaderValue> {
-    HeaderValue::from_str(&items.join(", ")).ok()
+/// A header value made of `items` joined with `, `. The items are validated methods or header
+/// names (tokens), so the value is always valid; an empty one stands in for the impossible.
+fn joined(items: &[String]) -> HeaderValue {
+    HeaderValue::from_str(&items.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 impl Cors {
@@ -238,6 +239,13 @@ impl Cors {
         }
         let methods = match &c.allow_methods {
             None => Names::Listed(DEFAULT_METHODS.iter().map(|m| m.to_string()).collect()),
+            Some(list) if list.is_empty() => {
+                issues.push(
+                    format!("{at}.allow_methods"),
+                    "list at least one method, or leave it out for GET, HEAD and POST",
+                );
+                Names::Any
+            }
             Some(list) => names(list, &format!("{at}.allow_methods"), issues, |m| {
                 http::Method::from_bytes(m.as_bytes())
                     .ok()
@@ -273,13 +281,13 @@ impl Cors {
             return None;
         }
         let methods_value = match &methods {
-            Names::Listed(list) => joined(list)?,
+            Names::Listed(list) => joined(list),
             Names::Any => HeaderValue::from_static("*"),
         };
         let expose = match expose {
             Names::Any => Some(HeaderValue::from_static("*")),
             Names::Listed(list) if list.is_empty() => None,
-            Names::Listed(list) => Some(joined(&list)?),
+            Names::Listed(list) => Some(joined(&list)),
         };
         Some(Cors {
             origins: (!any).then_some(origins),

@@ -212,6 +212,9 @@ fn config_errors_name_their_field() {
     }
     assert_eq!(e.len(), 7, "{e:?}");
     assert!(compile(&config(&[])).is_err());
+    let mut c = config(&["https://ok.test"]);
+    c.allow_methods = Some(Vec::new());
+    assert!(compile(&c).unwrap_err()[0].contains("routes[0].cors.allow_methods"));
     // Credentials with a subdomain pattern: allowed, the exact origin is echoed.
     let mut c = config(&["https://*.example.com"]);
     c.allow_credentials = true;
