@@ -376,7 +376,11 @@ async fn preflights_by_hand_each_rule() {
         5.0,
     )
     .await;
-    let lines = p.wait_access_lines(1).await;
+    let lines = p
+        .wait_access_until("the preflight's line", |lines| {
+            lines.iter().any(|l| l["request_id"] == id.as_str())
+        })
+        .await;
     let line = lines
         .iter()
         .find(|l| l["request_id"] == id.as_str())
