@@ -62,6 +62,9 @@ pub(super) async fn answer_preflight(session: &mut Session, ctx: &RequestCtx) {
     parts
         .headers
         .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(server) = ctx.generation.edits.server.own() {
+        parts.headers.insert(http::header::SERVER, server.clone());
+    }
     let answer = ResponseHeader::from(parts);
     if !session.is_body_empty() {
         // A preflight has no body; one that came with one is answered without reading it,
