@@ -46,6 +46,10 @@ pub struct Route {
     pub forwarding: upstream::forwarding::Forwarding,
     /// Its header edits, rewrite and redirect.
     pub edits: crate::edits::RouteEdits,
+    /// Its `cors:`, answered at the edge.
+    pub cors: Option<crate::cors::Cors>,
+    /// Its `allow_ips` / `deny_ips`.
+    pub ip_rules: crate::ip_lists::IpRules,
     /// Its edge cache (`cache:`).
     pub cache: Option<crate::cache::RouteCache>,
 }
@@ -86,6 +90,8 @@ pub struct Generation {
     pub tracing: Option<crate::trace::Tracing>,
     /// `server_header` and the listeners that redirect to https.
     pub edits: crate::edits::Edits,
+    /// The top-level `allow_ips` / `deny_ips`, checked before routing.
+    pub ip_rules: crate::ip_lists::IpRules,
 }
 
 impl std::fmt::Debug for Generation {
@@ -124,6 +130,8 @@ impl Generation {
             &mut issues,
         );
         let client_ips = ClientIps::compile(&config.client_ip, &mut issues);
+        let ip_rules =
+            crate::ip_lists::IpRules::compile(&config.allow_ips, &config.deny_ips, "", &mut issues);
         ratelimit::compile::check_cluster(config, &mut issues);
         let dns = upstream::compile::resolving(&config.server.dns, &mut issues);
         let tracing = crate::trace::compile(
@@ -261,6 +269,16 @@ impl Generation {
             };
             let forwarding =
                 upstream::forwarding::route(rc, &pool.settings.forwarding, &path, &mut issues);
+            let cors = rc
+                .cors
+                .as_ref()
+                .and_then(|c| crate::cors::Cors::compile(c, &format!("{path}.cors"), &mut issues));
+            let ip_rules = crate::ip_lists::IpRules::compile(
+                &rc.allow_ips,
+                &rc.deny_ips,
+                &format!("{path}."),
+                &mut issues,
+            );
             let cache = crate::cache::compile(
                 rc,
                 &path,
@@ -278,6 +296,8 @@ impl Generation {
                 limits,
                 forwarding,
                 edits: route_edits,
+                cors,
+                ip_rules,
                 cache,
             });
         }
@@ -327,6 +347,7 @@ impl Generation {
             listener_certs,
             tracing,
             edits: edits.edits,
+            ip_rules,
         })
     }
 

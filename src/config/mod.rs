@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod cache;
+pub mod cors;
 pub mod edits;
 pub mod forwarding;
 pub mod limits;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 
 pub use access_log::*;
 pub use cache::CacheConfig;
+pub use cors::CorsConfig;
 pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
 pub use forwarding::*;
 pub use limits::*;
@@ -92,6 +94,12 @@ pub struct Config {
     /// upstream's kept; any other text, sent as `Server`.
     #[serde(default)]
     pub server_header: Option<String>,
+    /// Client addresses and CIDRs allowed on every route; empty: all (see `deny_ips`).
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Client addresses and CIDRs refused on every route (403 `ip_denied`), before routing.
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
 }
 
 /// One thing wrong with a config file.

@@ -222,6 +222,15 @@ pub struct RouteConfig {
     /// Answer with a redirect instead of forwarding.
     #[serde(default)]
     pub redirect: Option<super::RedirectConfig>,
+    /// CORS answered at the edge: preflights and the headers of actual responses.
+    #[serde(default)]
+    pub cors: Option<super::CorsConfig>,
+    /// Client addresses and CIDRs allowed on this route; empty: all (see `deny_ips`).
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Client addresses and CIDRs refused on this route (403 `ip_denied`).
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
     /// The edge cache (`auth: none` routes only).
     #[serde(default)]
     pub cache: Option<super::CacheConfig>,

@@ -14,6 +14,7 @@ mod access;
 mod attempt;
 mod browser;
 mod cache;
+mod cors;
 mod edits;
 mod limits;
 pub mod rescue;
@@ -140,6 +141,8 @@ pub struct RequestCtx {
     trace: Option<crate::trace::RequestTrace>,
     /// The redirect to answer, or the path a rewrite sends upstream.
     edits: crate::edits::Planned,
+    /// A CORS preflight on a route with `cors:`, answered by Portcullis.
+    preflight: bool,
     /// What the edge cache did, on a cache route.
     cache: Option<cache::Outcome>,
 }
@@ -193,6 +196,11 @@ impl Portcullis {
         }
         let host = routing::host_key(raw_host);
         let table = &ctx.generation.table;
+        if let Some(route) = cors::preflight_route(ctx, table, &host, target.path, req) {
+            ctx.route = Some(route);
+            ctx.preflight = true;
+            return cors::route_ips(ctx);
+        }
         let overridden = match ctx.generation.method_override {
             MethodOverrideHeaders::Strip => {
                 // A query parameter cannot be stripped as a header is: refused instead.
@@ -221,7 +229,7 @@ impl Portcullis {
             }
         }
         ctx.route = Some(route.ok_or(Refusal::NoRoute)?);
-        Ok(())
+        cors::route_ips(ctx)
     }
 
     /// The route's stages after matching, in order: per-IP limit, failure guard and a look at
@@ -354,6 +362,7 @@ impl ProxyHttp for Portcullis {
             session_reply: None,
             trace: None,
             edits: crate::edits::Planned::default(),
+            preflight: false,
             cache: None,
         }
     }
@@ -380,11 +389,20 @@ impl ProxyHttp for Portcullis {
         );
         // A logout (the user's, or a verified back-channel one) is revoked on every node.
         let logout = |of: &_| browser::revoke(&self.revocations, of);
-        if let Some(reply) = browser::endpoint(session, ctx, &logout).await {
-            browser::send(session, reply, ctx).await;
-            return Ok(true);
+        // The top-level IP lists come first: a refused client reaches nothing, not even the
+        // session endpoints, and learns nothing about the routes.
+        let ips = cors::top_level_ips(ctx);
+        if ips.is_ok() {
+            if let Some(reply) = browser::endpoint(session, ctx, &logout).await {
+                browser::send(session, reply, ctx).await;
+                return Ok(true);
+            }
         }
-        let result = match self.admit(session, ctx) {
+        let result = match ips.and_then(|()| self.admit(session, ctx)) {
+            Ok(()) if ctx.preflight => {
+                cors::answer_preflight(session, ctx).await;
+                return Ok(true);
+            }
             Ok(()) => match edits::plan(session, ctx) {
                 Ok(()) if edits::answer(session, ctx).await => return Ok(true),
                 Ok(()) => self.guard(session, ctx).await,
@@ -414,6 +432,7 @@ impl ProxyHttp for Portcullis {
                     },
                     set_cookies: &ctx.session_cookies,
                     server: ctx.generation.edits.server.own(),
+                    cors: cors::for_refusal(session, ctx),
                 };
                 ctx.grpc_refused = rescue::send(session, refusal, &reply, true).await;
                 Ok(true)
@@ -623,6 +642,7 @@ impl ProxyHttp for Portcullis {
             }
             edits::response_headers(map, ctx);
         });
+        cors::respond(session, response, ctx);
         cache::mark(session, response, ctx);
         Ok(())
     }
@@ -654,6 +674,7 @@ impl ProxyHttp for Portcullis {
                 request_id: headers::request_id_str(&ctx.request_id),
                 set_cookies: &ctx.session_cookies,
                 server: ctx.generation.edits.server.own(),
+                cors: cors::for_refusal(session, ctx),
                 ..Default::default()
             };
             ctx.grpc_refused = rescue::send(session, refusal, &reply, false).await;

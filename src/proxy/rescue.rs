@@ -72,11 +72,13 @@ pub enum Refusal {
     Overloaded,
     /// The route's `rewrite` would make a path the routing rules refuse (a dot segment).
     BadRewrite,
+    /// The client address is refused by `deny_ips` or not in `allow_ips` (403).
+    IpDenied,
 }
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 23] = [
+    pub const ALL: [Refusal; 24] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
@@ -100,6 +102,7 @@ impl Refusal {
         Refusal::RateLimited(1),
         Refusal::Overloaded,
         Refusal::BadRewrite,
+        Refusal::IpDenied,
     ];
 
     /// Status, code and message, defined together: the status sent, the stable
@@ -182,6 +185,11 @@ impl Refusal {
                 400,
                 "bad_rewrite",
                 "the request path cannot be rewritten for this route",
+            ),
+            Refusal::IpDenied => (
+                403,
+                "ip_denied",
+                "requests from this address are not allowed",
             ),
         }
     }
@@ -304,6 +312,11 @@ impl Refusal {
             }
             let _ = header.insert_header(headers::RATELIMIT, state.as_str());
         }
+        if let Some((cors, origin)) = &reply.cors {
+            headers::edit_response(header, |parts| {
+                cors.respond(origin.as_ref(), &mut parts.headers)
+            });
+        }
     }
 }
 
@@ -407,6 +420,9 @@ pub struct Reply<'a> {
     pub set_cookies: &'a [http::HeaderValue],
     /// `Server`, when `server_header` gives one.
     pub server: Option<&'a http::HeaderValue>,
+    /// The route's `cors:` and the request's `Origin`: a page on an allowed origin may read
+    /// the refusal.
+    pub cors: Option<(&'a crate::cors::Cors, Option<http::HeaderValue>)>,
 }
 
 /// Send `refusal` as the whole response: JSON, or for a gRPC call ([`is_grpc`]) the gRPC
@@ -728,7 +744,7 @@ mod tests {
                 | Refusal::IntrospectionUnavailable
                 | Refusal::Overloaded => 14,
                 Refusal::MissingToken | Refusal::InvalidToken(_) => 16,
-                Refusal::InsufficientScope | Refusal::ClaimsMismatch => 7,
+                Refusal::InsufficientScope | Refusal::ClaimsMismatch | Refusal::IpDenied => 7,
                 Refusal::RateLimited(_) => 8,
             }
         };
@@ -738,6 +754,7 @@ mod tests {
             rate_limit: None,
             set_cookies: &[],
             server: None,
+            cors: None,
         };
         for r in Refusal::ALL {
             assert_eq!(r.grpc_status().code(), expected(r), "{r:?}");
@@ -826,6 +843,7 @@ mod tests {
                 Refusal::RateLimited(_) => (429, "rate_limited"),
                 Refusal::Overloaded => (503, "overloaded"),
                 Refusal::BadRewrite => (400, "bad_rewrite"),
+                Refusal::IpDenied => (403, "ip_denied"),
             }
         };
         let mut codes = std::collections::HashSet::new();

@@ -10,7 +10,8 @@ fn layer(module: &str) -> usize {
     match module.split("::").next().unwrap_or(module) {
         "config" | "metrics" | "store" | "carry" => 0,
         "auth" | "routing" | "upstream" | "ratelimit" | "client_ip" | "headers" | "settings"
-        | "access_log" | "tls" | "session" | "revocation" | "trace" | "edits" | "cache" => 1,
+        | "access_log" | "tls" | "session" | "revocation" | "trace" | "edits" | "cors"
+        | "ip_lists" | "cache" => 1,
         "generation" | "reload" => 2,
         "proxy" | "connections" | "admin" | "memory" | "status" => 3,
         "server" | "demo" => 4,

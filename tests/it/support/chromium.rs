@@ -201,11 +201,25 @@ impl Page {
 
     /// The value of JavaScript `expression` in the page (JSON-serialisable results only).
     pub fn eval(&mut self, expression: &str) -> Value {
+        self.evaluate(expression, false)
+    }
+
+    /// As [`Page::eval`], for an expression that is a promise: its settled value (e.g. of an
+    /// `async` function that makes a `fetch`).
+    pub fn eval_await(&mut self, expression: &str) -> Value {
+        self.evaluate(expression, true)
+    }
+
+    fn evaluate(&mut self, expression: &str, await_promise: bool) -> Value {
         let session = self.session.clone();
         let result = self.call(
             Some(&session),
             "Runtime.evaluate",
-            json!({ "expression": expression, "returnByValue": true }),
+            json!({
+                "expression": expression,
+                "returnByValue": true,
+                "awaitPromise": await_promise,
+            }),
         );
         assert!(
             result.get("exceptionDetails").is_none(),

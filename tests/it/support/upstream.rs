@@ -5,7 +5,9 @@
 //! Knobs a request can turn through headers (the proxy passes them on):
 //! - `x-delay-ms: N`: wait N milliseconds before answering;
 //! - `x-want-hop-headers: 1`: add hop-by-hop headers to the response, which the proxy must strip;
-//! - `x-want-fingerprint: 1`: answer with `Server` and `X-Powered-By`, as many backends do.
+//! - `x-want-fingerprint: 1`: answer with `Server` and `X-Powered-By`, as many backends do;
+//! - `x-want-cors-headers: 1`: add CORS headers of its own (`*`, with credentials), which the
+//!   proxy replaces on routes with `cors:`.
 //!
 //! [`Upstream::set_fault`] makes it answer a status, reset or hang instead; [`Upstream::received`]
 //! then holds every request that arrived, answered or not.
@@ -299,6 +301,13 @@ async fn connection(mut stream: TcpStream, state: Arc<State>) {
                 }
                 if header("x-want-fingerprint").is_some() {
                     extra.extend([("server", "gunicorn/21.2"), ("x-powered-by", "Express")]);
+                }
+                if header("x-want-cors-headers").is_some() {
+                    extra.extend([
+                        ("access-control-allow-origin", "*"),
+                        ("access-control-allow-credentials", "true"),
+                        ("access-control-expose-headers", "x-upstream"),
+                    ]);
                 }
                 (status, extra, payload)
             };
