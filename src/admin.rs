@@ -103,13 +103,16 @@ fn parse_revocation(body: &[u8]) -> Result<Revocation, String> {
     Ok(revocation)
 }
 
-/// Read a request body of at most `max` bytes; `Err` with the answer when it is larger or
-/// cannot be read.
-async fn read_body(session: &mut ServerSession, max: usize) -> Result<Vec<u8>, Response<Vec<u8>>> {
+/// Read a request body of at most `max` bytes; `Err` with the status and reason to answer
+/// when it is larger or cannot be read (each endpoint words its own answer).
+async fn read_body(
+    session: &mut ServerSession,
+    max: usize,
+) -> Result<Vec<u8>, (StatusCode, String)> {
     let too_large = || {
-        json_response(
+        (
             StatusCode::PAYLOAD_TOO_LARGE,
-            json!({ "revoked": false, "error": format!("the body is larger than {max} bytes") }),
+            format!("the body is larger than {max} bytes"),
         )
     };
     let declared = session
@@ -134,9 +137,9 @@ async fn read_body(session: &mut ServerSession, max: usize) -> Result<Vec<u8>, R
             Ok(None) => return Ok(body),
             Err(_) => {
                 session.set_keepalive(None);
-                return Err(json_response(
+                return Err((
                     StatusCode::BAD_REQUEST,
-                    json!({ "revoked": false, "error": "the body could not be read" }),
+                    "the body could not be read".to_string(),
                 ));
             }
         }
@@ -226,7 +229,9 @@ impl Admin {
     async fn revoke(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let body = match read_body(session, MAX_REVOKE_BODY).await {
             Ok(body) => body,
-            Err(answer) => return answer,
+            Err((status, error)) => {
+                return json_response(status, json!({ "revoked": false, "error": error }))
+            }
         };
         let revocation = match parse_revocation(&body) {
             Ok(r) => r,
@@ -269,7 +274,7 @@ impl Admin {
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let body = match read_body(session, MAX_REVOKE_BODY).await {
             Ok(body) => body,
-            Err(answer) => return answer,
+            Err((status, error)) => return json_response(status, json!({ "error": error })),
         };
         let refused = || json_response(StatusCode::BAD_REQUEST, json!({ "error": PURGE_SHAPE }));
         let Ok(body) = serde_json::from_slice::<PurgeBody>(&body) else {

@@ -544,6 +544,11 @@ async fn purges_by_url_and_by_prefix() {
     assert_eq!(x_cache(&proxy, paths[2]).await, "HIT");
     let (status, _) = purge(serde_json::json!({ "url": "/static/a.css" })).await;
     assert_eq!(status, 400);
+    // A body past the bound is refused unread, in purge's own words (not /revoke's).
+    let long = format!("{host}/{}", "x".repeat(5000));
+    let (status, body) = purge(serde_json::json!({ "prefix": long })).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.get("revoked").is_none() && body["error"].is_string(), "{body}");
     let m = proxy.metrics().await;
     assert_eq!(
         m.get("portcullis_cache_purges_total", &[("route", "public")]),
