@@ -46,6 +46,7 @@ fn routes(n: usize) -> Vec<RouteMatch> {
                 host,
                 path_prefix: prefix,
                 methods,
+                conditions: Default::default(),
             }
         })
         .collect()

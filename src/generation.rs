@@ -52,6 +52,8 @@ pub struct Route {
     pub ip_rules: crate::ip_lists::IpRules,
     /// Its edge cache (`cache:`).
     pub cache: Option<crate::cache::RouteCache>,
+    /// The largest request body it takes, in bytes; `None`: no limit.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// Everything a request needs, for one generation of the config.
@@ -299,6 +301,8 @@ impl Generation {
                 cors,
                 ip_rules,
                 cache,
+                max_body_bytes: Some(rc.max_body_bytes.unwrap_or(config.max_body_bytes))
+                    .filter(|&n| n > 0),
             });
         }
         let table = match RouteTable::build(&matches) {

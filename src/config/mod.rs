@@ -12,6 +12,7 @@ pub mod edits;
 pub mod forwarding;
 pub mod limits;
 mod lines;
+pub mod matching;
 pub mod schema;
 pub mod session;
 mod shape;
@@ -33,6 +34,7 @@ pub use edits::{HeaderEditsConfig, RedirectConfig, RewriteConfig};
 pub use forwarding::*;
 pub use limits::*;
 pub use lines::LineIndex;
+pub use matching::{HeaderMatchConfig, QueryMatchConfig};
 pub use session::*;
 pub use shape::Shaped;
 pub use targets::{DnsConfig, TargetConfig};
@@ -100,6 +102,10 @@ pub struct Config {
     /// Client addresses and CIDRs refused on every route (403 `ip_denied`), before routing.
     #[serde(default)]
     pub deny_ips: Vec<String>,
+    /// The largest request body a route takes unless it says otherwise, in bytes; `0`: no
+    /// limit. 10 MiB by default.
+    #[serde(default = "matching::default_max_body_bytes")]
+    pub max_body_bytes: u64,
 }
 
 /// One thing wrong with a config file.

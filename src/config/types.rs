@@ -234,6 +234,10 @@ pub struct RouteConfig {
     /// The edge cache (`auth: none` routes only).
     #[serde(default)]
     pub cache: Option<super::CacheConfig>,
+    /// The largest request body it takes, in bytes; `0`: no limit. Default: the top-level
+    /// `max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// What requests a route takes.
@@ -249,6 +253,13 @@ pub struct MatchConfig {
     /// Methods; absent: any method.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// Headers the request must carry: name (any case) to an exact value or
+    /// `{ present: true }`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, super::matching::HeaderMatchConfig>,
+    /// Query parameters the request must carry, name to exact (decoded) value.
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, super::matching::QueryMatchConfig>,
 }
 
 /// A route's authentication: `none`, or a policy.

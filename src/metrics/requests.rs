@@ -22,7 +22,8 @@ pub const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
 ];
 
-/// The index in [`METHODS`] of a request's method.
+/// The index in [`METHODS`] of a request's method: the one numbering of methods, which route
+/// method sets (`routing::Methods`) use for their bits too.
 pub fn method_index(method: &http::Method) -> usize {
     match *method {
         http::Method::GET => 0,

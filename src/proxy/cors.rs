@@ -31,17 +31,24 @@ pub(super) fn route_ips(ctx: &RequestCtx) -> Result<(), Refusal> {
 /// The route with `cors:` a CORS preflight is for: the one that takes the method the
 /// preflight asks for (so a route need not take `OPTIONS`), else the one that takes the
 /// `OPTIONS` request itself. `None`: not a preflight, or for no route with `cors:` (it is then
-/// routed and forwarded as any `OPTIONS` request).
+/// routed and forwarded as any `OPTIONS` request). Header and query conditions are checked on
+/// the preflight as it is (`query` without the `?`).
 pub(super) fn preflight_route(
     ctx: &RequestCtx,
     table: &RouteTable,
     host: &str,
     path: &str,
+    query: &str,
     req: &pingora::http::RequestHeader,
 ) -> Option<usize> {
     let asked = crate::cors::preflight_method(&req.method, &req.headers)?;
+    let facts = crate::routing::RequestFacts {
+        headers: Some(&req.headers),
+        query,
+    };
     let with_cors = |method: &http::Method| {
-        table.route(host, path, method).ok().flatten().filter(|&i| {
+        let route = table.route_request(host, path, method, &facts);
+        route.ok().flatten().filter(|&i| {
             ctx.generation
                 .routes
                 .get(i)

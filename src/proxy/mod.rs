@@ -12,6 +12,7 @@
 
 mod access;
 mod attempt;
+mod body;
 mod browser;
 mod cache;
 mod cors;
@@ -145,6 +146,8 @@ pub struct RequestCtx {
     preflight: bool,
     /// What the edge cache did, on a cache route.
     cache: Option<cache::Outcome>,
+    /// Request body bytes seen in the current attempt (for `max_body_bytes`).
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -196,7 +199,7 @@ impl Portcullis {
         }
         let host = routing::host_key(raw_host);
         let table = &ctx.generation.table;
-        if let Some(route) = cors::preflight_route(ctx, table, &host, target.path, req) {
+        if let Some(route) = cors::preflight_route(ctx, table, &host, target.path, target.query, req) {
             ctx.route = Some(route);
             ctx.preflight = true;
             return cors::route_ips(ctx);
@@ -215,21 +218,26 @@ impl Portcullis {
                 .map_err(|_| Refusal::BadRequest)?,
         };
         let method = overridden.as_ref().unwrap_or(&req.method);
+        let facts = routing::RequestFacts {
+            headers: Some(&req.headers),
+            query: target.query,
+        };
         let route = table
-            .route(&host, target.path, method)
+            .route_request(&host, target.path, method, &facts)
             .map_err(|_| Refusal::BadPath)?;
         if method != req.method && req.method != http::Method::POST {
             // Frameworks honour an override on POST only: on another method the backend may
             // take the request as either, so both must land on the same route.
             let own = table
-                .route(&host, target.path, &req.method)
+                .route_request(&host, target.path, &req.method, &facts)
                 .map_err(|_| Refusal::BadPath)?;
             if own != route {
                 return Err(Refusal::BadRequest);
             }
         }
         ctx.route = Some(route.ok_or(Refusal::NoRoute)?);
-        cors::route_ips(ctx)
+        cors::route_ips(ctx)?;
+        body::check_length(req, ctx.route().and_then(|r| r.max_body_bytes))
     }
 
     /// The route's stages after matching, in order: per-IP limit, failure guard and a look at
@@ -364,6 +372,7 @@ impl ProxyHttp for Portcullis {
             edits: crate::edits::Planned::default(),
             preflight: false,
             cache: None,
+            body_bytes: 0,
         }
     }
 
@@ -489,6 +498,8 @@ impl ProxyHttp for Portcullis {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        // A retry replays the body from its start through `request_body_filter`.
+        ctx.body_bytes = 0;
         attempt::peer(session, ctx)
     }
 
@@ -550,10 +561,11 @@ impl ProxyHttp for Portcullis {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
+        body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        body::count(ctx, body)?;
         attempt::request_deadline(ctx)
     }
 

@@ -74,11 +74,14 @@ pub enum Refusal {
     BadRewrite,
     /// The client address is refused by `deny_ips` or not in `allow_ips` (403).
     IpDenied,
+    /// The request body is larger than the route's `max_body_bytes` (413): by its
+    /// `Content-Length`, or counted as it arrived.
+    BodyTooLarge,
 }
 
 impl Refusal {
     /// Every kind of refusal, one of each (the payload of those with one is an example).
-    pub const ALL: [Refusal; 24] = [
+    pub const ALL: [Refusal; 25] = [
         Refusal::BadRequest,
         Refusal::BadPath,
         Refusal::HeadersTooLarge,
@@ -103,6 +106,7 @@ impl Refusal {
         Refusal::Overloaded,
         Refusal::BadRewrite,
         Refusal::IpDenied,
+        Refusal::BodyTooLarge,
     ];
 
     /// Status, code and message, defined together: the status sent, the stable
@@ -191,6 +195,7 @@ impl Refusal {
                 "ip_denied",
                 "requests from this address are not allowed",
             ),
+            Refusal::BodyTooLarge => (413, "body_too_large", "the request body is too large"),
         }
     }
 
@@ -365,6 +370,8 @@ pub fn grpc_status(http: u16) -> GrpcStatus {
         401 => GrpcStatus::Unauthenticated,
         403 => GrpcStatus::PermissionDenied,
         404 => GrpcStatus::Unimplemented,
+        // As a gRPC server answers a message over its size limit.
+        413 => GrpcStatus::ResourceExhausted,
         429 => GrpcStatus::ResourceExhausted,
         502..=504 => GrpcStatus::Unavailable,
         _ => GrpcStatus::Unknown,
@@ -745,7 +752,7 @@ mod tests {
                 | Refusal::Overloaded => 14,
                 Refusal::MissingToken | Refusal::InvalidToken(_) => 16,
                 Refusal::InsufficientScope | Refusal::ClaimsMismatch | Refusal::IpDenied => 7,
-                Refusal::RateLimited(_) => 8,
+                Refusal::RateLimited(_) | Refusal::BodyTooLarge => 8,
             }
         };
         let reply = Reply {
@@ -844,6 +851,7 @@ mod tests {
                 Refusal::Overloaded => (503, "overloaded"),
                 Refusal::BadRewrite => (400, "bad_rewrite"),
                 Refusal::IpDenied => (403, "ip_denied"),
+                Refusal::BodyTooLarge => (413, "body_too_large"),
             }
         };
         let mut codes = std::collections::HashSet::new();
