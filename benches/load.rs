@@ -343,6 +343,9 @@ struct Case {
     /// The route has `cache:` (issue 18) and every request is a hit: the upstream's answer has
     /// no freshness, so `default_ttl` keeps it. Portcullis only.
     cache: bool,
+    /// Issue 18: every route but the catch-all has header conditions (`match.headers`) and
+    /// every request meets those of the deepest route. Portcullis only.
+    match_headers: bool,
 }
 
 /// Where the session of a session case lives.
@@ -357,7 +360,7 @@ enum Store {
 impl Case {
     /// Whether `system` runs this case: a session case is Portcullis's alone.
     fn runs_on(&self, system: System) -> bool {
-        (self.session.is_none() && self.log.is_none() && !self.cache)
+        (self.session.is_none() && self.log.is_none() && !self.cache && !self.match_headers)
             || system == System::Portcullis
     }
 }
@@ -386,6 +389,7 @@ fn cases() -> Vec<Case> {
         session: None,
         log: None,
         cache: false,
+        match_headers: false,
     };
     // Cases compared with each other run next to each other: a target comparing two cases
     // (10,000 routes against one, limits on against off) pairs runs seconds apart.
@@ -470,6 +474,18 @@ fn cases() -> Vec<Case> {
             10_000,
             CONNS,
         ),
+        Case {
+            match_headers: true,
+            ..case(
+                "routes-10k-headers",
+                "passthrough, 10,000 routes with header matching (+1,000 that miss)",
+                None,
+                false,
+                false,
+                10_000,
+                CONNS,
+            )
+        },
         // The session cases just before the cached-token case they are compared with.
         Case {
             session: Some(Store::Cookie),
@@ -879,6 +895,9 @@ impl Work {
     /// case warms up with the reused one), a session cookie, or none.
     fn header(&self, case: &Case) -> Option<(&'static str, String)> {
         let bearer = |t: &str| Some(("Authorization", format!("Bearer {t}")));
+        if case.match_headers {
+            return Some((TENANT_HEADER, TENANT.into()));
+        }
         match (case.session, case.auth) {
             (Some(Store::Cookie), _) => Some(("Cookie", self.sessions.cookie.clone())),
             (Some(Store::Redis), _) => Some(("Cookie", self.sessions.redis_cookie.clone())),
@@ -888,6 +907,11 @@ impl Work {
         }
     }
 }
+
+/// The header the `routes-10k-headers` case's routes match on, and the value its requests
+/// carry (that of every route: the deepest prefix decides, as in `routes-10k`).
+const TENANT_HEADER: &str = "X-Tenant";
+const TENANT: &str = "acme";
 
 /// Where the `log-file` case writes its access log (removed after each run).
 fn access_log_file(w: &Work, case: &Case) -> PathBuf {
@@ -944,12 +968,25 @@ issuers:
     };
     // Shaped like the routing criterion bench: `/api/v1/svcNNNNN/items`, one route in ten on
     // an exact host and one in ten on a wildcard; wrk's Host matches none of them.
+    // With header matching, every route but the catch-all holds a header condition the
+    // requests meet; and one host-less prefix in ten (the requests' among them) has a second
+    // route before it, with that condition and a `present: true` one the requests do not
+    // meet, so that a lookup checks a route's conditions and passes over it.
     for i in 0..case.routes.saturating_sub(1) {
-        let host = match i % 10 {
+        let mut host = match i % 10 {
             1 => format!("host: \"svc{i:05}.example.com\", "),
             2 => format!("host: \"*.w{i:05}.example.com\", "),
             _ => String::new(),
         };
+        if case.match_headers && i % 10 == 0 {
+            let _ = writeln!(
+                c,
+                "  - {{ name: b{i:05}, match: {{ {host}path_prefix: /api/v1/svc{i:05}/items, headers: {{ {TENANT_HEADER}: {TENANT}, x-beta: {{ present: true }} }} }}, upstream: up, auth: {auth} }}"
+            );
+        }
+        if case.match_headers {
+            host.push_str(&format!("headers: {{ {TENANT_HEADER}: {TENANT} }}, "));
+        }
         let _ = writeln!(
             c,
             "  - {{ name: r{i:05}, match: {{ {host}path_prefix: /api/v1/svc{i:05}/items }}, upstream: up, auth: {auth} }}"
@@ -1310,6 +1347,15 @@ fn check_answers(
             why.push(format!(
                 "{requests} requests in wrk, {ok} answered 2xx, {upstream_ok} upstream 200s"
             ));
+        }
+        if case.match_headers {
+            let deepest = format!("r{:05}", case.routes - 10);
+            let taken = m("portcullis_requests_total", &[("route", &deepest)]);
+            if taken < requests {
+                why.push(format!(
+                    "{requests} requests, {taken} taken by the header-matched route {deepest}"
+                ));
+            }
         }
         if case.session.is_some() {
             if hits + misses < requests {
@@ -2512,6 +2558,15 @@ fn targets(runs: &[Run], memory: Option<&str>) -> Vec<Target> {
     ratio(
         "10,000 routes within 3% of 1 route (CPU/request)",
         ("routes-10k", Portcullis),
+        ("passthrough", Portcullis),
+        cpu,
+        "µs",
+        true,
+        1.03,
+    );
+    ratio(
+        "10,000 routes with header matching within 3% of 1 route (CPU/request, issue 18)",
+        ("routes-10k-headers", Portcullis),
         ("passthrough", Portcullis),
         cpu,
         "µs",

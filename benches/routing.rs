@@ -1,13 +1,17 @@
-//! Request-path costs that do not need a network: route lookup at 1, 100 and 10,000 routes,
-//! and the header rewriting every proxied request goes through.
+//! Request-path costs that do not need a network: route lookup at 1, 100 and 10,000 routes
+//! (also with header and query conditions on every route), and the header rewriting every
+//! proxied request goes through. Before measuring, it checks that a lookup allocates nothing:
+//! the global allocator counts allocations while [`allocations`] runs.
 //!
 //! Run: `cargo bench --bench routing` (add `-- --warm-up-time 1 --measurement-time 2` for a
 //! quick pass). The README's Performance section quotes these numbers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use http::Method;
@@ -15,9 +19,72 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use portcullis::headers;
 use portcullis::routing::{self, Methods, RouteMatch, RouteTable};
 
-/// The allocator the `portcullis` binary runs with, so that the figures are the binary's.
+/// The allocator the `portcullis` binary runs with, so that the figures are the binary's,
+/// counting allocations only while [`allocations`] asks it to.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: Counting = Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+/// mimalloc, counting calls that allocate while `COUNTING` is on.
+struct Counting;
+
+// SAFETY: every call is passed on to mimalloc unchanged; counting touches only atomics.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATED.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATED.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATED.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// How many allocations 1,000 runs of `f` make.
+fn allocations<T>(mut f: impl FnMut() -> T) -> usize {
+    ALLOCATED.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..1000 {
+        black_box(f());
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    ALLOCATED.load(Ordering::SeqCst)
+}
+
+/// `routes(n)`, each with the conditions of `match_yaml` (a `match:` holding `headers:` and
+/// `query:`), as a gateway that routes tenants by header has them.
+fn conditioned(n: usize, match_yaml: &str) -> Vec<RouteMatch> {
+    let config: portcullis::config::MatchConfig = serde_yaml::from_str(match_yaml).unwrap();
+    let index = portcullis::config::LineIndex::default();
+    let mut issues = portcullis::config::Issues::new(&index);
+    let conditions = routing::conditions::compile(&config, "routes[0]", &mut issues).unwrap();
+    routes(n)
+        .into_iter()
+        .map(|r| RouteMatch {
+            conditions: conditions.clone(),
+            ..r
+        })
+        .collect()
+}
 
 /// Sizes of the route tables compared.
 const SIZES: [usize; 3] = [1, 100, 10_000];
@@ -72,6 +139,8 @@ fn route_lookup(c: &mut Criterion) {
             table.lookup("shop.example.com", &hit, &Method::GET),
             Some(k)
         );
+        let lookups = allocations(|| table.lookup("shop.example.com", &hit, &Method::GET));
+        assert_eq!(lookups, 0, "a route lookup allocates");
         group.bench_with_input(BenchmarkId::new("deep_match", n), &n, |b, _| {
             b.iter(|| {
                 table.lookup(
@@ -94,6 +163,35 @@ fn route_lookup(c: &mut Criterion) {
                 )
             })
         });
+        // Every route with a header and a query condition, the request meeting them among
+        // the headers a browser sends: the lookup checks them at each candidate route.
+        let table = RouteTable::build(&conditioned(
+            n,
+            "{ headers: { x-tenant: acme, x-beta: { present: true } }, query: { view: full } }",
+        ))
+        .unwrap();
+        let request = client_request();
+        let mut headers = request.headers.clone();
+        headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
+        headers.insert("x-beta", http::HeaderValue::from_static("1"));
+        let facts = routing::RequestFacts {
+            headers: Some(&headers),
+            query: "page=2&view=full&sort=-created",
+        };
+        let lookup = || table.lookup_request("shop.example.com", &hit, &Method::GET, &facts);
+        assert_eq!(lookup(), Some(k));
+        assert_eq!(allocations(lookup), 0, "a lookup with conditions allocates");
+        group.bench_with_input(BenchmarkId::new("header_match", n), &n, |b, _| {
+            b.iter(|| {
+                table.lookup_request(
+                    black_box("shop.example.com"),
+                    black_box(&hit),
+                    black_box(&Method::GET),
+                    black_box(&facts),
+                )
+            })
+        });
+        let table = RouteTable::build(&routes(n)).unwrap();
         // What the proxy does per request: check the target, normalise Host and path, then
         // look up (with the backend readings, for a path holding `%` or `;`).
         let target = format!("{hit}?page=2&sort=-created");

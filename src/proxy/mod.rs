@@ -199,7 +199,9 @@ impl Portcullis {
         }
         let host = routing::host_key(raw_host);
         let table = &ctx.generation.table;
-        if let Some(route) = cors::preflight_route(ctx, table, &host, target.path, target.query, req) {
+        if let Some(route) =
+            cors::preflight_route(ctx, table, &host, target.path, target.query, req)
+        {
             ctx.route = Some(route);
             ctx.preflight = true;
             return cors::route_ips(ctx);

@@ -548,7 +548,10 @@ async fn purges_by_url_and_by_prefix() {
     let long = format!("{host}/{}", "x".repeat(5000));
     let (status, body) = purge(serde_json::json!({ "prefix": long })).await;
     assert_eq!(status, 413, "{body}");
-    assert!(body.get("revoked").is_none() && body["error"].is_string(), "{body}");
+    assert!(
+        body.get("revoked").is_none() && body["error"].is_string(),
+        "{body}"
+    );
     let m = proxy.metrics().await;
     assert_eq!(
         m.get("portcullis_cache_purges_total", &[("route", "public")]),
