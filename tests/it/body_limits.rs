@@ -494,3 +494,35 @@ async fn an_http2_body_is_counted_and_cut() {
         "{conns:?}"
     );
 }
+
+/// A retry after the first target reset the exchange replays the body (Pingora's retry buffer)
+/// through the count again: it starts from zero at each attempt, so a body that fits still fits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_body_is_counted_once() {
+    use crate::support::upstream::Fault;
+    use crate::support::{addrs, pool, Upstream};
+    let ups = Upstream::start_many("u", 2).await;
+    ups[0].set_fault(Fault::Reset);
+    let body = format!(
+        "max_body_bytes: 1000\nupstreams:\n{}routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    \
+         upstream: pool\n    retry: {{ idempotent_only: false }}\n",
+        pool("pool", &addrs(&ups), &[])
+    );
+    let proxy = Proxy::start(&body).await;
+    let text: String = (0..800)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let http = crate::support::client();
+    for _ in 0..4 {
+        let resp = http
+            .post(proxy.url("/upload"))
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+    // Some first attempts met the reset after the whole body had gone there.
+    assert!(!ups[0].received().is_empty());
+    assert!(ups[1].received().iter().all(|e| e.body == text));
+}
