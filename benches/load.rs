@@ -2801,7 +2801,11 @@ fn report(
          `audiences: [api]`, the token cache at its defaults; the route says `auth: none` or \
          `{{ issuers: [bench] }}`. Limits: `per_ip` and `per_user` at 1,000,000/s (never refuse). \
          10,000 routes: `/api/v1/svcNNNNN/items` prefixes, one in ten on an exact host and one \
-         in ten on a wildcard, the request taking the deepest host-less one.
+         in ten on a wildcard, the request taking the deepest host-less one. With header \
+         matching (`routes-10k-headers`, Portcullis only): every one of those routes also \
+         holds `match.headers: {{ X-Tenant: acme }}`, which the requests carry, and one \
+         host-less prefix in ten (the requests' among them) has a route before it that also \
+         needs `x-beta: {{ present: true }}`, which they lack: the lookup checks it and passes on.
 - HAProxy: plain forwarding (`http-reuse always`, no logging) for the cases without a \
          token; with one, `http_auth_bearer`, `jwt_header_query` for the algorithm, \
          `jwt_payload_query` for `iss`, `aud` and `exp`, and `jwt_verify` against a public-key \

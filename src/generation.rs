@@ -171,6 +171,11 @@ impl Generation {
             &mut issues,
         );
 
+        let owned_headers = OwnedHeaders::new(
+            &auth.identity_headers,
+            config.server.headers_with_underscores,
+            config.server.method_override_headers,
+        );
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut matches = Vec::with_capacity(config.routes.len());
         let mut names = HashSet::new();
@@ -187,6 +192,17 @@ impl Generation {
             let Some(m) = routing::compile_match(rc, &path, &mut issues) else {
                 continue;
             };
+            // The client's value of a header Portcullis removes is not one to route on.
+            for name in m
+                .conditions
+                .header_names()
+                .filter(|n| owned_headers.owns(n))
+            {
+                issues.push(
+                    format!("{path}.match.headers.{name}"),
+                    "Portcullis owns this header and removes it from client requests",
+                );
+            }
             let policy = match &rc.auth {
                 Some(AuthConfig::Policy(p)) => {
                     match auth.policy(p, &format!("{path}.auth"), &mut issues) {
@@ -328,11 +344,6 @@ impl Generation {
             }
         };
         let max_request_header_bytes = config.server.max_request_header_bytes;
-        let owned_headers = OwnedHeaders::new(
-            &auth.identity_headers,
-            config.server.headers_with_underscores,
-            config.server.method_override_headers,
-        );
         issues.finish(Generation {
             number,
             config: config.clone(),

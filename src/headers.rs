@@ -186,8 +186,8 @@ impl OwnedHeaders {
         }
     }
 
-    /// Whether a client may not send `name`.
-    fn owns(&self, name: &HeaderName) -> bool {
+    /// Whether a client may not send `name` (it is removed before the request goes upstream).
+    pub fn owns(&self, name: &HeaderName) -> bool {
         let text = name.as_str();
         if text.as_bytes().contains(&b'_') {
             return match self.underscores {

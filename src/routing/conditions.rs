@@ -56,6 +56,11 @@ impl Conditions {
         self.headers.len() + self.query.len()
     }
 
+    /// The header names the conditions look at.
+    pub fn header_names(&self) -> impl Iterator<Item = &http::HeaderName> {
+        self.headers.iter().map(|(name, _)| name)
+    }
+
     /// Whether the request meets every condition (true when there are none).
     pub fn hold(&self, request: &RequestFacts<'_>) -> bool {
         if !self.headers.is_empty() {

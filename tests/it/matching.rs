@@ -197,6 +197,20 @@ fn routes_no_request_can_tell_apart_are_config_errors() {
         out.contains("routes[0].match.headers.x-gone.present"),
         "{out}"
     );
+    // A header Portcullis removes from client requests is not one to route on.
+    let (code, out) = check(
+        r#"routes:
+  - name: a
+    match: { path_prefix: /api, headers: { X-Forwarded-Port: "443" } }
+    upstream: plain
+"#,
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("routes[0].match.headers.x-forwarded-port"),
+        "{out}"
+    );
+    assert!(out.contains("owns this header"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
