@@ -1,6 +1,6 @@
 //! The Pingora `ProxyHttp` implementation: it runs the request through each stage in order.
 //! The stages make the decisions (routing, limits, authentication, target choice); this
-//! module decides only how they meet: which authentication failures the per-IP failure guard
+//! module and [`stages`] (admit and guard) decide only how they meet: which authentication failures the per-IP failure guard
 //! counts (not a missing token, nor keys still being fetched), and that a method override on a
 //! request other than POST must land on the route of its own method. Each attempt at the
 //! upstream (its target and the bytes a consistent-hash pool hashes, its timeouts, its
