@@ -118,6 +118,7 @@ fuzz_target!(|data: &[u8]| {
                 host: (host != "-").then(|| host.to_ascii_lowercase()),
                 path_prefix: prefix.to_string(),
                 methods,
+                conditions: Default::default(),
             });
         } else if let (Some(method), Some(host), Some(path)) =
             (words.next(), words.next(), words.next())
