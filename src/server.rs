@@ -215,7 +215,7 @@ pub fn serve(reloader: Arc<Reloader>, extra: impl FnOnce(&mut Server)) -> Result
     // Idle (a look every 5 s) unless the binary installed a release hook.
     let mut housekeeper = background_service(
         "memory housekeeping",
-        crate::memory::Housekeeper::new(activity),
+        crate::memory::Housekeeper::new(activity, proxy::requests_started),
     );
     housekeeper.threads = Some(1);
     server.add_service(housekeeper);

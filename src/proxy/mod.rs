@@ -24,7 +24,7 @@ mod spans;
 mod stages;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -67,11 +67,23 @@ impl Portcullis {
     }
 }
 
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Requests started and finished (their log line written), across all listeners: one
+/// atomic add at each end of a request, as a single in-flight gauge would cost, and the
+/// started count also tells the memory housekeeper whether the proxy was quiet.
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static FINISHED: AtomicU64 = AtomicU64::new(0);
 
 /// Requests between their first byte and their log line, across all listeners.
 pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
+    // Finished first: a request that ends between the two loads is then still counted.
+    let finished = FINISHED.load(Ordering::Relaxed);
+    let started = STARTED.load(Ordering::Relaxed);
+    usize::try_from(started.saturating_sub(finished)).unwrap_or(usize::MAX)
+}
+
+/// Requests started since the process began.
+pub fn requests_started() -> u64 {
+    STARTED.load(Ordering::Relaxed)
 }
 
 /// Counts a request as in flight for as long as it lives.
@@ -79,14 +91,14 @@ struct InFlight;
 
 impl InFlight {
     fn start() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        STARTED.fetch_add(1, Ordering::Relaxed);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        FINISHED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
