@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use super::values::scalar;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{de, Deserialize, Deserializer};
 
@@ -22,16 +23,6 @@ pub enum HeaderMatchConfig {
     /// The header must be there, with any value (`{ present: true }`; `false` is refused
     /// when the config is compiled).
     Present(bool),
-}
-
-/// A scalar written as text (strings, numbers and booleans alike: `v: 2` means `"2"`).
-fn scalar(v: &serde_yaml::Value) -> Option<String> {
-    match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
 }
 
 impl<'de> Deserialize<'de> for HeaderMatchConfig {

@@ -335,14 +335,7 @@ pub struct ClaimRule(pub Vec<String>);
 
 impl<'de> Deserialize<'de> for ClaimRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        fn scalar(v: &serde_yaml::Value) -> Option<String> {
-            match v {
-                serde_yaml::Value::String(s) => Some(s.clone()),
-                serde_yaml::Value::Bool(b) => Some(b.to_string()),
-                serde_yaml::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            }
-        }
+        use super::values::scalar;
         let value = serde_yaml::Value::deserialize(d)?;
         let values = match &value {
             serde_yaml::Value::Sequence(items) => {

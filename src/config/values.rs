@@ -67,3 +67,14 @@ impl<'de> Deserialize<'de> for Rate {
         Ok(Rate { count, per })
     }
 }
+
+/// A scalar written as text (strings, numbers and booleans alike: `v: 2` means `"2"`), as
+/// claim rules and header and query conditions take their values; `None` for anything else.
+pub(super) fn scalar(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}

@@ -481,14 +481,7 @@ async fn the_cache_survives_a_reload_that_leaves_the_issuer_alone() {
         }
     })
     .await;
-    let reload = || async {
-        let resp = client()
-            .post(proxy.admin_url("/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    };
+    let reload = || proxy.reload_ok();
     // Another route: the issuer is unchanged.
     let more = format!(
         "{}  - name: other\n    match: {{ path_prefix: /other }}\n    upstream: app\n    auth: none\n",

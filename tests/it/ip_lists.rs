@@ -211,7 +211,6 @@ async fn a_reload_changes_the_lists_live_and_a_bad_entry_is_refused() {
     let up = Upstream::start("up").await;
     let proxy = Proxy::start(&config(&up, BEHIND_PROXY, "", "")).await;
     assert_statuses(&proxy, &[("/office", "10.9.9.9", 200)]).await;
-    let http = client();
 
     proxy.write_config(&config(
         &up,
@@ -219,8 +218,7 @@ async fn a_reload_changes_the_lists_live_and_a_bad_entry_is_refused() {
         "    allow_ips: [\"2001:db8::/32\"]\n",
         "",
     ));
-    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    proxy.reload_ok().await;
     assert_statuses(
         &proxy,
         &[
@@ -239,9 +237,8 @@ async fn a_reload_changes_the_lists_live_and_a_bad_entry_is_refused() {
         "    allow_ips: [\"2001:db8::/32\", not-an-ip]\n",
         "",
     ));
-    let resp = http.post(proxy.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(resp.status(), 422);
-    let body = resp.text().await.unwrap();
+    let (status, body) = proxy.reload().await;
+    assert_eq!(status, 422);
     assert!(body.contains("deny_ips[1]"), "{body}");
     assert!(body.contains("routes[1].allow_ips[1]"), "{body}");
     assert_statuses(

@@ -384,14 +384,7 @@ async fn https_key_servers_are_trusted_by_ca_file() {
 
     // The CA file's content changes and a reload reads it: the rebuilt issuer keeps serving
     // the last keys while its fetches still fail (a third CA) ...
-    let reload = || async {
-        let resp = client()
-            .post(proxy.admin_url("/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-    };
+    let reload = || proxy.reload_ok();
     std::fs::write(&ca_file, Ca::new("third").pem).unwrap();
     let errors = proxy
         .metric(FETCHES, &[("issuer", "internal"), ("result", "error")])

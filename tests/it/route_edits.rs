@@ -59,12 +59,7 @@ fn no_follow() -> reqwest::Client {
 
 async fn reload(proxy: &Proxy, text: &str) {
     proxy.write_config(text);
-    let resp = client()
-        .post(proxy.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    proxy.reload_ok().await;
 }
 
 const EDIT_TOP: &str = "request_headers:
@@ -530,12 +525,7 @@ async fn redirect_to_https_sends_the_same_host_and_path() {
         .config_text(&body("", &targets, routes))
         .replace("redirect_to_https: true", "redirect_to_https: false");
     proxy.write_raw_config(&text);
-    let resp = client()
-        .post(proxy.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    proxy.reload_ok().await;
     let resp = http
         .get(format!("http://shop.example.com:{port}/cart"))
         .send()

@@ -329,12 +329,7 @@ async fn a_reload_rereads_the_ca_file() {
     refused(&proxy, "/api").await;
 
     std::fs::write(&ca_file, &new_ca.pem).unwrap();
-    let resp = client()
-        .post(proxy.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    proxy.reload_ok().await;
     get_echo(&client(), &proxy.url("/api")).await;
     assert_eq!(
         proxy

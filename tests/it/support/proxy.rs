@@ -313,6 +313,23 @@ impl Proxy {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// `POST /reload` on the admin listener: its status and body.
+    pub async fn reload(&self) -> (u16, String) {
+        let resp = crate::support::client()
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
+    /// `POST /reload`, which must succeed.
+    pub async fn reload_ok(&self) {
+        let (status, body) = self.reload().await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
